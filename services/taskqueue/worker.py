@@ -1,0 +1,133 @@
+"""``taskqueue-worker``: RQ workers on the configured queues, with metrics and structured logs.
+
+SIGTERM or SIGINT once: warm shutdown (the running job finishes). Twice: cold shutdown.
+With ``--worker-processes N`` (N > 1) this process supervises N worker processes, forwards
+signals to them, restarts any that die, and serves their summed metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from uuid import uuid4
+
+from . import config as config_module
+from . import logs, multiproc
+
+log = logging.getLogger("taskqueue.worker")
+
+CHILD_ENV = "TASKQUEUE_SUPERVISED_CHILD"
+RESTART_BACKOFF_MAX = 30.0
+
+
+def worker_name(cfg: config_module.Config) -> str:
+    """Unique even when a container restarts with the same host name and pid."""
+    return f"{cfg.worker_name or socket.gethostname()}.{os.getpid()}.{uuid4().hex[:6]}"
+
+
+def run_worker(cfg: config_module.Config, *, serve_metrics: bool, burst: bool = False) -> int:
+    """Run one RQ worker in this process until it is asked to stop."""
+    from . import metrics  # after the multiprocess decision
+    from .connection import connect
+    from .jobs import SERIALIZER
+    from .worker_classes import worker_class
+
+    if serve_metrics and cfg.metrics_enabled:
+        port = cfg.metrics_port_for("worker")
+        metrics.serve(cfg.metrics_host, port)
+        log.info("metrics on %s:%s/metrics", cfg.metrics_host, port)
+    metrics.worker_gauges()[1].set(1)
+    cls = worker_class(cfg.worker_class)
+    # No retries in the client: RQ's own loop waits and reconnects with backoff.
+    worker = cls(
+        list(cfg.queues),
+        name=worker_name(cfg),
+        connection=connect(cfg, retries=0),
+        serializer=SERIALIZER,
+        default_result_ttl=cfg.result_ttl,
+        maintenance_interval=cfg.maintenance_interval,
+    )
+    worker.work(with_scheduler=True, burst=burst, logging_level=cfg.log_level.upper())
+    return 0
+
+
+def supervise(cfg: config_module.Config, argv: list[str]) -> int:
+    """Run ``cfg.worker_processes`` worker processes, restart the ones that die, serve their metrics."""
+    from . import metrics
+
+    if cfg.metrics_enabled:
+        port = cfg.metrics_port_for("worker")
+        metrics.serve(cfg.metrics_host, port)
+        log.info("metrics of %d processes on %s:%s/metrics", cfg.worker_processes, cfg.metrics_host, port)
+    env = {**os.environ, CHILD_ENV: "1"}
+    cmd = [sys.executable, "-m", "taskqueue.worker", *argv]
+    children: dict[int, subprocess.Popen] = {}
+    stopping = {"signals": 0}
+    backoff = 1.0
+
+    def forward(signum, _frame):
+        stopping["signals"] += 1
+        log.info(
+            "signal %s: %s shutdown of %d workers",
+            signum,
+            "warm" if stopping["signals"] == 1 else "cold",
+            len(children),
+        )
+        for child in children.values():
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for _ in range(cfg.worker_processes):
+        child = subprocess.Popen(cmd, env=env)
+        children[child.pid] = child
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        child = children.pop(pid, None)
+        if child is None:
+            continue
+        metrics.mark_process_dead(pid)
+        if not stopping["signals"]:
+            log.warning("worker process %s exited (status %s); restarting in %.0f s", pid, status, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+            child = subprocess.Popen(cmd, env=env)
+            children[child.pid] = child
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="taskqueue-worker", description=__doc__.splitlines()[0])
+    config_module.add_arguments(parser, "worker")
+    parser.add_argument("--burst", action="store_true", help="Quit when the queues are empty.")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_module.from_args(args)
+    except config_module.ConfigError as exc:
+        parser.exit(2, f"taskqueue-worker: configuration error: {exc}\n")
+    logs.setup(cfg.log_format, cfg.log_level)
+    child = os.environ.get(CHILD_ENV) == "1"
+    if cfg.worker_processes > 1 and not child:
+        # Several long-lived processes share one metrics view through prometheus-client's mmap files.
+        multiproc.use_fresh_dir(multiproc.tmp_path(f"taskqueue-worker-metrics-{os.getpid()}"))
+        sys.exit(supervise(cfg, argv))
+    if not child:
+        # One process keeps its counters in memory; a stray setting must not switch it to files.
+        os.environ.pop(multiproc.ENV, None)
+    sys.exit(run_worker(cfg, serve_metrics=not child, burst=args.burst))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Fixtures: a real redis-server per test module (flushed per test), real generator and worker processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import Generator, RedisServer, WorkerProc
+
+# Short retry intervals so the failure path finishes in a test's time.
+FAST_ENV = {"TASKQUEUE_RETRIES": "2", "TASKQUEUE_RETRY_INTERVALS": "1", "TASKQUEUE_MAINTENANCE_INTERVAL": "5"}
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def app_env(redis_server, redis_client):
+    return {**redis_server.env(), **FAST_ENV}
+
+
+@pytest.fixture
+def generator(app_env, tmp_path):
+    gen = Generator(app_env, tmp_path).start()
+    yield gen
+    gen.stop()
+
+
+@pytest.fixture
+def worker(app_env, tmp_path):
+    w = WorkerProc(app_env, tmp_path).start()
+    yield w
+    w.stop()

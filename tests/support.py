@@ -1,0 +1,199 @@
+"""Starting real processes for tests and benchmarks: redis-server, the generator, workers, the exporter."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import requests
+
+from taskqueue.local import find_redis_server
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], object], timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # the thing is not up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, with a password and AOF, in a temporary folder."""
+
+    def __init__(self, port: int | None = None, password: str | None = None, extra: list[str] | None = None):
+        self.port = port or free_port()
+        self.password = password or secrets.token_hex(12)
+        self.dir = Path(tempfile.mkdtemp(prefix="tq-redis-"))
+        self.extra = extra or []
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def env(self) -> dict[str, str]:
+        return {"TASKQUEUE_REDIS_URL": self.url, "TASKQUEUE_REDIS_PASSWORD": self.password}
+
+    def start(self) -> RedisServer:
+        cmd = [
+            find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
+            "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            *self.extra,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: self.client().ping(), what=f"redis on port {self.port}")
+        return self
+
+    def client(self):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Service:
+    """One of our console scripts as a child process, its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.args = args
+        self.env = {**os.environ, "TASKQUEUE_LOG_FORMAT": "json", **env}
+        self.log_path = log_dir / f"{name}-{secrets.token_hex(3)}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Service:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [str(BIN / self.name), *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        return self
+
+    def signal(self, sig: int) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Generator(Service):
+    def __init__(self, env: dict[str, str], log_dir: Path, web_workers: int = 2):
+        self.port = free_port()
+        self.metrics_port = free_port()
+        super().__init__(
+            "taskqueue-generator",
+            ["--http-host", "127.0.0.1", "--http-port", str(self.port), "--metrics-host", "127.0.0.1",
+             "--metrics-port", str(self.metrics_port), "--web-workers", str(web_workers)],
+            {"PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"metrics-{self.port}"), **env},
+            log_dir,
+        )  # fmt: skip
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Generator:
+        super().start()
+        wait_for(lambda: requests.get(self.base + "/healthz", timeout=1).ok, what="generator /healthz")
+        return self
+
+
+class WorkerProc(Service):
+    def __init__(self, env: dict[str, str], log_dir: Path, args: list[str] | None = None):
+        self.metrics_port = free_port()
+        super().__init__(
+            "taskqueue-worker",
+            ["--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port), *(args or [])],
+            env,
+            log_dir,
+        )
+
+    def start(self, wait: bool = True) -> WorkerProc:
+        super().start()
+        if wait:
+            wait_for(lambda: requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1).ok,
+                     what="worker metrics endpoint")  # fmt: skip
+        return self
+
+
+class Exporter(Service):
+    def __init__(self, env: dict[str, str], log_dir: Path, args: list[str] | None = None):
+        self.metrics_port = free_port()
+        super().__init__(
+            "taskqueue-exporter",
+            ["--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port), *(args or [])],
+            env,
+            log_dir,
+        )
+
+    def start(self) -> Exporter:
+        super().start()
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1).ok,
+                 what="exporter metrics endpoint")  # fmt: skip
+        return self
+
+
+def wait_status(base: str, job_id: str, statuses: set[str], timeout: float = 30) -> dict:
+    """Poll ``/status/<id>`` until the job is in one of ``statuses``."""
+
+    def check():
+        doc = requests.get(f"{base}/status/{job_id}", timeout=2).json()
+        return doc if doc.get("status") in statuses else None
+
+    return wait_for(check, timeout=timeout, interval=0.1, what=f"job {job_id} to be {statuses}")
+
+
+@contextlib.contextmanager
+def running(*services: Service) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for s in reversed(services):
+            s.stop()

@@ -1,0 +1,145 @@
+"""The seed's API end to end: real gunicorn (2 processes), a real RQ worker, a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import requests
+
+from tests.support import Generator, RedisServer, wait_for, wait_status
+
+SEED_RESULT = "Processed message generating task with delay: 1 after 1 seconds"
+
+
+def test_seed_flow_start_list_status(generator, worker):
+    r = requests.get(generator.base + "/start", params={"delay": 1}, timeout=5)
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) >= {"jobId", "timeOfEnqueue", "message", "statusUrl"}
+    job_id = body["jobId"]
+    assert body["statusUrl"] == f"/status/{job_id}"
+    assert body["timeOfEnqueue"].endswith("Z")
+    assert body["message"].startswith("generating task with delay: 1 with id: " + job_id)
+
+    # /list shows it while it runs (the seed's "running job ids").
+    listed = wait_for(lambda: job_id in requests.get(generator.base + "/list", timeout=2).json()["jobs"],
+                      timeout=5, what="job in /list")  # fmt: skip
+    assert listed
+
+    doc = wait_status(generator.base, job_id, {"finished"}, timeout=15)
+    assert doc["result"] == SEED_RESULT
+    assert doc["error"] is None
+    assert doc["startedAt"] and doc["endedAt"] and doc["enqueuedAt"]
+    assert requests.get(generator.base + "/list", timeout=2).json()["jobs"] == []
+    finished = requests.get(generator.base + "/list", params={"state": "finished"}, timeout=2).json()
+    assert finished["jobs"] == [job_id] and finished["total"] == 1
+
+
+def test_random_delay_is_in_seed_bounds(generator, redis_client):
+    for _ in range(5):
+        body = requests.get(generator.base + "/start", timeout=5).json()
+        delay = int(body["message"].split("delay: ")[1].split(" ")[0])
+        assert 20 <= delay <= 30
+
+
+def test_failing_task_consumes_retries_then_fails(generator, worker):
+    r = requests.post(generator.base + "/jobs", json={"task": "fail", "args": {"message": "boom"}}, timeout=5)
+    assert r.status_code == 202
+    assert r.headers["Location"] == r.json()["statusUrl"]
+    job_id = r.json()["jobId"]
+    first = requests.get(generator.base + r.headers["Location"], timeout=2).json()
+    assert first["retriesLeft"] == 2
+    doc = wait_status(generator.base, job_id, {"failed"}, timeout=20)
+    assert doc["error"] == "RuntimeError: boom"
+    assert doc["retriesLeft"] == 0
+    assert doc["result"] is None
+    assert "Traceback" not in json.dumps(doc)
+
+
+def test_cpu_task_runs(generator, worker):
+    r = requests.post(generator.base + "/jobs", json={"task": "hash", "args": {"rounds": 1000}}, timeout=5)
+    doc = wait_status(generator.base, r.json()["jobId"], {"finished"}, timeout=10)
+    assert doc["result"]["rounds"] == 1000 and len(doc["result"]["digest"]) == 64
+
+
+def test_unknown_job_is_404_json(generator):
+    for path in ("/status/no-such-job", "/status/" + "x" * 300, "/jobs/nope"):
+        r = requests.get(generator.base + path, timeout=2)
+        assert r.status_code == 404
+        assert r.headers["Content-Type"] == "application/json"
+        assert r.json()["error"]["code"] in {"job_not_found", "not_found"}
+
+
+def test_bad_input_is_400_json(generator):
+    cases = [
+        ("GET", "/start?delay=abc", None),
+        ("GET", "/start?delay=-1", None),
+        ("GET", "/start?delay=100000", None),
+        ("POST", "/jobs", {"task": "os.system", "args": {}}),
+        ("POST", "/jobs", {"task": "sleep", "args": {"seconds": "1"}}),
+        ("POST", "/jobs", {"task": "sleep", "args": {"seconds": 1, "extra": 2}}),
+        ("POST", "/jobs", {"task": "sleep", "args": [1]}),
+        ("POST", "/jobs", ["not", "an", "object"]),
+        ("POST", "/jobs", {"task": "sleep", "func": "os.system"}),
+        ("GET", "/list?state=everything", None),
+        ("GET", "/list?limit=0", None),
+    ]
+    for method, path, body in cases:
+        r = requests.request(method, generator.base + path, json=body, timeout=2)
+        assert r.status_code == 400, (path, body, r.text)
+        assert set(r.json()["error"]) == {"code", "message"}
+    r = requests.post(generator.base + "/jobs", data="{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = requests.post(generator.base + "/jobs", data="task=sleep", timeout=2)
+    assert r.status_code == 415
+    r = requests.put(generator.base + "/start", timeout=2)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    r = requests.post(generator.base + "/jobs", data=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+                      headers={"Content-Type": "application/json"}, timeout=5)  # fmt: skip
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+
+def test_job_hash_in_redis_is_json_not_pickle(generator, redis_client):
+    job_id = requests.get(generator.base + "/start?delay=1", timeout=2).json()["jobId"]
+    raw = redis_client.hgetall(f"rq:job:{job_id}")
+    data = raw[b"data"]
+    # RQ compresses the payload with zlib; inside is JSON (pickle would start with 0x80).
+    import zlib
+
+    payload = zlib.decompress(data)
+    decoded = json.loads(payload)
+    assert decoded[0] == "taskqueue.tasks.save_to_file"
+    assert decoded[2] == ["generating task with delay: 1", 1]
+    assert json.loads(raw[b"meta"]) == {"task": "sleep"}
+
+
+def test_health_and_readiness(generator):
+    assert requests.get(generator.base + "/healthz", timeout=2).json() == {"status": "ok"}
+    assert requests.get(generator.base + "/readyz", timeout=2).json() == {"status": "ready"}
+
+
+def test_redis_down_gives_503_fast_then_recovers(tmp_path):
+    server = RedisServer().start()
+    gen = Generator({**server.env()}, tmp_path).start()
+    try:
+        assert requests.get(gen.base + "/start?delay=1", timeout=2).status_code == 200
+        server.stop()
+        t0 = time.monotonic()
+        r = requests.get(gen.base + "/start?delay=1", timeout=5)
+        elapsed = time.monotonic() - t0
+        assert r.status_code == 503, r.text
+        assert elapsed < 1.0, elapsed
+        assert r.json()["error"]["code"] == "redis_unavailable"
+        assert int(r.headers["Retry-After"]) > 0
+        t0 = time.monotonic()
+        ready = requests.get(gen.base + "/readyz", timeout=5)
+        assert ready.status_code == 503 and time.monotonic() - t0 < 1.0
+        assert requests.get(gen.base + "/healthz", timeout=2).status_code == 200
+        # Redis comes back on the same port with its AOF: the generator recovers without a restart.
+        server.start()
+        wait_for(lambda: requests.get(gen.base + "/readyz", timeout=2).status_code == 200, what="ready again")
+        assert requests.get(gen.base + "/start?delay=1", timeout=2).status_code == 200
+    finally:
+        gen.stop()
+        server.cleanup()
