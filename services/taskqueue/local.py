@@ -72,32 +72,39 @@ def write_files(state: Path, args: argparse.Namespace) -> Path:
     (state / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     (state / "env").chmod(0o600)
     bindir = Path(sys.executable).parent
+    ports = metrics_ports(args.metrics_port_base)
     procs = {
         "redis": f"{find_redis_server()} {state / 'redis.conf'}",
-        "generator": f"{bindir / 'taskqueue-generator'} --http-port {args.port}",
-        "worker": f"{bindir / 'taskqueue-worker'} --worker-processes {args.workers}",
-        "exporter": f"{bindir / 'taskqueue-exporter'}",
+        "generator": f"{bindir / 'taskqueue-generator'} --http-port {args.port} --metrics-port {ports['generator']}",
+        "worker": f"{bindir / 'taskqueue-worker'} --worker-processes {args.workers} --metrics-port {ports['worker']}",
+        "exporter": f"{bindir / 'taskqueue-exporter'} --metrics-port {ports['exporter']}",
     }
     prometheus = shutil.which("prometheus")
     if prometheus and not args.no_prometheus:
         rules = ROOT / "helm" / "taskqueue" / "files" / "alerts.yml"
-        (state / "prometheus.yml").write_text(prometheus_config(rules if rules.exists() else None))
+        targets = {**ports, "prometheus": args.prometheus_port}
+        (state / "prometheus.yml").write_text(prometheus_config(targets, rules if rules.exists() else None))
         procs["prometheus"] = (
             f"{prometheus} --config.file={state / 'prometheus.yml'} "
-            f"--storage.tsdb.path={state / 'prometheus'} --web.listen-address=127.0.0.1:9090"
+            f"--storage.tsdb.path={state / 'prometheus'} --web.listen-address=127.0.0.1:{args.prometheus_port}"
         )
     procfile = state / "Procfile"
     procfile.write_text("".join(f"{name}: {cmd}\n" for name, cmd in procs.items()))
     return procfile
 
 
-def prometheus_config(rules: Path | None) -> str:
+def metrics_ports(base: int) -> dict[str, int]:
+    """The metrics port of each local process: base, base+100, base+200 (9100, 9200, 9300 by default)."""
+    return {"generator": base, "worker": base + 100, "exporter": base + 200}
+
+
+def prometheus_config(targets: dict[str, int], rules: Path | None) -> str:
     """Scrape every local process every 5 s; load the chart's alert rules."""
     lines = ["global:", "  scrape_interval: 5s", "  evaluation_interval: 5s"]
     if rules is not None:
         lines += ["rule_files:", f"  - {rules}"]
     lines += ["scrape_configs:"]
-    for job, port in (("generator", 9100), ("worker", 9200), ("exporter", 9300), ("prometheus", 9090)):
+    for job, port in targets.items():
         lines += [f"  - job_name: {job}", "    static_configs:", f"      - targets: ['127.0.0.1:{port}']"]
     return "\n".join(lines) + "\n"
 
@@ -108,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000, help="Generator API port (default 8000).")
     parser.add_argument("--redis-port", type=int, default=int(os.environ.get("LOCAL_REDIS_PORT", "6379")))
     parser.add_argument("--workers", type=int, default=2, help="Worker processes (default 2).")
+    parser.add_argument(
+        "--metrics-port-base", type=int, default=9100, help="Generator metrics port; +100 worker, +200 exporter."
+    )
+    parser.add_argument("--prometheus-port", type=int, default=9090, help="Prometheus port (default 9090).")
     parser.add_argument("--no-prometheus", action="store_true", help="Do not start Prometheus.")
     args = parser.parse_args(argv)
     state = Path(args.state)

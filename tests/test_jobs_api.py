@@ -1,0 +1,85 @@
+"""Job routes beyond the seed: cancel, requeue, idempotency, batch, backpressure, listing."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import requests
+
+from tests.support import Generator, wait_status
+
+
+def test_cancel_queued_job_and_conflicts(generator):
+    job_id = requests.get(generator.base + "/start?delay=1", timeout=2).json()["jobId"]
+    r = requests.delete(f"{generator.base}/jobs/{job_id}", timeout=2)
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    again = requests.delete(f"{generator.base}/jobs/{job_id}", timeout=2)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_job_state"
+    assert requests.delete(f"{generator.base}/jobs/unknown", timeout=2).status_code == 404
+    listed = requests.get(generator.base + "/list?state=canceled", timeout=2).json()
+    assert listed["jobs"] == [job_id]
+
+
+def test_requeue_failed_job(generator, worker):
+    job_id = requests.post(generator.base + "/jobs", json={"task": "fail"}, timeout=2).json()["jobId"]
+    wait_status(generator.base, job_id, {"failed"}, timeout=20)
+    r = requests.post(f"{generator.base}/jobs/{job_id}/requeue", timeout=2)
+    assert r.status_code == 200
+    assert wait_status(generator.base, job_id, {"failed"}, timeout=20)["error"] == "RuntimeError: requested failure"
+    ok = requests.get(generator.base + "/start?delay=0", timeout=2).json()["jobId"]
+    wait_status(generator.base, ok, {"finished"}, timeout=10)
+    r = requests.post(f"{generator.base}/jobs/{ok}/requeue", timeout=2)
+    assert r.status_code == 409
+
+
+def test_idempotency_key_returns_same_job_under_concurrency(generator, redis_client):
+    def post(_):
+        return requests.post(generator.base + "/jobs", json={"task": "noop"},
+                             headers={"Idempotency-Key": "order-42"}, timeout=5)  # fmt: skip
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(post, range(16)))
+    ids = {r.json()["jobId"] for r in responses}
+    assert len(ids) == 1
+    assert all(r.status_code == 202 for r in responses)
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 15
+    assert redis_client.llen("rq:queue:default") == 1
+    s1 = requests.get(generator.base + "/start?delay=1", headers={"Idempotency-Key": "s"}, timeout=2).json()
+    s2 = requests.get(generator.base + "/start?delay=1", headers={"Idempotency-Key": "s"}, timeout=2).json()
+    assert s1["jobId"] == s2["jobId"]
+    bad = requests.post(generator.base + "/jobs", json={"task": "noop"}, headers={"Idempotency-Key": "x" * 200})
+    assert bad.status_code == 400
+
+
+def test_batch_enqueue_in_one_request(generator, worker, redis_client):
+    jobs = [{"task": "noop"} for _ in range(50)] + [{"task": "hash", "args": {"rounds": 10}}]
+    r = requests.post(generator.base + "/jobs/batch", json={"jobs": jobs}, timeout=5)
+    assert r.status_code == 202
+    body = r.json()
+    assert body["count"] == 51 and len({j["jobId"] for j in body["jobs"]}) == 51
+    wait_status(generator.base, body["jobs"][-1]["jobId"], {"finished"}, timeout=15)
+    too_many = requests.post(generator.base + "/jobs/batch", json={"jobs": [{"task": "noop"}] * 1001}, timeout=5)
+    assert too_many.status_code == 400
+    one_bad = requests.post(generator.base + "/jobs/batch", json={"jobs": [{"task": "noop"}, {"task": "rm"}]})
+    assert one_bad.status_code == 400
+    assert redis_client.llen("rq:queue:default") == 0  # nothing of a rejected batch was enqueued
+
+
+def test_backlog_limit_answers_429(app_env, tmp_path, redis_client):
+    gen = Generator({**app_env, "TASKQUEUE_MAX_BACKLOG": "3"}, tmp_path).start()
+    try:
+        codes = [requests.get(gen.base + "/start?delay=1", timeout=2).status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        r = requests.get(gen.base + "/start?delay=1", timeout=2)
+        assert r.json()["error"]["code"] == "backlog_full" and int(r.headers["Retry-After"]) > 0
+        assert redis_client.llen("rq:queue:default") == 3
+        batch = requests.post(gen.base + "/jobs/batch", json={"jobs": [{"task": "noop"}] * 2}, timeout=2)
+        assert batch.status_code == 429
+    finally:
+        gen.stop()
+
+
+def test_list_pagination(generator):
+    ids = [requests.get(generator.base + "/start?delay=1", timeout=2).json()["jobId"] for _ in range(5)]
+    page = requests.get(generator.base + "/list?state=queued&offset=1&limit=2", timeout=2).json()
+    assert page == {"jobs": ids[1:3], "state": "queued", "total": 5, "offset": 1, "limit": 2}
