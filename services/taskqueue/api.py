@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 from rq.job import Job
+from werkzeug.routing import BaseConverter
 
 from . import metrics
 from .errors import RETRY_AFTER_BACKLOG, ApiError
 from .jobs import (
     IDEMPOTENCY_KEY_RE,
+    JOB_ID_REGEX,
     LIST_STATES,
     BacklogFull,
     JobNotFound,
@@ -20,12 +23,20 @@ from .jobs import (
     JobStateConflict,
     iso,
 )
-from .tasks import TASKS, TaskInputError, validate
+from .openapi import MAX_BATCH, MAX_LIST_LIMIT, MAX_OFFSET, document
+from .tasks import TASKS, TaskInputError, task_name, validate
+
+
+class JobIdConverter(BaseConverter):
+    """Route only well-formed job ids; anything else is a JSON 404 from routing, never a Redis lookup."""
+
+    regex = JOB_ID_REGEX
+
 
 bp = Blueprint("api", __name__)
-
-MAX_BATCH = 1000
-MAX_LIST_LIMIT = 1000
+# Registered before any route of the blueprint, so the rules below can use <job_id:...>.
+bp.record_once(lambda state: state.app.url_map.converters.setdefault("job_id", JobIdConverter))
+DIGITS = re.compile(r"^[0-9]{1,10}$")
 
 
 def service() -> JobService:
@@ -36,7 +47,7 @@ def _int_param(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 9 or not low <= int(raw) <= high:
+    if not DIGITS.match(raw) or not low <= int(raw) <= high:
         raise ApiError(400, f"invalid_{name}", f"'{name}' must be an integer from {low} to {high}")
     return int(raw)
 
@@ -66,7 +77,7 @@ def _job_request(item: Any) -> JobRequest:
     if unknown:
         raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
     try:
-        task, args = validate(item.get("task"), item.get("args"), service().cfg.delay_limit)
+        task, args = validate(item.get("task"), item.get("args", {}), service().cfg.delay_limit)
     except TaskInputError as exc:
         raise ApiError(400, "invalid_task", str(exc)) from None
     return JobRequest(task, args)
@@ -79,18 +90,26 @@ def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Job, bool]:
     except BacklogFull as exc:
         metrics.ENQUEUE_REJECTED.labels("backlog_full").inc()
         raise ApiError(429, "backlog_full", str(exc), RETRY_AFTER_BACKLOG) from None
+    except JobStateConflict as exc:
+        raise ApiError(409, "idempotency_conflict", str(exc), 1) from None
     if created:
         metrics.JOBS_ENQUEUED.labels(svc.queue.name, req.task.name).inc()
     return job, created
 
 
-def _accepted(job: Job, message: str, created: bool, status: int):
+def _message(job: Job) -> str:
+    """The seed's message: what was enqueued, its id and when."""
+    what = job.args[0] if task_name(job.func_name) == "sleep" else f"task {task_name(job.func_name)}"
+    return f"{what} with id: {job.id} added to queue at {iso(job.enqueued_at)}"
+
+
+def _accepted(job: Job, created: bool, status: int):
     status_url = url_for("api.status", job_id=job.id)
     response = jsonify(
         {
             "jobId": job.id,
             "timeOfEnqueue": iso(job.enqueued_at),
-            "message": message,
+            "message": _message(job),
             "statusUrl": status_url,
         }
     )
@@ -106,10 +125,9 @@ def start():
     """The seed's route: enqueue the sleep task with ``?delay=`` or a random 20-30 s."""
     cfg = service().cfg
     delay = _int_param("delay", random.randint(cfg.delay_min, cfg.delay_max), 0, cfg.delay_limit)
-    req = JobRequest(TASKS["sleep"], TASKS["sleep"].validate({"seconds": delay}, cfg.delay_limit))
+    req = JobRequest(TASKS["sleep"], TASKS["sleep"].arguments({"seconds": delay}, cfg.delay_limit))
     job, created = _enqueue(req, _idempotency_key())
-    msg = req.args[0] if created else f"generating task with delay: {job.args[1]}"
-    return _accepted(job, f"{msg} with id: {job.id} added to queue at {iso(job.enqueued_at)}", created, 200)
+    return _accepted(job, created, 200)
 
 
 @bp.post("/jobs")
@@ -117,16 +135,14 @@ def create_job():
     """Enqueue one task from the allow-list: ``{"task": "hash", "args": {"rounds": 100000}}``."""
     req = _job_request(_json_body())
     job, created = _enqueue(req, _idempotency_key())
-    return _accepted(
-        job, f"task {req.task.name} with id: {job.id} added to queue at {iso(job.enqueued_at)}", created, 202
-    )
+    return _accepted(job, created, 202)
 
 
 @bp.post("/jobs/batch")
 def create_batch():
     """Enqueue up to MAX_BATCH jobs in one Redis pipeline: ``{"jobs": [{"task": ..., "args": ...}, ...]}``."""
     body = _json_body()
-    items = body.get("jobs") if isinstance(body, dict) else None
+    items = body.get("jobs") if isinstance(body, dict) and set(body) == {"jobs"} else None
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
         raise ApiError(400, "invalid_body", f"'jobs' must be a list of 1 to {MAX_BATCH} jobs")
     reqs = [_job_request(item) for item in items]
@@ -141,12 +157,12 @@ def create_batch():
         counts[r.task.name] = counts.get(r.task.name, 0) + 1
     for name, n in counts.items():
         metrics.JOBS_ENQUEUED.labels(svc.queue.name, name).inc(n)
-    status_url = url_for("api.status", job_id="")
+    status_prefix = url_for("api.status", job_id="x")[:-1]
     response = jsonify(
         {
             "count": len(jobs),
             "jobs": [
-                {"jobId": j.id, "timeOfEnqueue": iso(j.enqueued_at), "statusUrl": status_url + j.id} for j in jobs
+                {"jobId": j.id, "timeOfEnqueue": iso(j.enqueued_at), "statusUrl": status_prefix + j.id} for j in jobs
             ],
         }
     )
@@ -154,8 +170,8 @@ def create_batch():
     return response
 
 
-@bp.get("/jobs/<job_id>", endpoint="job")
-@bp.get("/status/<job_id>")
+@bp.get("/jobs/<job_id:job_id>", endpoint="job")
+@bp.get("/status/<job_id:job_id>")
 def status(job_id: str):
     """The seed's route: a job's ``result`` plus its lifecycle."""
     svc = service()
@@ -171,19 +187,19 @@ def list_jobs():
     state = request.args.get("state", "started")
     if state not in LIST_STATES:
         raise ApiError(400, "invalid_state", f"'state' must be one of: {', '.join(LIST_STATES)}")
-    offset = _int_param("offset", 0, 0, 10**9)
+    offset = _int_param("offset", 0, 0, MAX_OFFSET)
     limit = _int_param("limit", 100, 1, MAX_LIST_LIMIT)
     ids, total = service().list_ids(state, offset, limit)
     return jsonify({"jobs": ids, "state": state, "total": total, "offset": offset, "limit": limit})
 
 
-@bp.delete("/jobs/<job_id>")
+@bp.delete("/jobs/<job_id:job_id>")
 def cancel_job(job_id: str):
     """Cancel a waiting job or stop a running one."""
     return _change(job_id, service().cancel)
 
 
-@bp.post("/jobs/<job_id>/requeue")
+@bp.post("/jobs/<job_id:job_id>/requeue")
 def requeue_job(job_id: str):
     """Requeue a failed, stopped or canceled job."""
     return _change(job_id, service().requeue)
@@ -197,6 +213,12 @@ def _change(job_id: str, operation):
         raise ApiError(404, "job_not_found", "no job with that id (it may have expired)") from None
     except JobStateConflict as exc:
         raise ApiError(409, "invalid_job_state", str(exc)) from None
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI document of this API."""
+    return jsonify(document(service().cfg))
 
 
 @bp.get("/healthz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from flask import Flask, g, request
@@ -11,8 +12,10 @@ from . import errors, metrics
 from .api import bp
 from .connection import connect
 from .jobs import JobService
+from .tasks import TASKS
 
 MAX_BODY_BYTES = 1024 * 1024
+CONVERTER = re.compile(r"<[^:>]+:")
 
 
 def create_app(cfg: config_module.Config | None = None) -> Flask:
@@ -25,8 +28,14 @@ def create_app(cfg: config_module.Config | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(bp)
     if cfg.metrics_enabled:
+        metrics.init_generator_series(cfg.queue, TASKS)
         _instrument(app)
     return app
+
+
+def _route_label(rule: str) -> str:
+    """'/status/<job_id:job_id>' -> '/status/<job_id>': the route template without converters."""
+    return CONVERTER.sub("<", rule)
 
 
 def _instrument(app: Flask) -> None:
@@ -40,7 +49,7 @@ def _instrument(app: Flask) -> None:
     def _record(response):
         started = g.pop("started", None)
         if started is not None:
-            route = request.url_rule.rule if request.url_rule else "unmatched"
+            route = _route_label(request.url_rule.rule) if request.url_rule else "unmatched"
             metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
             metrics.HTTP_DURATION.labels(route, request.method).observe(time.perf_counter() - started)
         return response

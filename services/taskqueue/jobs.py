@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,9 +32,15 @@ from .tasks import Task, task_name
 # JSON on both sides of Redis: a job hash never holds a pickle, and one that does is refused.
 SERIALIZER = JSONSerializer
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+# Job ids as RQ makes them; "batch" is not one, so GET /jobs/batch is a 405, not a lookup.
+JOB_ID_REGEX = r"(?!batch$)[A-Za-z0-9_-]{1,64}"
+JOB_ID_PATTERN = f"^{JOB_ID_REGEX}$"
+JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
+IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
 IDEMPOTENCY_PREFIX = "taskqueue:idempotency:"
+IDEMPOTENCY_CLAIM_TTL = 10  # seconds a claim lives before its job exists
+IDEMPOTENCY_WAIT = 2.0  # seconds a concurrent request waits for the winner's job
 
 REGISTRIES = {
     "started": StartedJobRegistry,
@@ -44,6 +51,7 @@ REGISTRIES = {
     "canceled": CanceledJobRegistry,
 }
 LIST_STATES = ("queued", *REGISTRIES)
+STATUSES = ("queued", "started", "finished", "failed", "scheduled", "deferred", "canceled", "stopped")
 
 
 class JobNotFound(LookupError):
@@ -112,19 +120,34 @@ class JobService:
 
         Returns the job and whether it was created by this call.
         """
-        job_id = None
-        if idempotency_key is not None:
+        if idempotency_key is None:
+            self._check_backlog(1)
+            (job,) = self.queue.enqueue_many([self._enqueue_data(req)])
+            return job, True
+        key = IDEMPOTENCY_PREFIX + idempotency_key
+        deadline = time.monotonic() + IDEMPOTENCY_WAIT
+        while True:
             job_id = uuid4().hex
-            key = IDEMPOTENCY_PREFIX + idempotency_key
-            # SET NX decides the race between concurrent requests with the same key.
-            if not self.redis.set(key, job_id, nx=True, ex=self.cfg.result_ttl):
-                existing = self.redis.get(key)
-                if existing is not None:
+            # SET NX decides the race between concurrent requests with the same key. The claim is
+            # short-lived until the job exists, so a request that dies in between blocks no one for long.
+            if self.redis.set(key, job_id, nx=True, ex=IDEMPOTENCY_CLAIM_TTL):
+                try:
+                    self._check_backlog(1)
+                    (job,) = self.queue.enqueue_many([self._enqueue_data(req, job_id)])
+                except BaseException:
+                    self.redis.delete(key)
+                    raise
+                self.redis.expire(key, self.cfg.result_ttl)
+                return job, True
+            existing = self.redis.get(key)
+            if existing is not None:
+                try:
                     return self.fetch(existing.decode()), False
-                self.redis.set(key, job_id, ex=self.cfg.result_ttl)
-        self._check_backlog(1)
-        (job,) = self.queue.enqueue_many([self._enqueue_data(req, job_id)])
-        return job, True
+                except JobNotFound:
+                    pass  # the winner of the race has not enqueued it yet
+            if time.monotonic() > deadline:
+                raise JobStateConflict("a request with this Idempotency-Key is still being processed")
+            time.sleep(0.02)
 
     def enqueue_batch(self, reqs: Sequence[JobRequest]) -> list[Job]:
         """Enqueue many jobs in one Redis pipeline."""

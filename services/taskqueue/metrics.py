@@ -7,6 +7,7 @@ prometheus-client picks its storage (memory or mmap files) when it is first impo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -75,6 +76,30 @@ def worker_gauges() -> tuple[Gauge, Gauge]:
 _WORKER_GAUGES: tuple[Gauge, Gauge] | None = None
 
 OUTCOMES = ("succeeded", "failed", "retried", "stopped")
+REJECT_REASONS = ("backlog_full",)
+
+
+def init_generator_series(queue: str, tasks: Iterable[str]) -> None:
+    """Create the generator's counters at 0 for every known label value.
+
+    A series that first appears at 1 hides that first increment from rate() and increase(), and a
+    missing series makes ratios and alerts return nothing instead of 0.
+    """
+    for task in tasks:
+        JOBS_ENQUEUED.labels(queue, task)
+    for reason in REJECT_REASONS:
+        ENQUEUE_REJECTED.labels(reason)
+
+
+def init_worker_series(queues: Iterable[str], tasks: Iterable[str]) -> None:
+    """Create the worker's per-job series at 0 (see :func:`init_generator_series`)."""
+    tasks = tuple(tasks)
+    for queue in queues:
+        for task in tasks:
+            JOB_RUN.labels(queue, task)
+            JOB_WAIT.labels(queue, task)
+            for outcome in OUTCOMES:
+                JOBS_COMPLETED.labels(queue, task, outcome)
 
 
 def multiprocess_dir() -> str | None:

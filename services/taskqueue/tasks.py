@@ -40,63 +40,87 @@ def fail(message: str = "requested failure") -> None:
     raise RuntimeError(message)
 
 
-def _int_arg(args: Mapping[str, Any], name: str, low: int, high: int, default: int | None = None) -> int:
-    value = args.get(name, default)
-    if value is None:
-        raise TaskInputError(f"argument '{name}' is required")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TaskInputError(f"argument '{name}' must be an integer")
-    if not low <= value <= high:
-        raise TaskInputError(f"argument '{name}' must be between {low} and {high}")
-    return value
+@dataclass(frozen=True)
+class Param:
+    """One argument of a task: an integer within bounds or a string up to a length."""
 
+    kind: type
+    low: int = 0
+    high: int | None = None  # None: the configured delay limit
+    default: Any = None
 
-def _str_arg(args: Mapping[str, Any], name: str, default: str, max_len: int = 200) -> str:
-    value = args.get(name, default)
-    if not isinstance(value, str):
-        raise TaskInputError(f"argument '{name}' must be a string")
-    if len(value) > max_len:
-        raise TaskInputError(f"argument '{name}' must be at most {max_len} characters")
-    return value
+    def schema(self, delay_limit: int) -> dict[str, Any]:
+        if self.kind is int:
+            high = delay_limit if self.high is None else self.high
+            return {"type": "integer", "minimum": self.low, "maximum": high}
+        return {"type": "string", "maxLength": self.high}
+
+    def check(self, name: str, value: Any, delay_limit: int) -> Any:
+        if self.kind is int:
+            high = delay_limit if self.high is None else self.high
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # JSON has one number type: 5.0 is the integer 5
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TaskInputError(f"argument '{name}' must be an integer")
+            if not self.low <= value <= high:
+                raise TaskInputError(f"argument '{name}' must be between {self.low} and {high}")
+        elif not isinstance(value, str) or len(value) > (self.high or 0):
+            raise TaskInputError(f"argument '{name}' must be a string of at most {self.high} characters")
+        return value
 
 
 @dataclass(frozen=True)
 class Task:
-    """An enqueueable task: the function, its argument names, and a validator to positional args."""
+    """An enqueueable task: the function and its parameters, in the order the function takes them."""
 
     name: str
     func: Callable[..., Any]
-    arguments: tuple[str, ...]
-    validate: Callable[[Mapping[str, Any], int], list[Any]]
+    params: dict[str, Param]
     description: str
 
+    def args_schema(self, delay_limit: int) -> dict[str, Any]:
+        """The JSON schema of ``args`` (the OpenAPI document uses it)."""
+        return {
+            "type": "object",
+            "properties": {n: p.schema(delay_limit) for n, p in self.params.items()},
+            "required": [n for n, p in self.params.items() if p.default is None],
+            "additionalProperties": False,
+        }
 
-def _sleep_args(args: Mapping[str, Any], delay_limit: int) -> list[Any]:
-    seconds = _int_arg(args, "seconds", 0, delay_limit)
-    return [f"generating task with delay: {seconds}", seconds]
+    def arguments(self, args: Mapping[str, Any], delay_limit: int) -> list[Any]:
+        """Validated positional arguments for the function."""
+        unknown = sorted(set(args) - set(self.params))
+        if unknown:
+            raise TaskInputError(f"unknown argument(s) for task '{self.name}': {', '.join(unknown)}")
+        values = []
+        for name, param in self.params.items():
+            value = args.get(name, param.default)
+            if value is None:
+                raise TaskInputError(f"argument '{name}' is required")
+            values.append(param.check(name, value, delay_limit))
+        return values
+
+
+class SleepTask(Task):
+    """The seed's job takes the seed's message and the delay."""
+
+    def arguments(self, args: Mapping[str, Any], delay_limit: int) -> list[Any]:
+        (seconds,) = super().arguments(args, delay_limit)
+        return [f"generating task with delay: {seconds}", seconds]
 
 
 TASKS: dict[str, Task] = {
-    "sleep": Task(
-        "sleep",
-        save_to_file,
-        ("seconds",),
-        _sleep_args,
-        "The seed's task: sleep `seconds`, return the seed's message.",
+    "sleep": SleepTask(
+        "sleep", save_to_file, {"seconds": Param(int)}, "The seed's task: sleep `seconds`, return the seed's message."
     ),
     "hash": Task(
-        "hash",
-        hash_chain,
-        ("rounds",),
-        lambda a, _limit: [_int_arg(a, "rounds", 1, 50_000_000)],
-        "CPU-bound: `rounds` chained SHA-256 hashes (1 to 50,000,000).",
+        "hash", hash_chain, {"rounds": Param(int, 1, 50_000_000)}, "CPU-bound: `rounds` chained SHA-256 hashes."
     ),
-    "noop": Task("noop", noop, (), lambda _a, _limit: [], "Returns at once."),
+    "noop": Task("noop", noop, {}, "Returns at once."),
     "fail": Task(
         "fail",
         fail,
-        ("message",),
-        lambda a, _limit: [_str_arg(a, "message", "requested failure")],
+        {"message": Param(str, high=200, default="requested failure")},
         "Always raises, to exercise retries and the failed registry.",
     ),
 }
@@ -110,15 +134,10 @@ def validate(name: Any, args: Any, delay_limit: int) -> tuple[Task, list[Any]]:
     """Check a client's task name and arguments; return the task and its positional arguments."""
     if not isinstance(name, str) or name not in TASKS:
         raise TaskInputError(f"'task' must be one of: {', '.join(sorted(TASKS))}")
-    if args is None:
-        args = {}
     if not isinstance(args, dict):
         raise TaskInputError("'args' must be an object")
     task = TASKS[name]
-    unknown = sorted(set(args) - set(task.arguments))
-    if unknown:
-        raise TaskInputError(f"unknown argument(s) for task '{name}': {', '.join(unknown)}")
-    return task, task.validate(args, delay_limit)
+    return task, task.arguments(args, delay_limit)
 
 
 def task_name(func_name: str | None) -> str:

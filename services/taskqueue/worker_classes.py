@@ -18,7 +18,7 @@ from rq.timeouts import UnixSignalDeathPenalty
 
 from . import metrics
 from .logs import current_job_id
-from .tasks import task_name
+from .tasks import TASKS, task_name
 
 OUTCOME_BY_STATUS = {
     JobStatus.FINISHED: "succeeded",
@@ -27,6 +27,8 @@ OUTCOME_BY_STATUS = {
     JobStatus.CANCELED: "stopped",
     JobStatus.SCHEDULED: "retried",
     JobStatus.QUEUED: "retried",
+    # Retried with no interval and already taken by another worker before this one read the status.
+    JobStatus.STARTED: "retried",
 }
 
 
@@ -34,6 +36,10 @@ class MetricsMixin:
     """Counts each job attempt in the long-lived worker process (never in a forked work-horse)."""
 
     refresh_status_after_job = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        metrics.init_worker_series((q.name for q in self.queues), TASKS)
 
     def execute_job(self, job: Job, queue: Queue):
         task = task_name(job.func_name)

@@ -1,0 +1,313 @@
+"""The OpenAPI 3.1 document of the generator's API, built from the same limits the code enforces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from .config import Config
+from .jobs import IDEMPOTENCY_KEY_PATTERN, JOB_ID_PATTERN, LIST_STATES, STATUSES
+from .tasks import TASKS
+
+MAX_BATCH = 1000
+MAX_LIST_LIMIT = 1000
+MAX_OFFSET = 999_999_999
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json(ref: str, description: str, headers: dict | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer", "minimum": 1}, "description": "Seconds to wait."}}
+UNAVAILABLE = {**_error("Redis is unreachable."), "headers": RETRY_AFTER}
+BACKLOG = {**_error("The queue holds `TASKQUEUE_MAX_BACKLOG` jobs."), "headers": RETRY_AFTER}
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
+}
+IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+    "description": "The same key returns the same job for `TASKQUEUE_RESULT_TTL` seconds.",
+}
+
+
+def _task_request(cfg: Config) -> dict[str, Any]:
+    """One schema per allow-listed task, from the task's own parameter definitions."""
+    variants = []
+    for name, task in TASKS.items():
+        args = task.args_schema(cfg.delay_limit)
+        variants.append(
+            {
+                "type": "object",
+                "description": task.description,
+                "properties": {"task": {"const": name}, "args": args},
+                "required": ["task", "args"] if args["required"] else ["task"],
+                "additionalProperties": False,
+            }
+        )
+    return {"oneOf": variants}
+
+
+def document(cfg: Config) -> dict[str, Any]:
+    """The whole OpenAPI document for ``cfg`` (its delay limit bounds the sleep task)."""
+    enqueue_errors = {
+        "409": {
+            **_error("Another request with this Idempotency-Key is still being processed."),
+            "headers": RETRY_AFTER,
+        },
+        "429": BACKLOG,
+        "503": UNAVAILABLE,
+    }
+    body_errors = {
+        "400": _error("Invalid JSON, task or arguments."),
+        "413": _error("Body over 1 MiB."),
+        "415": _error("Body is not JSON."),
+    }
+    accepted_headers = {"Location": {"schema": {"type": "string"}, "description": "The job's status URL."}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "taskqueue generator", "version": __version__},
+        "paths": {
+            "/start": {
+                "get": {
+                    "summary": "The seed's route: enqueue the sleep task.",
+                    "parameters": [
+                        {
+                            "name": "delay",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": cfg.delay_limit},
+                            "description": f"Seconds; default random {cfg.delay_min}-{cfg.delay_max}.",
+                        },
+                        IDEMPOTENCY,
+                    ],
+                    "responses": {
+                        "200": _json("Accepted", "Enqueued.", accepted_headers),
+                        "400": _error("Invalid delay or Idempotency-Key."),
+                        **enqueue_errors,
+                    },
+                }
+            },
+            "/jobs": {
+                "post": {
+                    "summary": "Enqueue one task from the allow-list.",
+                    "parameters": [IDEMPOTENCY],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
+                    },
+                    "responses": {
+                        "202": _json("Accepted", "Enqueued.", accepted_headers),
+                        **body_errors,
+                        **enqueue_errors,
+                    },
+                }
+            },
+            "/jobs/batch": {
+                "post": {
+                    "summary": f"Enqueue up to {MAX_BATCH} jobs in one Redis pipeline.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}}},
+                    },
+                    "responses": {"202": _json("BatchAccepted", "Enqueued."), **body_errors, **enqueue_errors},
+                }
+            },
+            "/status/{job_id}": {"get": _status_op("The seed's route: a job's result and lifecycle.")},
+            "/jobs/{job_id}": {
+                "get": _status_op("A job's result and lifecycle (same as /status/{job_id})."),
+                "delete": {
+                    "summary": "Cancel a waiting job or stop a running one.",
+                    "parameters": [JOB_ID],
+                    "responses": {
+                        "200": _json("JobStatus", "Canceled or stopping."),
+                        "404": _error("No such job."),
+                        "409": _error("The job has already ended."),
+                        "503": UNAVAILABLE,
+                    },
+                },
+            },
+            "/jobs/{job_id}/requeue": {
+                "post": {
+                    "summary": "Requeue a failed, stopped or canceled job.",
+                    "parameters": [JOB_ID],
+                    "responses": {
+                        "200": _json("JobStatus", "Requeued."),
+                        "404": _error("No such job."),
+                        "409": _error("The job is not failed, stopped or canceled."),
+                        "503": UNAVAILABLE,
+                    },
+                }
+            },
+            "/list": {
+                "get": {
+                    "summary": "The seed's route: running job ids; `state` lists another state.",
+                    "parameters": [
+                        {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(LIST_STATES)}},
+                        {
+                            "name": "offset",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json("JobList", "A page of job ids."),
+                        "400": _error("Invalid state, offset or limit."),
+                        "503": UNAVAILABLE,
+                    },
+                }
+            },
+            "/healthz": {"get": {"summary": "The process is alive.", "responses": {"200": _json("Health", "Alive.")}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Redis answers.",
+                    "responses": {"200": _json("Health", "Ready."), "503": UNAVAILABLE},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document.",
+                    "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
+                }
+            },
+        },
+        "components": {"schemas": _schemas(cfg)},
+    }
+
+
+def _status_op(summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "parameters": [JOB_ID],
+        "responses": {
+            "200": _json("JobStatus", "The job."),
+            "404": _error("No such job (or it expired)."),
+            "503": UNAVAILABLE,
+        },
+    }
+
+
+def _schemas(cfg: Config) -> dict[str, Any]:
+    nullable_time = {"type": ["string", "null"], "format": "date-time"}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    "additionalProperties": False,
+                }
+            },
+            "additionalProperties": False,
+        },
+        "Accepted": {
+            "type": "object",
+            "required": ["jobId", "timeOfEnqueue", "message", "statusUrl"],
+            "properties": {
+                "jobId": {"type": "string"},
+                "timeOfEnqueue": {"type": "string", "format": "date-time"},
+                "message": {"type": "string"},
+                "statusUrl": {"type": "string"},
+            },
+            "additionalProperties": False,
+        },
+        "BatchAccepted": {
+            "type": "object",
+            "required": ["count", "jobs"],
+            "properties": {
+                "count": {"type": "integer"},
+                "jobs": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["jobId", "timeOfEnqueue", "statusUrl"],
+                        "properties": {
+                            "jobId": {"type": "string"},
+                            "timeOfEnqueue": {"type": "string", "format": "date-time"},
+                            "statusUrl": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+        "JobRequest": _task_request(cfg),
+        "BatchRequest": {
+            "type": "object",
+            "required": ["jobs"],
+            "properties": {
+                "jobs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH,
+                    "items": {"$ref": "#/components/schemas/JobRequest"},
+                }
+            },
+            "additionalProperties": False,
+        },
+        "JobStatus": {
+            "type": "object",
+            "required": [
+                "jobId",
+                "task",
+                "status",
+                "result",
+                "error",
+                "enqueuedAt",
+                "startedAt",
+                "endedAt",
+                "retriesLeft",
+                "queue",
+            ],
+            "properties": {
+                "jobId": {"type": "string"},
+                "task": {"type": "string"},
+                "status": {"type": "string", "enum": list(STATUSES)},
+                "result": {"description": "The task's return value once finished, else null."},
+                "error": {"type": ["string", "null"]},
+                "enqueuedAt": nullable_time,
+                "startedAt": nullable_time,
+                "endedAt": nullable_time,
+                "retriesLeft": {"type": ["integer", "null"]},
+                "queue": {"type": "string"},
+            },
+            "additionalProperties": False,
+        },
+        "JobList": {
+            "type": "object",
+            "required": ["jobs", "state", "total", "offset", "limit"],
+            "properties": {
+                "jobs": {"type": "array", "items": {"type": "string"}},
+                "state": {"type": "string", "enum": list(LIST_STATES)},
+                "total": {"type": "integer", "minimum": 0},
+                "offset": {"type": "integer", "minimum": 0},
+                "limit": {"type": "integer", "minimum": 1},
+            },
+            "additionalProperties": False,
+        },
+        "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+    }
