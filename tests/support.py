@@ -48,7 +48,7 @@ class RedisServer:
     """A real redis-server on a free loopback port, with a password and AOF, in a temporary folder."""
 
     def __init__(self, port: int | None = None, password: str | None = None, extra: list[str] | None = None):
-        self.port = port or free_port()
+        self.port = free_port() if port is None else port
         self.password = password or secrets.token_hex(12)
         self.dir = Path(tempfile.mkdtemp(prefix="tq-redis-"))
         self.extra = extra or []
@@ -197,3 +197,82 @@ def running(*services: Service) -> Iterator[None]:
     finally:
         for s in reversed(services):
             s.stop()
+
+
+# -- Prometheus (observability tests) ----------------------------------------------------------------
+# Added for tests/observability: a real Prometheus server scraping the processes above.
+
+
+class PrometheusServer:
+    """A real ``prometheus`` on a free loopback port, tmp storage, scraping ``targets`` every second.
+
+    ``targets`` maps a scrape job name to ``host:port``; ``rule_files`` are loaded and evaluated
+    every second too.
+    """
+
+    def __init__(self, targets: dict[str, str], log_dir: Path, rule_files: list[Path] | None = None):
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="tq-prometheus-"))
+        self.targets = targets
+        self.rule_files = rule_files or []
+        self.log_path = log_dir / f"prometheus-{self.port}.log"
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def config(self) -> str:
+        lines = ["global:", "  scrape_interval: 1s", "  scrape_timeout: 1s", "  evaluation_interval: 1s"]
+        if self.rule_files:
+            lines += ["rule_files:", *(f"  - {p}" for p in self.rule_files)]
+        lines += ["scrape_configs:"]
+        for job, target in self.targets.items():
+            lines += [f"  - job_name: {job}", "    static_configs:", f"      - targets: ['{target}']"]
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> PrometheusServer:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError("prometheus is not installed (apt-get install prometheus)")
+        config = self.dir / "prometheus.yml"
+        config.write_text(self.config())
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={self.dir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        wait_for(lambda: requests.get(self.base + "/-/ready", timeout=1).ok, timeout=30, what="prometheus ready")
+        return self
+
+    def api(self, path: str, **params) -> dict:
+        """GET ``/api/v1/<path>``; returns the JSON body (``status`` is "success" or "error")."""
+        return requests.get(f"{self.base}/api/v1/{path}", params=params, timeout=10).json()
+
+    def query(self, expr: str) -> list[dict]:
+        """Instant query; raises on a PromQL error, returns the result vector."""
+        doc = self.api("query", query=expr)
+        if doc.get("status") != "success":
+            raise ValueError(f"query failed: {expr!r}: {doc.get('errorType')}: {doc.get('error')}")
+        return doc["data"]["result"]
+
+    def value(self, expr: str) -> float | None:
+        """The single value of ``expr`` (None when it returns no series)."""
+        result = self.query(expr)
+        if not result:
+            return None
+        assert len(result) == 1, f"{expr!r} returned {len(result)} series"
+        return float(result[0]["value"][1])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self._log.close()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 
 from rq import SimpleWorker, Worker
+from rq.exceptions import DeserializationError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.timeouts import UnixSignalDeathPenalty
@@ -42,7 +43,10 @@ class MetricsMixin:
         metrics.init_worker_series((q.name for q in self.queues), TASKS)
 
     def execute_job(self, job: Job, queue: Queue):
-        task = task_name(job.func_name)
+        try:
+            task = task_name(job.func_name)
+        except DeserializationError:  # not our JSON: RQ fails the job; the worker must not die here
+            task = "other"
         token = current_job_id.set(job.id)
         if job.enqueued_at is not None:
             enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
