@@ -180,6 +180,30 @@ class Exporter(Service):
         return self
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (RQ's work-horses leave the process group, so killpg misses them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as the kernel does to a container."""
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
 def wait_status(base: str, job_id: str, statuses: set[str], timeout: float = 30) -> dict:
     """Poll ``/status/<id>`` until the job is in one of ``statuses``."""
 

@@ -22,9 +22,10 @@ from .jobs import (
     JobService,
     JobStateConflict,
     iso,
+    job_task,
 )
 from .openapi import MAX_BATCH, MAX_LIST_LIMIT, MAX_OFFSET, document
-from .tasks import TASKS, TaskInputError, task_name, validate
+from .tasks import TASKS, TaskInputError, validate
 
 
 class JobIdConverter(BaseConverter):
@@ -99,7 +100,8 @@ def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Job, bool]:
 
 def _message(job: Job) -> str:
     """The seed's message: what was enqueued, its id and when."""
-    what = job.args[0] if task_name(job.func_name) == "sleep" else f"task {task_name(job.func_name)}"
+    task = job_task(job)
+    what = job.args[0] if task == "sleep" else f"task {task}"
     return f"{what} with id: {job.id} added to queue at {iso(job.enqueued_at)}"
 
 

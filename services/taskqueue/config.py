@@ -114,6 +114,27 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds between a worker's maintenance passes (re-queues jobs of dead workers).",
         (W,),
     ),
+    Setting(
+        "worker_scheduler",
+        "true",
+        _bool,
+        "Also run RQ's scheduler (moves due retries to the queue) in the worker; the exporter always does.",
+        (W,),
+    ),
+    Setting(
+        "heartbeat_ttl",
+        "30",
+        int,
+        "Seconds a running job stays claimed without a heartbeat; then it is retried as abandoned.",
+        (W,),
+    ),
+    Setting(
+        "shutdown_mode",
+        "finish",
+        str,
+        "On SIGTERM: `finish` the running job, or `requeue` it at once (at-least-once).",
+        (W,),
+    ),
     Setting("cleanup_interval", "15", int, "Seconds between the exporter's passes over abandoned jobs.", (E,)),
     Setting("log_format", "json", str, "`json` (one object a line) or `text`."),
     Setting("log_level", "INFO", str, "Python log level name."),
@@ -123,6 +144,7 @@ ROLE_METRICS_PORT = {G: 9100, W: 9200, E: 9300}
 
 VALID_WORKER_CLASSES = ("simple", "fork")
 VALID_LOG_FORMATS = ("json", "text")
+VALID_SHUTDOWN_MODES = ("finish", "requeue")
 
 
 @dataclass(frozen=True)
@@ -154,6 +176,9 @@ class Config:
     worker_processes: int
     worker_name: str
     maintenance_interval: int
+    worker_scheduler: bool
+    heartbeat_ttl: int
+    shutdown_mode: str
     cleanup_interval: int
     log_format: str
     log_level: str
@@ -191,6 +216,10 @@ def _validate(cfg: Config) -> None:
             problems.append(f"{name}: must be >= 1")
     if cfg.worker_class not in VALID_WORKER_CLASSES:
         problems.append(f"worker_class: one of {', '.join(VALID_WORKER_CLASSES)}")
+    if cfg.shutdown_mode not in VALID_SHUTDOWN_MODES:
+        problems.append(f"shutdown_mode: one of {', '.join(VALID_SHUTDOWN_MODES)}")
+    if cfg.heartbeat_ttl < 3:
+        problems.append("heartbeat_ttl: must be >= 3")
     if cfg.log_format not in VALID_LOG_FORMATS:
         problems.append(f"log_format: one of {', '.join(VALID_LOG_FORMATS)}")
     if not cfg.redis_url.startswith(("redis://", "rediss://", "unix://")):

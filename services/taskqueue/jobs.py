@@ -13,7 +13,7 @@ from uuid import uuid4
 from redis import Redis
 from rq import Queue, Retry
 from rq.command import send_stop_job_command
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import (
     CanceledJobRegistry,
@@ -180,7 +180,7 @@ class JobService:
             error = _error_summary(latest.exc_string if latest is not None else None)
         return {
             "jobId": job.id,
-            "task": task_name(job.func_name),
+            "task": job_task(job),
             "status": status_value,
             "result": result,
             "error": error,
@@ -239,6 +239,14 @@ class JobService:
             self.queue_for(job.origin).enqueue_job(job)
         job.refresh()
         return job
+
+
+def job_task(job: Job) -> str:
+    """The task key of a job; 'other' for one whose data is not ours (e.g. not JSON)."""
+    try:
+        return task_name(job.func_name)
+    except DeserializationError:
+        return "other"
 
 
 def _error_summary(exc_string: str | None) -> str:

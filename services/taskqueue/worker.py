@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from uuid import uuid4
 
@@ -34,7 +35,7 @@ def worker_name(cfg: config_module.Config) -> str:
 def run_worker(cfg: config_module.Config, *, serve_metrics: bool, burst: bool = False) -> int:
     """Run one RQ worker in this process until it is asked to stop."""
     from . import metrics  # after the multiprocess decision
-    from .connection import connect
+    from .connection import UNAVAILABLE_ERRORS, connect
     from .jobs import SERIALIZER
     from .worker_classes import worker_class
 
@@ -44,17 +45,44 @@ def run_worker(cfg: config_module.Config, *, serve_metrics: bool, burst: bool = 
         log.info("metrics on %s:%s/metrics", cfg.metrics_host, port)
     metrics.worker_gauges()[1].set(1)
     cls = worker_class(cfg.worker_class)
-    # No retries in the client: RQ's own loop waits and reconnects with backoff.
-    worker = cls(
-        list(cfg.queues),
-        name=worker_name(cfg),
-        connection=connect(cfg, retries=0),
-        serializer=SERIALIZER,
-        default_result_ttl=cfg.result_ttl,
-        maintenance_interval=cfg.maintenance_interval,
-    )
-    worker.work(with_scheduler=True, burst=burst, logging_level=cfg.log_level.upper())
-    return 0
+    backoff = 1.0
+    while True:
+        started = time.monotonic()
+        try:
+            # No retries in the client: RQ's own loop waits and reconnects with backoff.
+            worker = cls(
+                list(cfg.queues),
+                name=worker_name(cfg),
+                connection=connect(cfg, retries=0),
+                serializer=SERIALIZER,
+                default_result_ttl=cfg.result_ttl,
+                maintenance_interval=cfg.maintenance_interval,
+                heartbeat_ttl=cfg.heartbeat_ttl,
+                shutdown_mode=cfg.shutdown_mode,
+            )
+            worker.work(with_scheduler=cfg.worker_scheduler, burst=burst, logging_level=cfg.log_level.upper())
+            if worker.stop_requested or burst:
+                return 0
+            log.warning("worker loop ended without a stop request (Redis lost?)")
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("redis unavailable: %s", exc)
+        if time.monotonic() - started > RESTART_BACKOFF_MAX:
+            backoff = 1.0
+        log.info("starting a new worker in %.0f s", backoff)
+        if sleep_unless_signalled(backoff):
+            return 0
+        backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+
+
+def sleep_unless_signalled(seconds: float) -> bool:
+    """Sleep, returning early (True) when SIGTERM or SIGINT arrives: between workers a stop is immediate."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return stop.wait(seconds)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def supervise(cfg: config_module.Config, argv: list[str]) -> int:

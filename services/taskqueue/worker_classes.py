@@ -1,7 +1,16 @@
-"""Our RQ worker classes: RQ's forking and non-forking workers plus metrics, job-id logging and stop.
+"""Our RQ worker classes: RQ's forking and non-forking workers, plus what production needs around them.
 
-Only public hooks are overridden (``execute_job``, ``kill_horse``, the death penalty class), so
-RQ's timeouts, retries, results and registries work unchanged.
+- metrics counted in the long-lived worker process (never in a forked work-horse);
+- the job id on every log line;
+- job data that is not JSON (e.g. a pickle written into Redis) refused, never executed;
+- heartbeats every ``heartbeat_ttl / 3`` seconds while a job runs, so that the job of a worker
+  that was SIGKILLed or OOM-killed is found abandoned within ``heartbeat_ttl`` seconds;
+- stop of a running job for the non-forking worker (``DELETE /jobs/<id>``);
+- ``shutdown_mode="requeue"``: SIGTERM puts the running job back at the front of its queue at once.
+
+Only public hooks are overridden (``execute_job``, ``handle_job_failure``, ``request_stop``,
+``get_heartbeat_ttl``, ``kill_horse``, the death penalty class), so RQ's timeouts, retries,
+results and registries work unchanged.
 """
 
 from __future__ import annotations
@@ -31,22 +40,42 @@ OUTCOME_BY_STATUS = {
     # Retried with no interval and already taken by another worker before this one read the status.
     JobStatus.STARTED: "retried",
 }
+NOT_JSON = "refused: the job's data is not JSON (taskqueue never unpickles job data)"
 
 
-class MetricsMixin:
-    """Counts each job attempt in the long-lived worker process (never in a forked work-horse)."""
+class ShutdownRequeue(Exception):
+    """Raised into a running in-process job when the worker is told to requeue it and stop."""
+
+
+class TaskqueueWorkerMixin:
+    """What both worker classes add to RQ's (see the module docstring)."""
 
     refresh_status_after_job = True
+    # RQ waits up to 60 s between reconnect attempts by default; a queue should come back sooner.
+    max_connection_wait_time = 5.0
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, heartbeat_ttl: int = 60, shutdown_mode: str = "finish", **kwargs):
+        self.heartbeat_ttl = heartbeat_ttl
+        self.shutdown_mode = shutdown_mode
+        self.stop_requested = False
+        self._requeue_job_id: str | None = None
+        kwargs.setdefault("job_monitoring_interval", max(1, heartbeat_ttl // 3))
         super().__init__(*args, **kwargs)
         metrics.init_worker_series((q.name for q in self.queues), TASKS)
+
+    # -- heartbeats --------------------------------------------------------------------------------
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """How long a running job's execution stays alive without a heartbeat: bounded, configured."""
+        return self.heartbeat_ttl
+
+    # -- per job -----------------------------------------------------------------------------------
 
     def execute_job(self, job: Job, queue: Queue):
         try:
             task = task_name(job.func_name)
-        except DeserializationError:  # not our JSON: RQ fails the job; the worker must not die here
-            task = "other"
+        except DeserializationError:
+            return self._refuse(job, queue)
         token = current_job_id.set(job.id)
         if job.enqueued_at is not None:
             enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
@@ -64,9 +93,49 @@ class MetricsMixin:
             metrics.JOBS_COMPLETED.labels(queue.name, task, outcome).inc()
             current_job_id.reset(token)
 
+    def _refuse(self, job: Job, queue: Queue) -> None:
+        """Fail a job whose data does not decode as JSON, without running (or unpickling) anything."""
+        self.log.error("Worker %s: job %s: %s", self.name, job.id, NOT_JSON)
+        self.connection.lrem(queue.intermediate_queue_key, 1, job.id)
+        self.handle_job_failure(job, queue, started_job_registry=queue.started_job_registry, exc_string=NOT_JSON)
+        metrics.JOBS_COMPLETED.labels(queue.name, "other", "failed").inc()
 
-class ForkingWorker(MetricsMixin, Worker):
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
+        """A job interrupted for a requeueing shutdown goes back to the front of its queue, no retry spent."""
+        if self._requeue_job_id is not None and job.id == self._requeue_job_id:
+            self._requeue_job_id = None
+            with self.connection.pipeline() as pipe:
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                pipe.execute()
+            queue.enqueue_job(job, at_front=True)
+            self.log.warning("Worker %s: job %s requeued at shutdown", self.name, job.id)
+            return None
+        return super().handle_job_failure(
+            job, queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution
+        )
+
+    # -- shutdown ----------------------------------------------------------------------------------
+
+    def request_stop(self, signum, frame):
+        """SIGTERM/SIGINT: warm shutdown; in ``requeue`` mode the running job is interrupted and requeued."""
+        self.stop_requested = True
+        busy = bool(self.executions)
+        super().request_stop(signum, frame)
+        if busy and self.shutdown_mode == "requeue":
+            execution = self.execution
+            self._requeue_job_id = execution.job_id if execution else None
+            self.interrupt_job()
+
+    def interrupt_job(self) -> None:
+        """Interrupt the running job (subclasses know how)."""
+        raise NotImplementedError
+
+
+class ForkingWorker(TaskqueueWorkerMixin, Worker):
     """A work-horse process per job: isolation at the cost of a fork per job."""
+
+    def interrupt_job(self) -> None:
+        self.kill_horse(signal.SIGKILL)
 
 
 class StoppableDeathPenalty(UnixSignalDeathPenalty):
@@ -77,16 +146,41 @@ class StoppableDeathPenalty(UnixSignalDeathPenalty):
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
 
 
-class InProcessWorker(MetricsMixin, SimpleWorker):
-    """Runs jobs in the worker process itself: no fork per job; the job status is already in memory."""
+class InProcessWorker(TaskqueueWorkerMixin, SimpleWorker):
+    """Runs jobs in the worker process itself: no fork per job; a thread keeps the heartbeats going."""
 
     refresh_status_after_job = False
     death_penalty_class = StoppableDeathPenalty
+
+    def execute_job(self, job: Job, queue: Queue):
+        done = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, done), name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            done.set()
+            beat.join()
+
+    def _beat(self, job: Job, done: threading.Event) -> None:
+        while not done.wait(self.job_monitoring_interval):
+            execution = self.execution
+            if execution is None:
+                continue
+            try:
+                self.maintain_heartbeats(job, execution)
+            except Exception as exc:  # Redis away for a moment: the next beat tries again
+                self.log.warning("Worker %s: heartbeat failed: %s", self.name, exc)
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL):
         """Stop the running job (``DELETE /jobs/<id>``): interrupt it the way a timeout does."""
         if self.executions and threading.current_thread() is not threading.main_thread():
             signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
+
+    def interrupt_job(self) -> None:
+        # Signal handlers run in the main thread, inside the job: the exception unwinds the job
+        # into RQ's failure handling, where handle_job_failure requeues it.
+        raise ShutdownRequeue()
 
 
 WORKER_CLASSES = {"simple": InProcessWorker, "fork": ForkingWorker}

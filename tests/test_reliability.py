@@ -1,0 +1,207 @@
+"""Failures a task queue must survive: Redis restarts (AOF), TLS to an external Redis, hostile payloads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import Generator, RedisServer, WorkerProc, free_port, kill_tree, wait_for, wait_status
+
+
+def make_test_ca(tmp: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl at run time."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+            "-subj", "/CN=taskqueue-test-ca")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (tmp / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "1", "-extfile", "san.ext")  # fmt: skip
+    return {"ca": tmp / "ca.crt", "cert": tmp / "server.crt", "key": tmp / "server.key"}
+
+
+class TlsRedis(RedisServer):
+    """redis-server speaking only TLS on its port."""
+
+    def __init__(self, certs: dict[str, Path]):
+        self.tls_port = free_port()
+        super().__init__(
+            port=0,
+            extra=["--tls-port", str(self.tls_port), "--tls-cert-file", str(certs["cert"]),
+                   "--tls-key-file", str(certs["key"]), "--tls-ca-cert-file", str(certs["ca"]),
+                   "--tls-auth-clients", "no"],
+        )  # fmt: skip
+        self.certs = certs
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.tls_port}/0"
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "TASKQUEUE_REDIS_CA_CERT": str(self.certs["ca"])}
+
+    def client(self):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.tls_port, password=self.password, ssl=True,
+                           ssl_ca_certs=str(self.certs["ca"]), socket_timeout=5)  # fmt: skip
+
+
+def test_rediss_tls_with_a_test_ca(tmp_path):
+    server = TlsRedis(make_test_ca(tmp_path)).start()
+    gen = Generator(server.env(), tmp_path).start()
+    w = WorkerProc(server.env(), tmp_path).start()
+    # Without the CA the server's certificate is not trusted: verification is on.
+    untrusting = Generator({**server.env(), "TASKQUEUE_REDIS_CA_CERT": ""}, tmp_path).start()
+    try:
+        job_id = requests.get(gen.base + "/start?delay=0", timeout=5).json()["jobId"]
+        doc = wait_status(gen.base, job_id, {"finished"}, timeout=15)
+        assert doc["result"] == "Processed message generating task with delay: 0 after 0 seconds"
+        assert requests.get(untrusting.base + "/readyz", timeout=5).status_code == 503
+    finally:
+        for s in (untrusting, w, gen):
+            s.stop()
+        server.cleanup()
+
+
+def test_queued_jobs_survive_a_redis_crash(tmp_path):
+    """AOF everysec: jobs accepted more than a second before Redis is SIGKILLed are still there."""
+    server = RedisServer().start()
+    gen = Generator(server.env(), tmp_path).start()
+    try:
+        ids = [requests.get(gen.base + "/start?delay=0", timeout=2).json()["jobId"] for _ in range(20)]
+        time.sleep(1.5)  # one fsync period
+        server.stop(signal.SIGKILL)
+        server.start()  # same port, same folder: Redis replays the append-only file
+        w = WorkerProc(server.env(), tmp_path).start()
+        try:
+            for job_id in ids:
+                assert wait_status(gen.base, job_id, {"finished"}, timeout=20)["result"].startswith("Processed")
+        finally:
+            w.stop()
+    finally:
+        gen.stop()
+        server.cleanup()
+
+
+def test_pickled_payload_is_refused_not_executed(tmp_path, redis_server, redis_client):
+    """A job hash written straight into Redis with a pickle in it must never be unpickled."""
+    import pickle
+    import zlib
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    redis_client.hset("rq:job:evil", mapping={
+        "data": zlib.compress(pickle.dumps(("os.system", None, Exploit(), {}))), "status": "queued",
+        "origin": "default", "created_at": "2026-01-01T00:00:00.000000Z", "description": "evil", "timeout": 60,
+    })  # fmt: skip
+    redis_client.rpush("rq:queue:default", "evil")
+    gen = Generator(redis_server.env(), tmp_path).start()
+    w = WorkerProc(redis_server.env(), tmp_path).start()
+    try:
+        wait_for(lambda: redis_client.zscore("rq:failed:default", "evil") is not None, timeout=10,
+                 what="the pickled job in the failed registry")  # fmt: skip
+        assert not marker.exists()
+        doc = requests.get(gen.base + "/status/evil", timeout=2).json()
+        assert doc["status"] == "failed" and "not JSON" in doc["error"]
+        # The worker survived the poison message and takes the next job.
+        assert w.proc.poll() is None
+        job_id = requests.get(gen.base + "/start?delay=0", timeout=2).json()["jobId"]
+        wait_status(gen.base, job_id, {"finished"}, timeout=10)
+    finally:
+        w.stop()
+        gen.stop()
+
+
+def test_worker_waits_out_a_redis_outage_and_recovers(tmp_path):
+    server = RedisServer().start()
+    env = {**server.env(), "TASKQUEUE_REDIS_TIMEOUT": "0.5"}
+    gen = Generator(env, tmp_path).start()
+    w = WorkerProc(env, tmp_path).start()
+    try:
+        first = requests.get(gen.base + "/start?delay=0", timeout=2).json()["jobId"]
+        wait_status(gen.base, first, {"finished"}, timeout=10)
+        server.stop()
+        time.sleep(4)
+        assert w.proc.poll() is None, "the worker must wait for Redis, not exit"
+        server.start()
+        wait_for(lambda: requests.get(gen.base + "/readyz", timeout=2).ok, timeout=10, what="generator ready")
+        t0 = time.monotonic()
+        job_id = requests.get(gen.base + "/start?delay=0", timeout=2).json()["jobId"]
+        wait_status(gen.base, job_id, {"finished"}, timeout=30)
+        recovery = time.monotonic() - t0
+        assert recovery < 20, recovery
+        assert w.proc.poll() is None
+    finally:
+        w.stop()
+        gen.stop()
+        server.cleanup()
+
+
+@pytest.mark.parametrize("worker_class", ["simple", "fork"])
+def test_requeue_shutdown_mode_puts_the_running_job_back_at_once(generator, app_env, tmp_path, worker_class):
+    args = ["--worker-class", worker_class, "--shutdown-mode", "requeue"]
+    w = WorkerProc(app_env, tmp_path, args).start()
+    job_id = requests.get(generator.base + "/start?delay=30", timeout=2).json()["jobId"]
+    wait_status(generator.base, job_id, {"started"}, timeout=10)
+    t0 = time.monotonic()
+    w.signal(signal.SIGTERM)
+    assert w.proc.wait(timeout=10) == 0
+    assert time.monotonic() - t0 < 5, "requeue mode must not wait for the 30 s job"
+    w.stop()
+    doc = requests.get(f"{generator.base}/status/{job_id}", timeout=2).json()
+    assert doc["status"] == "queued" and doc["retriesLeft"] == 2  # no retry spent
+    listed = requests.get(generator.base + "/list?state=queued", timeout=2).json()["jobs"]
+    assert listed[0] == job_id  # at the front
+    # The next worker runs it to the end.
+    nxt = WorkerProc(app_env, tmp_path).start()
+    try:
+        requests.delete(f"{generator.base}/jobs/{job_id}", timeout=2)  # do not wait 30 s: stop it instead
+        assert wait_status(generator.base, job_id, {"stopped", "canceled"}, timeout=15)
+    finally:
+        nxt.stop()
+
+
+@pytest.mark.parametrize("worker_class", ["simple", "fork"])
+def test_job_of_a_sigkilled_worker_is_retried_within_the_heartbeat_bound(app_env, tmp_path, worker_class):
+    """No worker left (as with KEDA's min replicas 0): the exporter finds the abandoned job and retries it."""
+    from tests.support import Exporter
+
+    env = {**app_env, "TASKQUEUE_HEARTBEAT_TTL": "6", "TASKQUEUE_CLEANUP_INTERVAL": "2",
+           "TASKQUEUE_WORKER_SCHEDULER": "false"}  # fmt: skip
+    gen = Generator(env, tmp_path).start()
+    exporter = Exporter(env, tmp_path).start()
+    w = WorkerProc(env, tmp_path, ["--worker-class", worker_class]).start()
+    try:
+        job_id = requests.get(gen.base + "/start?delay=3", timeout=2).json()["jobId"]
+        wait_status(gen.base, job_id, {"started"}, timeout=10)
+        time.sleep(1)
+        kill_tree(w.proc.pid)  # the worker and its work-horse, like an OOM kill of the pod
+        w.proc.wait()
+        t0 = time.monotonic()
+        doc = wait_status(gen.base, job_id, {"queued", "scheduled"}, timeout=30)
+        found = time.monotonic() - t0
+        assert found <= 6 + 2 + 2, found  # heartbeat TTL + cleanup interval + slack
+        assert doc["retriesLeft"] == 1
+        w2 = WorkerProc(env, tmp_path, ["--worker-class", worker_class]).start()
+        try:
+            assert wait_status(gen.base, job_id, {"finished"}, timeout=30)["result"].startswith("Processed")
+        finally:
+            w2.stop()
+    finally:
+        exporter.stop()
+        gen.stop()
