@@ -11,6 +11,7 @@ rq-exporter is not used: its releases require rq<3 and redis<6, and we run rq 3.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -66,13 +67,19 @@ class QueueState:
         workers = {q.name: Worker.count(connection=self.redis, queue=q) for q in self.queues}
         return counts, workers
 
-    def work_remaining(self) -> int:
-        """Queued plus in-flight jobs over all queues: what the workers still have to do."""
-        counts, _ = self.read()
-        return sum(n for (_q, state), n in counts.items() if state in ("queued", "started"))
+    def work_remaining(self) -> dict[str, int]:
+        """Queued and in-flight jobs over all queues (one round trip): the autoscaling signal."""
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for q in self.queues:
+                pipe.llen(q.key)
+                pipe.zcount(self.registries[(q.name, "started")].key, now, "+inf")
+            values = [int(v) for v in pipe.execute()]
+        queued, started = sum(values[0::2]), sum(values[1::2])
+        return {"workRemaining": queued + started, "queued": queued, "started": started}
 
     def cleanup(self) -> None:
-        """Retry or fail jobs abandoned by dead workers; move due scheduled jobs is the workers' job."""
+        """Retry or fail jobs abandoned by dead workers (their heartbeats expired)."""
         for q in self.queues:
             self.registries[(q.name, "started")].cleanup()
 
@@ -113,12 +120,74 @@ class QueueStateCollector:
         yield w
 
 
-def cleanup_loop(state: QueueState, interval: int, stop: threading.Event) -> None:
-    while not stop.wait(interval):
+def make_app(registry, state: QueueState):
+    """``/metrics`` for Prometheus, ``/scale`` (JSON work remaining) for KEDA's metrics-api scaler, ``/healthz``."""
+    from prometheus_client import make_wsgi_app
+
+    metrics_app = make_wsgi_app(registry)
+
+    def respond(start_response, status: str, doc: dict) -> list[bytes]:
+        body = json.dumps(doc).encode()
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "/")
+        if path == "/scale":
+            try:
+                return respond(start_response, "200 OK", state.work_remaining())
+            except Exception as exc:  # KEDA counts the failure and, past its threshold, uses the fallback
+                log.warning("cannot read work remaining: %s", exc)
+                return respond(start_response, "503 Service Unavailable", {"error": "redis unavailable"})
+        if path == "/healthz":
+            return respond(start_response, "200 OK", {"status": "ok"})
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+def serve(app, host: str, port: int):
+    """Serve ``app`` from a daemon thread; returns the server (``shutdown()`` stops it)."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *args):  # one line per scrape would drown the logs
+            pass
+
+    server = make_server(host, port, app, server_class=Server, handler_class=QuietHandler)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server
+
+
+def maintenance_loop(state: QueueState, cfg: config_module.Config, stop: threading.Event) -> None:
+    """Every second: move due scheduled jobs (retries) to their queues; every cleanup interval: abandoned jobs.
+
+    The exporter runs RQ's scheduler because it is the one process that is always up: with
+    workers scaled to zero, or the worker that held the scheduler lock SIGKILLed, retries still fire.
+    """
+    from rq.scheduler import RQScheduler
+
+    from .jobs import SERIALIZER
+
+    scheduler = RQScheduler(cfg.queues, state.redis, interval=1, serializer=SERIALIZER, logging_level=cfg.log_level)
+    last_cleanup = time.monotonic()
+    while not stop.wait(1):
         try:
-            state.cleanup()
+            if scheduler.acquire_locks():
+                scheduler.enqueue_scheduled_jobs()
+            if time.monotonic() - last_cleanup >= cfg.cleanup_interval:
+                last_cleanup = time.monotonic()
+                state.cleanup()
         except Exception as exc:
-            log.warning("registry cleanup failed: %s", exc)
+            log.warning("queue maintenance failed: %s", exc)
+    try:
+        scheduler.release_locks()
+    except Exception as exc:
+        log.warning("could not release the scheduler locks: %s", exc)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,19 +202,18 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from prometheus_client import CollectorRegistry
 
-    from . import metrics
     from .connection import connect
 
     state = QueueState(cfg, connect(cfg))
     registry = CollectorRegistry()
     registry.register(QueueStateCollector(state))
     port = cfg.metrics_port_for("exporter")
-    server = metrics.serve(cfg.metrics_host, port, registry)
-    log.info("queue state of %s on %s:%s/metrics", ",".join(cfg.queues), cfg.metrics_host, port)
+    server = serve(make_app(registry, state), cfg.metrics_host, port)
+    log.info("queue state of %s on %s:%s (/metrics, /scale)", ",".join(cfg.queues), cfg.metrics_host, port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    cleanup_loop(state, cfg.cleanup_interval, stop)
+    maintenance_loop(state, cfg, stop)
     server.shutdown()
     sys.exit(0)
 

@@ -1,0 +1,56 @@
+"""The exporter: queue state for Prometheus, work remaining for KEDA, scheduling when no worker runs."""
+
+from __future__ import annotations
+
+import requests
+
+from tests.support import Exporter, Generator, RedisServer, WorkerProc, wait_for, wait_status
+
+
+def test_scale_endpoint_counts_queued_and_in_flight(generator, app_env, tmp_path):
+    exporter = Exporter(app_env, tmp_path).start()
+    url = f"http://127.0.0.1:{exporter.metrics_port}/scale"
+    try:
+        assert requests.get(url, timeout=2).json() == {"workRemaining": 0, "queued": 0, "started": 0}
+        for _ in range(3):
+            requests.get(generator.base + "/start?delay=3", timeout=2)
+        assert requests.get(url, timeout=2).json() == {"workRemaining": 3, "queued": 3, "started": 0}
+        w = WorkerProc(app_env, tmp_path).start()
+        try:
+            doc = wait_for(lambda: (d := requests.get(url, timeout=2).json())["started"] == 1 and d, timeout=10)
+            assert doc == {"workRemaining": 3, "queued": 2, "started": 1}
+        finally:
+            w.stop(timeout=1)
+        assert requests.get(f"http://127.0.0.1:{exporter.metrics_port}/healthz", timeout=2).json() == {"status": "ok"}
+    finally:
+        exporter.stop()
+
+
+def test_scale_endpoint_is_503_while_redis_is_down(tmp_path):
+    server = RedisServer().start()
+    exporter = Exporter(server.env(), tmp_path).start()
+    try:
+        server.stop()
+        r = requests.get(f"http://127.0.0.1:{exporter.metrics_port}/scale", timeout=5)
+        assert r.status_code == 503
+        metrics = requests.get(f"http://127.0.0.1:{exporter.metrics_port}/metrics", timeout=5).text
+        assert "taskqueue_redis_up 0.0" in metrics
+    finally:
+        exporter.stop()
+        server.cleanup()
+
+
+def test_exporter_fires_retries_with_no_worker_scheduler(app_env, tmp_path):
+    """Workers run without RQ's scheduler (as in the chart); the exporter moves due retries to the queue."""
+    env = {**app_env, "TASKQUEUE_WORKER_SCHEDULER": "false"}
+    gen = Generator(env, tmp_path).start()
+    exporter = Exporter(env, tmp_path).start()
+    w = WorkerProc(env, tmp_path).start()
+    try:
+        job_id = requests.post(gen.base + "/jobs", json={"task": "fail"}, timeout=2).json()["jobId"]
+        doc = wait_status(gen.base, job_id, {"failed"}, timeout=20)
+        assert doc["retriesLeft"] == 0  # both retries ran: the exporter scheduled them
+    finally:
+        w.stop()
+        exporter.stop()
+        gen.stop()
