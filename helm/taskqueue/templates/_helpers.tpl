@@ -1,0 +1,279 @@
+{{/* Names and labels, as `helm create` makes them, plus the chart's shared pieces. */}}
+
+{{- define "taskqueue.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name, truncated to 63 characters (DNS label limit); the release name is used
+as is when it already contains the chart name.
+*/}}
+{{- define "taskqueue.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "taskqueue.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Common labels. */}}
+{{- define "taskqueue.labels" -}}
+helm.sh/chart: {{ include "taskqueue.chart" . }}
+{{ include "taskqueue.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: {{ include "taskqueue.name" . }}
+{{- end }}
+
+{{/* Selector labels. */}}
+{{- define "taskqueue.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "taskqueue.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels and selector labels of one component: include with (dict "ctx" $ "component" "worker"). */}}
+{{- define "taskqueue.componentLabels" -}}
+{{ include "taskqueue.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "taskqueue.componentSelectorLabels" -}}
+{{ include "taskqueue.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Name of one component's objects: <fullname>-<component>, within 63 characters. */}}
+{{- define "taskqueue.componentName" -}}
+{{- printf "%s-%s" (include "taskqueue.fullname" .ctx | trunc (int (sub 62 (len .component)))) .component | trimSuffix "-" }}
+{{- end }}
+
+{{/* A taskqueue image: [registry/]repository:tag (tag defaults to the chart's appVersion). */}}
+{{- define "taskqueue.image" -}}
+{{- $repo := .repository }}
+{{- with .ctx.Values.image.registry }}{{ $repo = printf "%s/%s" (trimSuffix "/" .) $repo }}{{ end }}
+{{- printf "%s:%s" $repo (default .ctx.Chart.AppVersion .ctx.Values.image.tag) }}
+{{- end }}
+
+{{/* -- Redis ----------------------------------------------------------------------------------- */}}
+
+{{- define "taskqueue.redis.fullname" -}}
+{{- include "taskqueue.componentName" (dict "ctx" . "component" "redis") }}
+{{- end }}
+
+{{- define "taskqueue.redis.headless" -}}
+{{- printf "%s-headless" (include "taskqueue.redis.fullname" . | trunc 54) }}
+{{- end }}
+
+{{/* host:port of Redis, the same for the apps (in the URL) and the KEDA trigger (address). */}}
+{{- define "taskqueue.redis.address" -}}
+{{- if .Values.externalRedis.enabled }}
+{{- $u := urlParse .Values.externalRedis.url }}
+{{- if contains ":" $u.host }}{{ $u.host }}{{ else }}{{ printf "%s:6379" $u.host }}{{ end }}
+{{- else }}
+{{- printf "%s.%s.svc.%s:%d" (include "taskqueue.redis.headless" .) .Release.Namespace .Values.clusterDomain (int .Values.redis.port) }}
+{{- end }}
+{{- end }}
+
+{{/* Database index in the Redis URL. */}}
+{{- define "taskqueue.redis.database" -}}
+{{- if .Values.externalRedis.enabled }}
+{{- $path := trimPrefix "/" (urlParse .Values.externalRedis.url).path }}
+{{- default "0" $path }}
+{{- else }}
+{{- .Values.redis.database }}
+{{- end }}
+{{- end }}
+
+{{- define "taskqueue.redis.tls" -}}
+{{- if and .Values.externalRedis.enabled (hasPrefix "rediss://" .Values.externalRedis.url) }}true{{ end }}
+{{- end }}
+
+{{- define "taskqueue.redis.url" -}}
+{{- if .Values.externalRedis.enabled }}
+{{- .Values.externalRedis.url }}
+{{- else }}
+{{- printf "redis://%s/%s" (include "taskqueue.redis.address" .) (include "taskqueue.redis.database" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the Redis password and its key; empty name: no password. */}}
+{{- define "taskqueue.redis.secretName" -}}
+{{- if .Values.externalRedis.enabled }}
+{{- .Values.externalRedis.existingSecret }}
+{{- else }}
+{{- default (include "taskqueue.redis.fullname" .) .Values.redis.auth.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "taskqueue.redis.secretKey" -}}
+{{- if .Values.externalRedis.enabled }}{{ .Values.externalRedis.passwordKey }}{{ else }}{{ .Values.redis.auth.secretKey }}{{ end }}
+{{- end }}
+
+{{/* Where the external Redis CA bundle is mounted. */}}
+{{- define "taskqueue.redis.caDir" -}}/etc/taskqueue/redis-ca{{- end }}
+
+{{- define "taskqueue.redis.hasCA" -}}
+{{- if and .Values.externalRedis.enabled (or .Values.externalRedis.tls.caSecret .Values.externalRedis.tls.caConfigMap) }}true{{ end }}
+{{- end }}
+
+{{/* -- Pod pieces shared by generator, worker and exporter ------------------------------------ */}}
+
+{{/* env of the app containers: the ConfigMap comes in with envFrom; these need the release. */}}
+{{- define "taskqueue.appEnv" -}}
+- name: TASKQUEUE_REDIS_URL
+  value: {{ include "taskqueue.redis.url" . | quote }}
+{{- with include "taskqueue.redis.secretName" . }}
+- name: TASKQUEUE_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ include "taskqueue.redis.secretKey" $ }}
+{{- end }}
+{{- if include "taskqueue.redis.hasCA" . }}
+- name: TASKQUEUE_REDIS_CA_CERT
+  value: {{ printf "%s/%s" (include "taskqueue.redis.caDir" .) .Values.externalRedis.tls.caKey | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "taskqueue.appEnvFrom" -}}
+- configMapRef:
+    name: {{ include "taskqueue.fullname" . }}
+{{- end }}
+
+{{/* Volumes of the app containers: a writable /tmp (read-only root fs) and the Redis CA. */}}
+{{- define "taskqueue.appVolumes" -}}
+- name: tmp
+  emptyDir:
+    medium: Memory
+    sizeLimit: 64Mi
+{{- if include "taskqueue.redis.hasCA" . }}
+- name: redis-ca
+  {{- if .Values.externalRedis.tls.caSecret }}
+  secret:
+    secretName: {{ .Values.externalRedis.tls.caSecret }}
+    items:
+      - key: {{ .Values.externalRedis.tls.caKey }}
+        path: {{ .Values.externalRedis.tls.caKey }}
+  {{- else }}
+  configMap:
+    name: {{ .Values.externalRedis.tls.caConfigMap }}
+    items:
+      - key: {{ .Values.externalRedis.tls.caKey }}
+        path: {{ .Values.externalRedis.tls.caKey }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "taskqueue.appVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if include "taskqueue.redis.hasCA" . }}
+- name: redis-ca
+  mountPath: {{ include "taskqueue.redis.caDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* prometheus.io/* annotations for a Prometheus without the Operator: pass (dict "ctx" $ "port" 9100). */}}
+{{- define "taskqueue.scrapeAnnotations" -}}
+{{- if .ctx.Values.monitoring.podAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
+
+{{/* Pod-level fields every component shares. */}}
+{{- define "taskqueue.podCommon" -}}
+{{- with .ctx.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+serviceAccountName: {{ include "taskqueue.componentName" (dict "ctx" .ctx "component" .component) }}
+automountServiceAccountToken: false
+enableServiceLinks: false
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* A component's ServiceAccount (no token automount). */}}
+{{- define "taskqueue.serviceAccount" -}}
+{{- if .ctx.Values.serviceAccount.create }}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ include "taskqueue.componentName" . }}
+  labels:
+    {{- include "taskqueue.componentLabels" . | nindent 4 }}
+  {{- with .ctx.Values.serviceAccount.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+automountServiceAccountToken: {{ .ctx.Values.serviceAccount.automountServiceAccountToken }}
+{{- end }}
+{{- end }}
+
+{{/* NetworkPolicy peers: the Prometheus pods. */}}
+{{- define "taskqueue.prometheusPeer" -}}
+- namespaceSelector:
+    {{- toYaml .Values.networkPolicy.prometheus.namespaceSelector | nindent 4 }}
+  podSelector:
+    {{- toYaml .Values.networkPolicy.prometheus.podSelector | nindent 4 }}
+{{- end }}
+
+{{/* Egress of an app pod: DNS and Redis, nothing else. */}}
+{{- define "taskqueue.appEgress" -}}
+- to:
+    - namespaceSelector:
+        {{- toYaml .Values.networkPolicy.dns.namespaceSelector | nindent 8 }}
+      podSelector:
+        {{- toYaml .Values.networkPolicy.dns.podSelector | nindent 8 }}
+  ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+{{- if .Values.externalRedis.enabled }}
+- ports:
+    - protocol: TCP
+      port: {{ (split ":" (include "taskqueue.redis.address" .))._1 | int }}
+  {{- with .Values.networkPolicy.externalRedisTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- else }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "taskqueue.componentSelectorLabels" (dict "ctx" . "component" "redis") | nindent 10 }}
+  ports:
+    - protocol: TCP
+      port: {{ .Values.redis.port }}
+{{- end }}
+{{- end }}
+
+{{/* The queue the generator enqueues to: the first of config.queues (as taskqueue.config reads it). */}}
+{{- define "taskqueue.firstQueue" -}}
+{{- $queues := list }}
+{{- range splitList "," (toString .Values.config.queues) }}{{ if trim . }}{{ $queues = append $queues (trim .) }}{{ end }}{{ end }}
+{{- first $queues }}
+{{- end }}

@@ -1,0 +1,240 @@
+"""Rendering the chart with the real Helm engine (helm-python-sdk, Helm v4 in-process) and reading the result.
+
+No cluster: ``Chart.render`` and a client-side dry-run install run the same template engine as
+``helm install``; ``lookup`` answers empty, as on a first install.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = ROOT / "helm" / "taskqueue"
+CRD_DIR = Path(__file__).resolve().parent / "crds"
+VERSIONS_MK = ROOT / "k8s" / "versions.mk"
+
+RELEASE = "taskqueue"
+NAMESPACE = "taskqueue"
+
+
+def versions() -> dict[str, str]:
+    """``NAME := value`` pairs of k8s/versions.mk."""
+    pairs = {}
+    for line in VERSIONS_MK.read_text().splitlines():
+        m = re.match(r"^([A-Z0-9_]+)\s*:?=\s*(.*?)\s*$", line)
+        if m:
+            pairs[m.group(1)] = m.group(2)
+    return pairs
+
+
+def kube_version() -> str:
+    """The Kubernetes version of the pinned kind node image: the one objects are validated for."""
+    return versions()["KUBERNETES_VERSION"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One point of the values matrix, with the objects the user must provide for it."""
+
+    name: str
+    values: dict[str, Any]
+    release: str = RELEASE
+    namespace: str = NAMESPACE
+    provided: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+
+def _secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+EXTERNAL_REDIS = {
+    "externalRedis": {
+        "enabled": True,
+        "url": "rediss://redis.example.internal:6380/2",
+        "existingSecret": "redis-credentials",
+        "passwordKey": "password",
+        "tls": {"caSecret": "redis-ca", "caKey": "ca.crt"},
+    },
+    "networkPolicy": {"externalRedisTo": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]},
+}
+
+CASES: dict[str, Case] = {
+    c.name: c
+    for c in (
+        Case("defaults", {}),
+        Case("autoscaling-off", {"autoscaling": {"enabled": False}}),
+        Case(
+            "monitoring-crds-off",
+            {"monitoring": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}}},
+        ),
+        Case(
+            "external-redis",
+            EXTERNAL_REDIS,
+            provided=(
+                _secret("redis-credentials", NAMESPACE, {"password": "s3cret"}),
+                _secret("redis-ca", NAMESPACE, {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}),
+            ),
+        ),
+        Case("persistence-off", {"redis": {"persistence": {"enabled": False}}}),
+        # Another release and namespace, several worker processes, a longer job timeout.
+        Case(
+            "other-release",
+            {"worker": {"processes": 3}, "config": {"job_timeout": 600, "queues": "high,low"}},
+            release="demo",
+            namespace="jobs",
+        ),
+    )
+}
+
+
+@functools.cache
+def _render(case_name: str) -> dict[str, str]:
+    case = CASES[case_name]
+    with helm.Chart.load(CHART_DIR) as chart:
+        return chart.render(
+            copy.deepcopy(case.values) or None, name=case.release, namespace=case.namespace, is_install=True
+        )
+
+
+def render(case: Case) -> dict[str, str]:
+    """Template path -> rendered text (NOTES.txt included)."""
+    return _render(case.name)
+
+
+def parse_docs(text: str) -> Iterator[dict[str, Any]]:
+    for doc in yaml.safe_load_all(text):
+        if doc:
+            yield doc
+
+
+@functools.cache
+def _objects(case_name: str) -> tuple[dict[str, Any], ...]:
+    case = CASES[case_name]
+    out = []
+    for path, text in sorted(_render(case_name).items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in parse_docs(text):
+            doc.setdefault("metadata", {}).setdefault("namespace", case.namespace)
+            out.append(doc)
+    return tuple(out)
+
+
+def objects(case: Case) -> list[dict[str, Any]]:
+    """The rendered Kubernetes objects (deep copies: tests may not change the cache)."""
+    return copy.deepcopy(list(_objects(case.name)))
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def one(objs: list[dict[str, Any]], kind: str, name: str | None = None, component: str | None = None) -> dict:
+    found = [
+        o
+        for o in by_kind(objs, kind)
+        if (name is None or o["metadata"]["name"] == name)
+        and (component is None or o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component)
+    ]
+    assert len(found) == 1, f"expected one {kind} name={name} component={component}, found {len(found)}"
+    return found[0]
+
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
+
+
+def workloads(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] in WORKLOAD_KINDS]
+
+
+def component(obj: dict[str, Any]) -> str:
+    return obj["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
+def selector_matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels + matchExpressions) against labels; {} selects everything."""
+    if selector is None:
+        return False
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def find(objs: list[dict[str, Any]], kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    for o in objs:
+        if o["kind"] == kind and o["metadata"]["name"] == name and o["metadata"].get("namespace") == namespace:
+            return o
+    return None
+
+
+def resolve_env(pod_owner: dict[str, Any], container: dict[str, Any], objs: list[dict[str, Any]]) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: envFrom first, then env (ConfigMap/Secret resolved)."""
+    ns = pod_owner["metadata"]["namespace"]
+    env: dict[str, str] = {}
+
+    def lookup(kind: str, name: str) -> dict[str, str]:
+        obj = find(objs, kind, name, ns)
+        assert obj is not None, f"{pod_owner['metadata']['name']}/{container['name']}: {kind} {name} does not exist"
+        data = dict(obj.get("data") or {})
+        if kind == "Secret":
+            data = {k: base64.b64decode(v).decode() for k, v in data.items()}
+            data.update(obj.get("stringData") or {})
+        return data
+
+    for src in container.get("envFrom") or []:
+        if "configMapRef" in src:
+            env.update(lookup("ConfigMap", src["configMapRef"]["name"]))
+        if "secretRef" in src:
+            env.update(lookup("Secret", src["secretRef"]["name"]))
+    for var in container.get("env") or []:
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+            continue
+        ref = var["valueFrom"]
+        if "configMapKeyRef" in ref:
+            data = lookup("ConfigMap", ref["configMapKeyRef"]["name"])
+            key = ref["configMapKeyRef"]["key"]
+        else:
+            data = lookup("Secret", ref["secretKeyRef"]["name"])
+            key = ref["secretKeyRef"]["key"]
+        assert key in data, f"{container['name']}: key {key} missing in the referenced object"
+        env[var["name"]] = data[key]
+    return env
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
+
+
+def container_port(container: dict[str, Any], port: int | str) -> int | None:
+    """The number of a container port given by number or name; None when the container has no such port."""
+    for p in container.get("ports") or []:
+        if port in (p.get("name"), p["containerPort"]):
+            return p["containerPort"]
+    return None

@@ -1,0 +1,434 @@
+"""Cross-references between the rendered objects resolve, and they agree with the app's own config code.
+
+For every case of the matrix: selectors select the pods they are meant to, every port a Service,
+probe or NetworkPolicy names exists on the container, every Secret/ConfigMap a pod or KEDA reads
+exists, the ScaledObject reads the queue key and Redis address the app itself computes (through
+``taskqueue.config``), the ServiceMonitor finds our Services' metrics ports, the pods are hardened,
+and the environment the chart gives each container is a valid configuration of the app.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from rq import Queue
+
+from taskqueue import config as tq_config
+from tests.chart.rendering import (
+    CASES,
+    CHART_DIR,
+    ROOT,
+    by_kind,
+    component,
+    container_port,
+    find,
+    objects,
+    one,
+    pod_spec,
+    resolve_env,
+    selector_matches,
+    workloads,
+)
+
+CASE_NAMES = sorted(CASES)
+APP_COMPONENTS = ("generator", "worker", "exporter")
+SETTING_ENVS = {s.env for s in tq_config.SETTINGS}
+
+
+def all_objects(case):
+    """The rendered objects plus the ones the user provides for this case (e.g. an external Redis's Secret)."""
+    return objects(case) + [dict(o) for o in case.provided]
+
+
+def workload(objs, comp):
+    return next(w for w in workloads(objs) if component(w) == comp)
+
+
+def values_of(case):
+    import helm_python as helm
+
+    with helm.Chart.load(CHART_DIR) as chart:
+        return chart.merge_values(case.values or None)
+
+
+# -- selectors --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_workload_selectors_match_their_pod_labels(case):
+    objs = objects(CASES[case])
+    for w in workloads(objs):
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        assert selector_matches(w["spec"]["selector"], labels), w["metadata"]["name"]
+        others = [o for o in workloads(objs) if o is not w]
+        for other in others:
+            assert not selector_matches(w["spec"]["selector"], other["spec"]["template"]["metadata"]["labels"]), (
+                f"{w['metadata']['name']}'s selector also selects {other['metadata']['name']}'s pods"
+            )
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_services_select_their_pods_and_target_existing_ports(case):
+    objs = objects(CASES[case])
+    for svc in by_kind(objs, "Service"):
+        selected = [
+            w
+            for w in workloads(objs)
+            if selector_matches({"matchLabels": svc["spec"]["selector"]}, w["spec"]["template"]["metadata"]["labels"])
+        ]
+        assert [component(w) for w in selected] == [component(svc)], svc["metadata"]["name"]
+        containers = pod_spec(selected[0])["containers"]
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            assert any(container_port(c, target) for c in containers), f"{svc['metadata']['name']}: {target}"
+            # The Service port name equals the container port name: ServiceMonitors and humans find it.
+            assert any(container_port(c, port["name"]) for c in containers)
+    sts = by_kind(objs, "StatefulSet")
+    for s in sts:
+        headless = find(objs, "Service", s["spec"]["serviceName"], s["metadata"]["namespace"])
+        assert headless is not None and headless["spec"]["clusterIP"] == "None"
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_pdbs_and_network_policies_select_a_workload(case):
+    objs = objects(CASES[case])
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        for obj in by_kind(objs, kind):
+            sel = obj["spec"]["selector"] if kind == "PodDisruptionBudget" else obj["spec"]["podSelector"]
+            hits = [w for w in workloads(objs) if selector_matches(sel, w["spec"]["template"]["metadata"]["labels"])]
+            assert [component(w) for w in hits] == [component(obj)], obj["metadata"]["name"]
+    # Every workload has a NetworkPolicy; the ones with several replicas have a PDB.
+    for w in workloads(objs):
+        assert any(component(n) == component(w) for n in by_kind(objs, "NetworkPolicy"))
+    for comp in ("generator", "worker"):
+        assert any(component(p) == comp for p in by_kind(objs, "PodDisruptionBudget"))
+
+
+# -- ports and probes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_probes_use_existing_ports_and_every_container_has_all_three(case):
+    for w in workloads(objects(CASES[case])):
+        for c in pod_spec(w)["containers"]:
+            for probe_name in ("startupProbe", "livenessProbe", "readinessProbe"):
+                probe = c.get(probe_name)
+                assert probe, f"{w['metadata']['name']}/{c['name']}: no {probe_name}"
+                handler = probe.get("httpGet") or probe.get("tcpSocket")
+                if handler:
+                    assert container_port(c, handler["port"]), f"{c['name']} {probe_name} port {handler['port']}"
+                else:
+                    assert probe["exec"]["command"]
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_app_ports_are_the_ports_the_app_listens_on(case):
+    """The containerPorts equal what taskqueue.config makes of the container's environment."""
+    c = CASES[case]
+    objs = all_objects(c)
+    for comp in APP_COMPONENTS:
+        w = workload(objs, comp)
+        container = pod_spec(w)["containers"][0]
+        cfg = tq_config.load(resolve_env(w, container, objs))
+        assert container_port(container, "metrics") == cfg.metrics_port_for(comp)
+        if comp == "generator":
+            assert container_port(container, "http") == cfg.http_port
+            assert cfg.http_host == "0.0.0.0"
+        assert cfg.metrics_host == "0.0.0.0" and cfg.metrics_enabled
+
+
+# -- Secrets and ConfigMaps -------------------------------------------------------------------
+
+
+def _refs(obj):
+    """(kind, name) of every Secret/ConfigMap an object reads."""
+    out = []
+    if obj["kind"] in ("Deployment", "StatefulSet"):
+        spec = pod_spec(obj)
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            for src in c.get("envFrom") or []:
+                if "configMapRef" in src:
+                    out.append(("ConfigMap", src["configMapRef"]["name"], None))
+                if "secretRef" in src:
+                    out.append(("Secret", src["secretRef"]["name"], None))
+            for var in c.get("env") or []:
+                ref = var.get("valueFrom") or {}
+                if "secretKeyRef" in ref:
+                    out.append(("Secret", ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"]))
+                if "configMapKeyRef" in ref:
+                    out.append(("ConfigMap", ref["configMapKeyRef"]["name"], ref["configMapKeyRef"]["key"]))
+        for vol in spec.get("volumes") or []:
+            if "secret" in vol:
+                for item in vol["secret"].get("items") or [{"key": None}]:
+                    out.append(("Secret", vol["secret"]["secretName"], item["key"]))
+            if "configMap" in vol:
+                for item in vol["configMap"].get("items") or [{"key": None}]:
+                    out.append(("ConfigMap", vol["configMap"]["name"], item["key"]))
+        for sa in [spec.get("serviceAccountName")] if spec.get("serviceAccountName") else []:
+            out.append(("ServiceAccount", sa, None))
+    if obj["kind"] == "TriggerAuthentication":
+        for ref in obj["spec"].get("secretTargetRef") or []:
+            out.append(("Secret", ref["name"], ref["key"]))
+        for ref in obj["spec"].get("configMapTargetRef") or []:
+            out.append(("ConfigMap", ref["name"], ref["key"]))
+    if obj["kind"] == "ScaledObject":
+        for t in obj["spec"]["triggers"]:
+            if "authenticationRef" in t:
+                out.append(("TriggerAuthentication", t["authenticationRef"]["name"], None))
+        out.append(("Deployment", obj["spec"]["scaleTargetRef"]["name"], None))
+    return out
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_every_referenced_object_and_key_exists(case):
+    objs = all_objects(CASES[case])
+    missing = []
+    for obj in objs:
+        for kind, name, key in _refs(obj):
+            target = find(objs, kind, name, obj["metadata"]["namespace"])
+            if target is None:
+                missing.append(f"{obj['kind']}/{obj['metadata']['name']} -> {kind}/{name}")
+            elif key is not None and key not in (target.get("data") or {}):
+                missing.append(f"{obj['kind']}/{obj['metadata']['name']} -> {kind}/{name}[{key}]")
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_container_env_is_a_valid_app_config(case):
+    """Each app container's environment (ConfigMap + Secret resolved) loads with taskqueue.config,
+    sets only variables the app knows, and points at the Redis the chart deploys or the external one."""
+    c = CASES[case]
+    objs = all_objects(c)
+    values = values_of(c)
+    for comp in APP_COMPONENTS:
+        w = workload(objs, comp)
+        container = pod_spec(w)["containers"][0]
+        env = resolve_env(w, container, objs)
+        unknown = {k for k in env if k.startswith("TASKQUEUE_")} - SETTING_ENVS
+        assert not unknown, f"{comp}: variables the app does not read: {unknown}"
+        cfg = tq_config.load(env)
+        assert cfg.redis_password, "Redis without a password"
+        assert cfg.job_timeout == values["config"]["job_timeout"]
+        if values["externalRedis"]["enabled"]:
+            assert cfg.redis_url == values["externalRedis"]["url"]
+            assert Path(cfg.redis_ca_cert).parent.as_posix() in [m["mountPath"] for m in container["volumeMounts"]]
+        else:
+            redis_svc = one(objs, "Service", component="redis")
+            host = urlparse(cfg.redis_url).hostname
+            assert host == f"{redis_svc['metadata']['name']}.{c.namespace}.svc.cluster.local"
+            assert urlparse(cfg.redis_url).port == redis_svc["spec"]["ports"][0]["port"]
+            redis = workload(objs, "redis")
+            redis_env = resolve_env(redis, pod_spec(redis)["containers"][0], objs)
+            assert redis_env["REDISCLI_AUTH"] == cfg.redis_password, "app and Redis disagree on the password"
+        if comp == "worker":
+            assert cfg.worker_processes == values["worker"]["processes"]
+
+
+# -- worker shutdown --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_worker_grace_period_outlasts_the_job_timeout(case):
+    c = CASES[case]
+    objs = all_objects(c)
+    w = workload(objs, "worker")
+    cfg = tq_config.load(resolve_env(w, pod_spec(w)["containers"][0], objs))
+    grace = pod_spec(w)["terminationGracePeriodSeconds"]
+    assert grace > cfg.job_timeout
+    assert grace == cfg.job_timeout + values_of(c)["worker"]["shutdownGraceSeconds"]
+
+
+# -- KEDA -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", [n for n in CASE_NAMES if n != "autoscaling-off"])
+def test_scaled_object_reads_the_queue_and_redis_the_app_uses(case):
+    c = CASES[case]
+    objs = all_objects(c)
+    so = one(objs, "ScaledObject")
+    w = workload(objs, "worker")
+    target = so["spec"]["scaleTargetRef"]
+    assert (target.get("apiVersion", "apps/v1"), target.get("kind", "Deployment"), target["name"]) == (
+        "apps/v1",
+        "Deployment",
+        w["metadata"]["name"],
+    )
+    env = resolve_env(w, pod_spec(w)["containers"][0], objs)
+    cfg = tq_config.load(env)
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    meta = trigger["metadata"]
+    # The list RQ pushes the generator's jobs onto.
+    assert meta["listName"] == Queue.redis_queue_namespace_prefix + cfg.queue == f"rq:queue:{cfg.queue}"
+    url = urlparse(cfg.redis_url)
+    assert meta["address"] == f"{url.hostname}:{url.port or 6379}"
+    assert int(meta.get("databaseIndex", "0")) == int(url.path.lstrip("/") or 0)
+    assert (meta.get("enableTLS") == "true") == (url.scheme == "rediss")
+    # KEDA authenticates with the same Secret key the worker reads its password from.
+    auth = find(objs, "TriggerAuthentication", trigger["authenticationRef"]["name"], c.namespace)
+    password_ref = next(v["valueFrom"]["secretKeyRef"] for v in pod_spec(w)["containers"][0]["env"]
+                        if v["name"] == "TASKQUEUE_REDIS_PASSWORD")  # fmt: skip
+    params = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    assert (params["password"]["name"], params["password"]["key"]) == (password_ref["name"], password_ref["key"])
+    if cfg.redis_ca_cert:
+        vol = next(v for v in pod_spec(w)["volumes"] if v["name"] == "redis-ca")
+        assert params["ca"]["name"] == vol["secret"]["secretName"]
+        assert params["ca"]["key"] == Path(cfg.redis_ca_cert).name
+    assert so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
+    hpa = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert hpa["scaleDown"]["stabilizationWindowSeconds"] > hpa["scaleUp"]["stabilizationWindowSeconds"]
+
+
+# -- monitoring -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", [n for n in CASE_NAMES if n != "monitoring-crds-off"])
+def test_service_monitor_selects_our_metrics_services(case):
+    c = CASES[case]
+    objs = objects(c)
+    sm = one(objs, "ServiceMonitor")
+    assert c.namespace in sm["spec"]["namespaceSelector"]["matchNames"]
+    selected = [
+        s for s in by_kind(objs, "Service") if selector_matches(sm["spec"]["selector"], s["metadata"]["labels"])
+    ]
+    assert sorted(component(s) for s in selected) == sorted(APP_COMPONENTS)
+    port_names = {e["port"] for e in sm["spec"]["endpoints"]}
+    for svc in selected:
+        assert port_names & {p["name"] for p in svc["spec"]["ports"]}, svc["metadata"]["name"]
+    # kube-prometheus-stack (installed by make kind-up as release "kube-prometheus-stack") selects
+    # ServiceMonitors and PrometheusRules by its release label.
+    release = kps_release_name()
+    assert sm["metadata"]["labels"]["release"] == release
+    assert one(objs, "PrometheusRule")["metadata"]["labels"]["release"] == release
+    # The alert rules' job matchers (TargetDown) see the jobs the ServiceMonitor creates (job = Service name).
+    for regex in alert_job_regexes():
+        for svc in selected:
+            assert re.fullmatch(regex, svc["metadata"]["name"]), (regex, svc["metadata"]["name"])
+
+
+def kps_release_name():
+    text = (ROOT / "k8s" / "kind.mk").read_text()
+    m = re.search(r"upgrade --install (\S+) kube-prometheus-stack", text)
+    assert m, "kind.mk does not install kube-prometheus-stack"
+    return m.group(1)
+
+
+def alert_job_regexes():
+    text = (CHART_DIR / "files" / "alerts.yml").read_text()
+    return re.findall(r'job=~"([^"]+)"', text)
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_prometheus_rule_and_dashboard_come_from_the_files(case):
+    c = CASES[case]
+    objs = objects(c)
+    values = values_of(c)
+    rule_file = yaml.safe_load((CHART_DIR / "files" / "alerts.yml").read_text())
+    rules = by_kind(objs, "PrometheusRule")
+    if values["monitoring"]["prometheusRule"]["enabled"]:
+        assert rules[0]["spec"] == {"groups": rule_file["groups"]}
+    else:
+        assert not rules
+    dash = next(o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-dashboards"))
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    files = sorted((CHART_DIR / "files" / "dashboards").glob("*.json"))
+    assert sorted(dash["data"]) == [f.name for f in files]
+    for f in files:
+        assert json.loads(dash["data"][f.name]) == json.loads(f.read_text())
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_scrape_annotations_point_at_the_metrics_port(case):
+    for w in workloads(objects(CASES[case])):
+        ann = w["spec"]["template"]["metadata"].get("annotations") or {}
+        if component(w) in APP_COMPONENTS:
+            assert ann["prometheus.io/scrape"] == "true"
+            assert container_port(pod_spec(w)["containers"][0], int(ann["prometheus.io/port"]))
+            assert container_port(pod_spec(w)["containers"][0], "metrics") == int(ann["prometheus.io/port"])
+
+
+# -- hardening --------------------------------------------------------------------------------
+
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_pods_meet_the_restricted_pod_security_standard(case):
+    objs = objects(CASES[case])
+    for w in workloads(objs):
+        spec = pod_spec(w)
+        name = w["metadata"]["name"]
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert psc.get("runAsUser", 1) != 0
+        assert not any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), name
+        assert spec["automountServiceAccountToken"] is False, name
+        sa = find(objs, "ServiceAccount", spec["serviceAccountName"], w["metadata"]["namespace"])
+        assert sa is not None and sa["automountServiceAccountToken"] is False
+        for vol in spec.get("volumes") or []:
+            assert set(vol) - {"name"} <= RESTRICTED_VOLUME_TYPES, vol
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), name
+            assert not sc.get("privileged"), name
+            assert sc.get("runAsUser", psc.get("runAsUser")) != 0
+            assert c["resources"]["requests"] and c["resources"]["limits"], name
+            assert {"cpu", "memory"} <= set(c["resources"]["limits"]), name
+            mounts = {m["mountPath"] for m in c.get("volumeMounts") or []}
+            if component(w) in APP_COMPONENTS:
+                assert "/tmp" in mounts, f"{name}: gunicorn and prometheus-client need a writable /tmp"
+            else:
+                assert "/data" in mounts
+
+
+def test_app_pods_share_one_security_context():
+    objs = objects(CASES["defaults"])
+    contexts = {json.dumps(pod_spec(workload(objs, comp))["containers"][0]["securityContext"], sort_keys=True)
+                for comp in APP_COMPONENTS}  # fmt: skip
+    assert len(contexts) == 1
+    assert {pod_spec(workload(objs, comp))["securityContext"]["runAsUser"] for comp in APP_COMPONENTS} == {10001}
+
+
+def test_redis_is_durable_and_keeps_its_password_off_the_command_line():
+    objs = objects(CASES["defaults"])
+    conf = one(objs, "ConfigMap", component="redis")["data"]["redis.conf"]
+    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in conf.splitlines() if line and line[0] != "#"}
+    assert lines["appendonly"] == "yes" and lines["appendfsync"] == "everysec"
+    assert lines["maxmemory-policy"] == "noeviction"
+    assert lines["include"] == "/run/redis/auth.conf"
+    redis = workload(objs, "redis")
+    container = pod_spec(redis)["containers"][0]
+    assert "requirepass" not in " ".join(container.get("command", []))
+    assert "--requirepass" not in " ".join(container.get("args", []))
+    image = container["image"]
+    assert re.fullmatch(r"docker\.io/library/redis:[78]\.\d+\.\d+-(alpine|bookworm)", image), image
+
+
+# -- images -----------------------------------------------------------------------------------
+
+
+def test_images_are_the_ones_make_builds_and_loads():
+    """values.yaml's repositories + appVersion == what k8s/kind.mk builds and `kind load`s."""
+    from tests.chart.test_kind_make import make_dry_run
+
+    objs = objects(CASES["defaults"])
+    images = {component(w): pod_spec(w)["containers"][0]["image"] for w in workloads(objs)}
+    app_version = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
+    assert images["generator"] == images["exporter"] == f"taskqueue-generator:{app_version}"
+    assert images["worker"] == f"taskqueue-worker:{app_version}"
+    out = make_dry_run("kind-up")
+    load = next(line for line in out.splitlines() if " load docker-image " in line)
+    assert set(load.split()[-2:]) == {images["generator"], images["worker"]}
+    builds = [line for line in out.splitlines() if " build " in line and "services/Dockerfile" in line]
+    assert {b.split(" -t ")[1].split()[0] for b in builds} == {images["generator"], images["worker"]}
+    assert " --target generator " in builds[0] + " " and " --target worker " in builds[1] + " "
+    versions_mk = (ROOT / "k8s" / "versions.mk").read_text().splitlines()
+    assert images["redis"] == next(x for x in versions_mk if x.startswith("REDIS_IMAGE")).split(":=")[1].strip()

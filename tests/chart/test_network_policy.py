@@ -1,0 +1,197 @@
+"""The NetworkPolicies admit every connection the app makes, and no other.
+
+A small evaluator applies the rendered policies (Kubernetes semantics: a pod selected by a policy of
+a direction only allows what some such policy allows; peers are pod/namespace selectors or ipBlocks;
+ports by number or by the destination container's port name) to a model of the cluster: our pods,
+Prometheus, the KEDA operator, CoreDNS, a stranger pod in our namespace and one elsewhere, and the
+external Redis. Every (source, destination, port) among them is decided, and the allowed set must
+equal the set of connections the app needs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.chart.rendering import CASES, by_kind, component, container_port, objects, pod_spec, workloads
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    namespace: str | None  # None: outside the cluster (an ipBlock address)
+    labels: tuple[tuple[str, str], ...] = ()
+    ports: tuple[tuple[str, int], ...] = ()  # (name, number)
+    ip: str | None = None
+    ours: bool = False
+
+    @property
+    def label_dict(self):
+        return dict(self.labels)
+
+
+@dataclass
+class Model:
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+    def get(self, name):
+        return next(e for e in self.endpoints if e.name == name)
+
+
+def ns_labels(ns):
+    return {"kubernetes.io/metadata.name": ns}
+
+
+def build_model(case) -> tuple[Model, list[dict]]:
+    objs = objects(case)
+    model = Model()
+    for w in workloads(objs):
+        containers = pod_spec(w)["containers"]
+        ports = tuple((p.get("name", ""), p["containerPort"]) for c in containers for p in c.get("ports") or [])
+        labels = tuple(sorted(w["spec"]["template"]["metadata"]["labels"].items()))
+        model.endpoints.append(Endpoint(component(w), case.namespace, labels, ports, ours=True))
+    model.endpoints += [
+        Endpoint("prometheus", "monitoring", (("app.kubernetes.io/name", "prometheus"),), (("http-web", 9090),)),
+        Endpoint("keda-operator", "keda", (("app.kubernetes.io/name", "keda-operator"),), (("metrics", 8080),)),
+        Endpoint("coredns", "kube-system", (("k8s-app", "kube-dns"),), (("dns", 53), ("dns-tcp", 53))),
+        Endpoint("stranger", case.namespace, (("app", "stranger"),), (("http", 8080),)),
+        Endpoint("stranger-elsewhere", "default", (("app", "stranger"),), (("http", 8080),)),
+        Endpoint("internet", None, ip="203.0.113.7"),
+    ]
+    if case.values.get("externalRedis", {}).get("enabled"):
+        model.endpoints.append(Endpoint("external-redis", None, ports=(("redis", 6380),), ip="10.20.1.5"))
+    return model, objs
+
+
+def peer_matches(peer, other: Endpoint, policy_ns: str) -> bool:
+    if "ipBlock" in peer:
+        if other.ip is None:
+            return False  # ipBlocks are meant for addresses outside the cluster
+        block = peer["ipBlock"]
+        addr = ipaddress.ip_address(other.ip)
+        if addr not in ipaddress.ip_network(block["cidr"]):
+            return False
+        return not any(addr in ipaddress.ip_network(x) for x in block.get("except") or [])
+    if other.namespace is None:
+        return False
+    from tests.chart.rendering import selector_matches
+
+    if "namespaceSelector" in peer:
+        if not selector_matches(peer["namespaceSelector"], ns_labels(other.namespace)):
+            return False
+    elif other.namespace != policy_ns:
+        return False
+    if "podSelector" in peer:
+        return selector_matches(peer["podSelector"], other.label_dict)
+    return True
+
+
+def port_matches(rule_ports, dst: Endpoint, port: int, proto: str) -> bool:
+    if not rule_ports:
+        return True
+    for p in rule_ports:
+        if p.get("protocol", "TCP") != proto:
+            continue
+        if "port" not in p:
+            return True
+        want = p["port"]
+        if isinstance(want, str):
+            number = container_port({"ports": [{"name": n, "containerPort": v} for n, v in dst.ports]}, want)
+            if number == port:
+                return True
+        elif want <= port <= p.get("endPort", want):
+            return True
+    return False
+
+
+def direction_allows(policies, pod: Endpoint, other: Endpoint, dst: Endpoint, port, proto, direction) -> bool:
+    """Whether the policies selecting ``pod`` for ``direction`` let the connection through."""
+    from tests.chart.rendering import selector_matches
+
+    key = "ingress" if direction == "Ingress" else "egress"
+    peer_key = "from" if direction == "Ingress" else "to"
+    selecting = [
+        p
+        for p in policies
+        if pod.namespace == p["metadata"]["namespace"]
+        and selector_matches(p["spec"]["podSelector"], pod.label_dict)
+        and direction in p["spec"].get("policyTypes", ["Ingress"])
+    ]
+    if not selecting:
+        return True
+    for pol in selecting:
+        for rule in pol["spec"].get(key) or []:
+            peers = rule.get(peer_key)
+            if peers and not any(peer_matches(x, other, pol["metadata"]["namespace"]) for x in peers):
+                continue
+            if port_matches(rule.get("ports"), dst, port, proto):
+                return True
+    return False
+
+
+def allowed(policies, src: Endpoint, dst: Endpoint, port: int, proto: str) -> bool:
+    return direction_allows(policies, src, dst, dst, port, proto, "Egress") and direction_allows(
+        policies, dst, src, dst, port, proto, "Ingress"
+    )
+
+
+def needed_connections(case, model: Model, objs) -> set[tuple[str, str, int, str]]:
+    """What the app does (and the cluster around it needs)."""
+    ours = [e for e in model.endpoints if e.ours]
+    apps = [e for e in ours if e.name in ("generator", "worker", "exporter")]
+    ports = {e.name: dict(e.ports) for e in ours}
+    need = set()
+    redis = "external-redis" if any(e.name == "external-redis" for e in model.endpoints) else "redis"
+    redis_port = dict(model.get(redis).ports)["redis"]
+    for app in apps:
+        need.add((app.name, redis, redis_port, "TCP"))
+        need |= {(app.name, "coredns", 53, "UDP"), (app.name, "coredns", 53, "TCP")}
+        need.add(("prometheus", app.name, ports[app.name]["metrics"], "TCP"))
+    if by_kind(objs, "ScaledObject") and redis == "redis":
+        need.add(("keda-operator", "redis", redis_port, "TCP"))
+    # The API is public: any client pod may call it (our own pods never do: their egress is closed).
+    for client in model.endpoints:
+        if not client.ours and client.namespace is not None:
+            need.add((client.name, "generator", ports["generator"]["http"], "TCP"))
+    return need
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_policies_admit_exactly_the_needed_connections(case):
+    c = CASES[case]
+    model, objs = build_model(c)
+    policies = by_kind(objs, "NetworkPolicy")
+    candidate_ports = {(n, "TCP") for e in model.endpoints for _, n in e.ports} | {
+        (53, "UDP"),
+        (53, "TCP"),
+        (443, "TCP"),
+    }
+    allowed_set = set()
+    for src in model.endpoints:
+        for dst in model.endpoints:
+            if src is dst or not (src.ours or dst.ours):
+                continue
+            if src.namespace is None:
+                continue  # nothing outside the cluster connects in
+            for port, proto in candidate_ports:
+                if allowed(policies, src, dst, port, proto):
+                    allowed_set.add((src.name, dst.name, port, proto))
+    need = needed_connections(c, model, objs)
+    missing = need - allowed_set
+    extra = allowed_set - need
+    assert not missing, f"connections the app needs but the policies block: {sorted(missing)}"
+    assert not extra, f"connections the policies allow but nobody needs: {sorted(extra)}"
+
+
+def test_evaluator_is_not_vacuous():
+    """Without policies everything is allowed, and the test above would report it."""
+    c = CASES["defaults"]
+    model, _objs = build_model(c)
+    stranger, redis = model.get("stranger"), model.get("redis")
+    assert allowed([], stranger, redis, 6379, "TCP")
+    policies = by_kind(objects(c), "NetworkPolicy")
+    assert not allowed(policies, stranger, redis, 6379, "TCP")
+    assert allowed(policies, model.get("worker"), redis, 6379, "TCP")
+    assert not allowed(policies, model.get("generator"), model.get("internet"), 443, "TCP")

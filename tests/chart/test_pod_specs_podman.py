@@ -1,0 +1,131 @@
+"""The chart's own pod specs run: generator, worker and exporter start from the images built by
+tests/images with exactly the rendered command, args, env (ConfigMap and Secret resolved),
+securityContext and volumes, on the host network (Service names -> 127.0.0.1); the chart's probes
+pass, and the seed's curl flow (/start, /list, /status) goes through them.
+
+Redis runs from the chart's Redis spec too when its image is in the local store (or TQ_REDIS_IMAGE
+names one); CI cannot pull docker.io, so otherwise a host redis-server runs the chart's rendered
+redis.conf and password file instead (said in the test's output).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+import requests
+
+from tests.chart import podrun
+from tests.chart.rendering import ROOT, Case, find, objects, one, pod_spec, resolve_env, workloads
+
+pytestmark = pytest.mark.images
+
+SEED_RESULT = "Processed message generating task with delay: 1 after 1 seconds"
+
+
+def ensure_images(images: list[str]) -> None:
+    missing = [i for i in images if not podrun.image_exists(i)]
+    if not missing:
+        return
+    if os.environ.get("CI") != "true":
+        pytest.skip(f"images {missing} not built (bash tests/images/build-base.sh && bash tests/images/build.sh)")
+    for script in ("build-base.sh", "build.sh"):
+        subprocess.run(["bash", str(ROOT / "tests" / "images" / script)], check=True, timeout=1800)
+    still = [i for i in images if not podrun.image_exists(i)]
+    assert not still, f"tests/images/build.sh did not produce {still}"
+
+
+@pytest.fixture
+def case():
+    """The default values, on free loopback ports (several test runs may share this machine)."""
+    ports = [podrun.free_port() for _ in range(5)]
+    values = {
+        "generator": {"httpPort": ports[0], "metricsPort": ports[1], "service": {"port": ports[0]}},
+        "worker": {"metricsPort": ports[2]},
+        "exporter": {"metricsPort": ports[3]},
+        "redis": {"port": ports[4]},
+    }
+    c = Case(f"podman-{ports[0]}", values)
+    from tests.chart import rendering
+
+    rendering.CASES[c.name] = c
+    yield c
+    rendering.CASES.pop(c.name, None)
+
+
+def host_redis(objs, workdir):
+    """A host redis-server with the chart's redis.conf and the password file its start script writes."""
+    redis = next(w for w in workloads(objs) if w["kind"] == "StatefulSet")
+    container = pod_spec(redis)["containers"][0]
+    conf = one(objs, "ConfigMap", component="redis")["data"]["redis.conf"]
+    password = resolve_env(redis, container, objs)["REDISCLI_AUTH"]
+    (workdir / "data").mkdir()
+    (workdir / "auth.conf").write_text(f'requirepass "{password}"\n')
+    conf = conf.replace("dir /data", f"dir {workdir / 'data'}").replace(
+        "/run/redis/auth.conf", str(workdir / "auth.conf")
+    )
+    conf = conf.replace("bind 0.0.0.0 -::*", "bind 127.0.0.1")
+    (workdir / "redis.conf").write_text(conf)
+    proc = subprocess.Popen([shutil.which("redis-server"), str(workdir / "redis.conf")], stdout=subprocess.DEVNULL)
+    port = container["ports"][0]["containerPort"]
+    for _ in range(100):
+        r = subprocess.run(["redis-cli", "-p", str(port), "ping"], env={**os.environ, "REDISCLI_AUTH": password},
+                           capture_output=True, text=True, check=False)  # fmt: skip
+        if r.stdout.strip() == "PONG":
+            return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("host redis-server did not start")
+
+
+def test_rendered_pods_run_the_seed_flow(case, tmp_path):
+    if shutil.which("podman") is None:
+        pytest.fail("podman is needed (apt-get install podman)")
+    objs = objects(case)
+    apps = {w["metadata"]["labels"]["app.kubernetes.io/component"]: w for w in workloads(objs)}
+    images = {comp: podrun.local_image(pod_spec(w)["containers"][0]["image"]) for comp, w in apps.items()
+              if comp != "redis"}  # fmt: skip
+    ensure_images(sorted(set(images.values())))
+    redis_svc = one(objs, "Service", component="redis")
+    hosts = {f"{redis_svc['metadata']['name']}.{case.namespace}.svc.cluster.local": "127.0.0.1"}
+    runner = podrun.PodRunner(objs, tmp_path, hosts, name_prefix=f"tq-chart-{os.getpid()}")
+    redis_proc = None
+    try:
+        redis_image = os.environ.get("TQ_REDIS_IMAGE") or pod_spec(apps["redis"])["containers"][0]["image"]
+        if podrun.image_exists(redis_image):
+            name = runner.start(apps["redis"], redis_image)
+            runner.wait_ready(name, apps["redis"])
+        else:
+            print(f"no local {redis_image}: the chart's redis.conf runs on a host redis-server")
+            redis_proc = host_redis(objs, tmp_path)
+        for comp in ("exporter", "worker", "generator"):
+            name = runner.start(apps[comp], images[comp])
+            runner.wait_ready(name, apps[comp])
+
+        base = f"http://127.0.0.1:{case.values['generator']['httpPort']}"
+        assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
+        body = requests.get(f"{base}/start", params={"delay": 1}, timeout=5).json()
+        job_id = body["jobId"]
+        deadline = time.monotonic() + 30
+        while True:
+            doc = requests.get(f"{base}/status/{job_id}", timeout=5).json()
+            if doc["status"] == "finished" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert doc["status"] == "finished", (doc, runner.logs(runner.started[-2]))
+        assert doc["result"] == SEED_RESULT
+        assert requests.get(f"{base}/list", params={"state": "finished"}, timeout=5).json()["jobs"] == [job_id]
+        # Metrics on the chart's ports: the generator's counters, the exporter's queue state.
+        gen_metrics = requests.get(f"http://127.0.0.1:{case.values['generator']['metricsPort']}/metrics", timeout=5)
+        assert "taskqueue_jobs_enqueued_total" in gen_metrics.text
+        exp_metrics = requests.get(f"http://127.0.0.1:{case.values['exporter']['metricsPort']}/metrics", timeout=5)
+        assert "taskqueue_redis_up 1.0" in exp_metrics.text
+        assert find(objs, "ConfigMap", case.release, case.namespace) is not None
+    finally:
+        runner.stop_all()
+        if redis_proc:
+            redis_proc.terminate()
+            redis_proc.wait(timeout=10)

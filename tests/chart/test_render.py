@@ -1,0 +1,108 @@
+"""The chart renders, lints (strict) and installs (client dry-run) with the real Helm engine, for every case."""
+
+from __future__ import annotations
+
+import copy
+
+import helm_python as helm
+import pytest
+import yaml
+
+from tests.chart.rendering import CASES, CHART_DIR, by_kind, kube_version, objects, render
+
+CASE_NAMES = sorted(CASES)
+
+
+def test_chart_metadata():
+    meta = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    assert meta["apiVersion"] == "v2"
+    assert meta["appVersion"] == "0.1.0"
+    with helm.Chart.load(CHART_DIR) as chart:
+        assert chart.schema is not None, "values.schema.json is missing"
+        chart.validate_schema(chart.values)
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_lint_strict(case):
+    c = CASES[case]
+    report = helm.lint(
+        CHART_DIR,
+        copy.deepcopy(c.values) or None,
+        strict=True,
+        namespace=c.namespace,
+        kube_version="v" + kube_version(),
+    )
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not report["errors"] and not problems, report
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_install_dry_run(case):
+    c = CASES[case]
+    with helm.Config(storage_driver="memory", namespace=c.namespace) as cfg:
+        release = cfg.install(
+            CHART_DIR, c.release, copy.deepcopy(c.values) or None, namespace=c.namespace, dry_run="client"
+        )
+    docs = [d for d in yaml.safe_load_all(release["manifest"]) if d]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == sorted(
+        (o["kind"], o["metadata"]["name"]) for o in objects(c)
+    )
+    assert "port-forward" in release["notes"]
+
+
+def test_matrix_toggles_what_it_says():
+    kinds = {name: {o["kind"] for o in objects(case)} for name, case in CASES.items()}
+    assert {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"} <= kinds["defaults"]
+    assert not {"ScaledObject", "TriggerAuthentication"} & kinds["autoscaling-off"]
+    assert not {"ServiceMonitor", "PrometheusRule"} & kinds["monitoring-crds-off"]
+    assert "StatefulSet" not in kinds["external-redis"]
+    sts = by_kind(objects(CASES["persistence-off"]), "StatefulSet")[0]
+    assert "volumeClaimTemplates" not in sts["spec"]
+    assert any(v["name"] == "data" and "emptyDir" in v for v in sts["spec"]["template"]["spec"]["volumes"])
+    sts = by_kind(objects(CASES["defaults"]), "StatefulSet")[0]
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    # Autoscaling on: KEDA owns the replica count, the Deployment must not fight it on upgrades.
+    worker = next(
+        d for d in by_kind(objects(CASES["defaults"]), "Deployment") if d["metadata"]["name"].endswith("-worker")
+    )
+    assert "replicas" not in worker["spec"]
+    worker = next(
+        d for d in by_kind(objects(CASES["autoscaling-off"]), "Deployment") if d["metadata"]["name"].endswith("-worker")
+    )
+    assert worker["spec"]["replicas"] == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"worker": {"workerClass": "threads"}},
+        {"externalRedis": {"enabled": True}},
+        {"externalRedis": {"enabled": True, "url": "redis://user:pw@host:6379/0"}},
+        {"config": {"log_format": "xml"}},
+        {"config": {"job_timeout": 0}},
+        {"redis": {"appendfsync": "sometimes"}},
+        {"extraEnv": {"PATH": "/evil"}},
+        {"autoscalling": {"enabled": False}},
+    ],
+)
+def test_schema_rejects(bad):
+    with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmError):
+        chart.render(bad, name="taskqueue", namespace="taskqueue")
+
+
+def test_redis_password_generated_once_and_kept():
+    """A random password on install; `lookup` returns it on upgrades and resource-policy keeps it."""
+    secret = next(o for o in objects(CASES["defaults"]) if o["kind"] == "Secret")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    with helm.Chart.load(CHART_DIR) as chart:
+        again = chart.render(None, name="taskqueue", namespace="taskqueue", is_install=True)
+    second = next(d for d in yaml.safe_load_all(again["taskqueue/templates/redis.yaml"]) if d and d["kind"] == "Secret")
+    assert second["data"] != secret["data"], "the password must be random, not a fixed default"
+    template = (CHART_DIR / "templates" / "redis.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in template
+
+
+def test_notes_have_next_commands():
+    notes = render(CASES["defaults"])["taskqueue/templates/NOTES.txt"]
+    for text in ("port-forward", "curl", "autoscaling.keda.sh/paused-replicas", "rollout status"):
+        assert text in notes
