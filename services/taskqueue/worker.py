@@ -25,6 +25,8 @@ log = logging.getLogger("taskqueue.worker")
 
 CHILD_ENV = "TASKQUEUE_SUPERVISED_CHILD"
 RESTART_BACKOFF_MAX = 30.0
+# A worker process that lived this long was healthy: if it dies, restart it without delay.
+HEALTHY_RUN = 5.0
 
 
 def worker_name(cfg: config_module.Config) -> str:
@@ -97,7 +99,7 @@ def supervise(cfg: config_module.Config, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "taskqueue.worker", *argv]
     children: dict[int, subprocess.Popen] = {}
     stopping = {"signals": 0}
-    backoff = 1.0
+    backoff = 0.0
 
     def forward(signum, _frame):
         stopping["signals"] += 1
@@ -112,9 +114,15 @@ def supervise(cfg: config_module.Config, argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for _ in range(cfg.worker_processes):
+    started: dict[int, float] = {}
+
+    def spawn() -> None:
         child = subprocess.Popen(cmd, env=env)
         children[child.pid] = child
+        started[child.pid] = time.monotonic()
+
+    for _ in range(cfg.worker_processes):
+        spawn()
     while children:
         try:
             pid, status = os.wait()
@@ -125,13 +133,15 @@ def supervise(cfg: config_module.Config, argv: list[str]) -> int:
         child = children.pop(pid, None)
         if child is None:
             continue
-        metrics.mark_process_dead(pid)
+        metrics.mark_process_dead(pid)  # its counters stay summed; its live gauges go
         if not stopping["signals"]:
+            # A process that ran a while died of something passing: restart at once. One that keeps
+            # dying at start (bad config, Redis gone) backs off.
+            backoff = 0.0 if time.monotonic() - started.pop(pid, 0.0) > HEALTHY_RUN else max(1.0, backoff * 2)
+            backoff = min(backoff, RESTART_BACKOFF_MAX)
             log.warning("worker process %s exited (status %s); restarting in %.0f s", pid, status, backoff)
             time.sleep(backoff)
-            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
-            child = subprocess.Popen(cmd, env=env)
-            children[child.pid] = child
+            spawn()
     return 0
 
 
