@@ -42,7 +42,7 @@ def test_scale_endpoint_is_503_while_redis_is_down(tmp_path):
 
 def test_exporter_fires_retries_with_no_worker_scheduler(app_env, tmp_path):
     """Workers run without RQ's scheduler (as in the chart); the exporter moves due retries to the queue."""
-    env = {**app_env, "TASKQUEUE_WORKER_SCHEDULER": "false"}
+    env = {**app_env, "TASKQUEUE_WORKER_MAINTENANCE": "false"}
     gen = Generator(env, tmp_path).start()
     exporter = Exporter(env, tmp_path).start()
     w = WorkerProc(env, tmp_path).start()
@@ -54,3 +54,26 @@ def test_exporter_fires_retries_with_no_worker_scheduler(app_env, tmp_path):
         w.stop()
         exporter.stop()
         gen.stop()
+
+
+def test_exporter_requeues_a_job_stranded_between_dequeue_and_start(generator, app_env, tmp_path, redis_client):
+    """A worker SIGKILLed right after RQ moved a job to the intermediate list (before the started
+    registry) leaves it in neither: the exporter's cleanup puts it back on the queue, no retry spent.
+    Found by tests/autoscale (a job left `queued` in no queue after a SIGKILL during scale-down)."""
+    exporter = Exporter({**app_env, "TASKQUEUE_CLEANUP_INTERVAL": "1"}, tmp_path).start()
+    try:
+        job_id = requests.get(generator.base + "/start?delay=0", timeout=2).json()["jobId"]
+        # What a worker's dequeue does, and then it dies.
+        assert redis_client.lmove("rq:queue:default", "rq:queue:default:intermediate") == job_id.encode()
+        wait_for(lambda: redis_client.lrange("rq:queue:default", 0, -1) == [job_id.encode()], timeout=10,
+                 what="the stranded job back on the queue")  # fmt: skip
+        assert redis_client.llen("rq:queue:default:intermediate") == 0
+        assert "requeued" in exporter.log()
+        w = WorkerProc(app_env, tmp_path).start()
+        try:
+            doc = wait_status(generator.base, job_id, {"finished"}, timeout=15)
+            assert doc["retriesLeft"] == 2
+        finally:
+            w.stop()
+    finally:
+        exporter.stop()

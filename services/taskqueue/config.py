@@ -115,10 +115,10 @@ SETTINGS: tuple[Setting, ...] = (
         (W,),
     ),
     Setting(
-        "worker_scheduler",
+        "worker_maintenance",
         "true",
         _bool,
-        "Also run RQ's scheduler (moves due retries to the queue) in the worker; the exporter always does.",
+        "Also run RQ's scheduler and registry maintenance in the worker; the exporter always does.",
         (W,),
     ),
     Setting(
@@ -176,7 +176,7 @@ class Config:
     worker_processes: int
     worker_name: str
     maintenance_interval: int
-    worker_scheduler: bool
+    worker_maintenance: bool
     heartbeat_ttl: int
     shutdown_mode: str
     cleanup_interval: int

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 from . import config as config_module
 from . import logs
+from .maintenance import maintain
 
 log = logging.getLogger("taskqueue.exporter")
 
@@ -44,6 +45,7 @@ class QueueState:
             for q in self.queues
             for state in REGISTRY_STATES
         }
+        self._intermediate_seen: dict[str, set[str]] = {}
 
     def read(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
         """``{(queue, state): jobs}`` and ``{queue: workers}``."""
@@ -79,9 +81,46 @@ class QueueState:
         return {"workRemaining": queued + started, "queued": queued, "started": started}
 
     def cleanup(self) -> None:
-        """Retry or fail jobs abandoned by dead workers (their heartbeats expired)."""
+        """Repair limbo jobs, retry or fail jobs abandoned by dead workers (their heartbeats expired),
+        and requeue jobs stranded between dequeue and start (see maintenance.py)."""
         for q in self.queues:
-            self.registries[(q.name, "started")].cleanup()
+            maintain(q)
+            self.requeue_stranded(q)
+
+    def requeue_stranded(self, queue) -> list[str]:
+        """Put back jobs a worker took off the queue but was killed before it started them.
+
+        RQ moves a job from the queue into ``<queue>:intermediate`` and only then into the started
+        registry; a worker SIGKILLed between the two leaves the job in neither, where only a live
+        worker's maintenance would find it (after a minute). A job still ``queued`` that sits in the
+        intermediate list, not in the started registry, on two cleanup passes in a row never
+        started: it goes back to the front of its queue, no retry spent.
+        """
+        from rq.job import Job, JobStatus
+
+        from .jobs import SERIALIZER
+
+        key = queue.intermediate_queue_key
+        ids = [i.decode() for i in self.redis.lrange(key, 0, -1)]
+        started = set(self.registries[(queue.name, "started")].get_job_ids(cleanup=False)) if ids else set()
+        seen_before = self._intermediate_seen.get(queue.name, set())
+        candidates = set(ids) - started
+        requeued = []
+        for job_id in candidates & seen_before:
+            job = (
+                Job.fetch(job_id, connection=self.redis, serializer=SERIALIZER)
+                if self.redis.exists(Job.key_for(job_id))
+                else None
+            )
+            if job is None:
+                self.redis.lrem(key, 1, job_id)
+            elif job.get_status(refresh=True) == JobStatus.QUEUED and self.redis.lrem(key, 1, job_id):
+                queue.enqueue_job(job, at_front=True)
+                requeued.append(job_id)
+                log.warning("job %s was taken off queue %s by a worker that died before starting it: requeued",
+                            job_id, queue.name)  # fmt: skip
+        self._intermediate_seen[queue.name] = candidates - set(requeued)
+        return requeued
 
 
 class QueueStateCollector:

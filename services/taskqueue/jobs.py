@@ -203,15 +203,23 @@ class JobService:
             total = self.queue.count
             ids = self.queue.get_job_ids(offset=offset, length=limit)
             return ids, total
+        if state == "started":
+            return self._running(offset, limit)
         registry = REGISTRIES[state](self.queue.name, connection=self.redis, serializer=SERIALIZER)
-        total = registry.count
-        ids = registry.get_job_ids(start=offset, end=offset + limit - 1)
+        # No cleanup from the request path: maintenance is the exporter's job.
+        total = registry.get_job_count(cleanup=False)
+        ids = registry.get_job_ids(start=offset, end=offset + limit - 1, cleanup=False)
         return ids, total
 
-    def running_ids(self) -> list[str]:
-        """The seed's ``/list``: ids of jobs that are running now."""
+    def _running(self, offset: int, limit: int) -> tuple[list[str], int]:
+        """Started jobs whose claim is alive (an expired one belongs to a dead worker)."""
         registry = StartedJobRegistry(self.queue.name, connection=self.redis, serializer=SERIALIZER)
-        return registry.get_job_ids()
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(registry.key, now, "+inf", start=offset, num=limit)
+            pipe.zcount(registry.key, now, "+inf")
+            entries, total = pipe.execute()
+        return [registry.parse_job_id(e.decode()) for e in entries], int(total)
 
     # -- change ------------------------------------------------------------------------------------
 

@@ -66,7 +66,7 @@ def write_files(state: Path, args: argparse.Namespace) -> Path:
         "TASKQUEUE_HTTP_HOST": "127.0.0.1",
         "TASKQUEUE_METRICS_HOST": "127.0.0.1",
         # The exporter runs the scheduler; a worker stopped mid-way then never holds its lock.
-        "TASKQUEUE_WORKER_SCHEDULER": "false",
+        "TASKQUEUE_WORKER_MAINTENANCE": "false",
         "TASKQUEUE_LOG_FORMAT": os.environ.get("TASKQUEUE_LOG_FORMAT", "text"),
         "TMPDIR": str(state / "tmp"),
     }

@@ -61,8 +61,9 @@ def run_worker(cfg: config_module.Config, *, serve_metrics: bool, burst: bool = 
                 maintenance_interval=cfg.maintenance_interval,
                 heartbeat_ttl=cfg.heartbeat_ttl,
                 shutdown_mode=cfg.shutdown_mode,
+                maintenance=cfg.worker_maintenance,
             )
-            worker.work(with_scheduler=cfg.worker_scheduler, burst=burst, logging_level=cfg.log_level.upper())
+            worker.work(with_scheduler=cfg.worker_maintenance, burst=burst, logging_level=cfg.log_level.upper())
             if worker.stop_requested or burst:
                 return 0
             log.warning("worker loop ended without a stop request (Redis lost?)")

@@ -25,6 +25,7 @@ from rq.exceptions import DeserializationError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.timeouts import UnixSignalDeathPenalty
+from rq.utils import now
 
 from . import metrics
 from .logs import current_job_id
@@ -54,14 +55,28 @@ class TaskqueueWorkerMixin:
     # RQ waits up to 60 s between reconnect attempts by default; a queue should come back sooner.
     max_connection_wait_time = 5.0
 
-    def __init__(self, *args, heartbeat_ttl: int = 60, shutdown_mode: str = "finish", **kwargs):
+    def __init__(
+        self, *args, heartbeat_ttl: int = 60, shutdown_mode: str = "finish", maintenance: bool = True, **kwargs
+    ):
         self.heartbeat_ttl = heartbeat_ttl
+        self.maintenance = maintenance
         self.shutdown_mode = shutdown_mode
         self.stop_requested = False
         self._requeue_job_id: str | None = None
         kwargs.setdefault("job_monitoring_interval", max(1, heartbeat_ttl // 3))
         super().__init__(*args, **kwargs)
         metrics.init_worker_series((q.name for q in self.queues), TASKS)
+
+    def clean_registries(self):
+        """RQ's registry maintenance, unless the exporter owns it (TASKQUEUE_WORKER_MAINTENANCE=false).
+
+        Then no worker runs it: a worker killed mid-maintenance can neither leave a job half-updated
+        nor hold RQ's 15-minute maintenance lock.
+        """
+        if self.maintenance:
+            super().clean_registries()
+        else:
+            self.last_cleaned_at = now()
 
     # -- heartbeats --------------------------------------------------------------------------------
 
