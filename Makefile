@@ -61,4 +61,4 @@ constraints: ## Re-pin services/constraints.txt from a fresh venv
 clean: ## Remove the venv and local state (.run/)
 	rm -rf $(VENV) $(CHECKOV_VENV) .run .pytest_cache .ruff_cache
 
--include k8s/kind.mk bench/bench.mk
+-include k8s/kind.mk bench/bench.mk tests/autoscale/autoscale.mk

@@ -40,7 +40,7 @@ def test_scale_endpoint_is_503_while_redis_is_down(tmp_path):
         server.cleanup()
 
 
-def test_exporter_fires_retries_with_no_worker_scheduler(app_env, tmp_path):
+def test_exporter_fires_retries_when_workers_do_no_maintenance(app_env, tmp_path):
     """Workers run without RQ's scheduler (as in the chart); the exporter moves due retries to the queue."""
     env = {**app_env, "TASKQUEUE_WORKER_MAINTENANCE": "false"}
     gen = Generator(env, tmp_path).start()

@@ -91,6 +91,17 @@ CASES: dict[str, Case] = {
             ),
         ),
         Case("persistence-off", {"redis": {"persistence": {"enabled": False}}}),
+        # The plain Redis list trigger instead of the exporter's work remaining: in-release Redis,
+        # and an external one over TLS (the TriggerAuthentication carries the password and the CA).
+        Case("redis-list-trigger", {"autoscaling": {"trigger": "redis-list"}}),
+        Case(
+            "redis-list-external",
+            {**EXTERNAL_REDIS, "autoscaling": {"trigger": "redis-list"}},
+            provided=(
+                _secret("redis-credentials", NAMESPACE, {"password": "s3cret"}),
+                _secret("redis-ca", NAMESPACE, {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}),
+            ),
+        ),
         # Another release and namespace, several worker processes, a longer job timeout.
         Case(
             "other-release",
@@ -109,6 +120,22 @@ def _render(case_name: str) -> dict[str, str]:
         return chart.render(
             copy.deepcopy(case.values) or None, name=case.release, namespace=case.namespace, is_install=True
         )
+
+
+def render_values(
+    values: dict[str, Any] | None, release: str = RELEASE, namespace: str = NAMESPACE
+) -> list[dict[str, Any]]:
+    """The objects of the chart rendered with any ``values`` (uncached; e.g. the autoscaling emulator's)."""
+    with helm.Chart.load(CHART_DIR) as chart:
+        rendered = chart.render(copy.deepcopy(values) or None, name=release, namespace=namespace, is_install=True)
+    out = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in parse_docs(text):
+            doc.setdefault("metadata", {}).setdefault("namespace", namespace)
+            out.append(doc)
+    return out
 
 
 def render(case: Case) -> dict[str, str]:

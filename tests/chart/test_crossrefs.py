@@ -9,6 +9,7 @@ and the environment the chart gives each container is a valid configuration of t
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -246,9 +247,7 @@ def test_worker_grace_period_outlasts_the_job_timeout(case):
 # -- KEDA -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", [n for n in CASE_NAMES if n != "autoscaling-off"])
-def test_scaled_object_reads_the_queue_and_redis_the_app_uses(case):
-    c = CASES[case]
+def _scaled_object(c):
     objs = all_objects(c)
     so = one(objs, "ScaledObject")
     w = workload(objs, "worker")
@@ -258,9 +257,22 @@ def test_scaled_object_reads_the_queue_and_redis_the_app_uses(case):
         "Deployment",
         w["metadata"]["name"],
     )
+    assert so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
+    hpa = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert hpa["scaleDown"]["stabilizationWindowSeconds"] > hpa["scaleUp"]["stabilizationWindowSeconds"]
+    (trigger,) = so["spec"]["triggers"]
+    return objs, so, w, trigger
+
+
+SCALED = [n for n in CASE_NAMES if n != "autoscaling-off"]
+
+
+@pytest.mark.parametrize("case", [n for n in SCALED if values_of(CASES[n])["autoscaling"]["trigger"] == "redis-list"])
+def test_redis_list_trigger_reads_the_queue_and_redis_the_app_uses(case):
+    c = CASES[case]
+    objs, _so, w, trigger = _scaled_object(c)
     env = resolve_env(w, pod_spec(w)["containers"][0], objs)
     cfg = tq_config.load(env)
-    (trigger,) = so["spec"]["triggers"]
     assert trigger["type"] == "redis"
     meta = trigger["metadata"]
     # The list RQ pushes the generator's jobs onto.
@@ -279,9 +291,43 @@ def test_scaled_object_reads_the_queue_and_redis_the_app_uses(case):
         vol = next(v for v in pod_spec(w)["volumes"] if v["name"] == "redis-ca")
         assert params["ca"]["name"] == vol["secret"]["secretName"]
         assert params["ca"]["key"] == Path(cfg.redis_ca_cert).name
-    assert so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
-    hpa = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-    assert hpa["scaleDown"]["stabilizationWindowSeconds"] > hpa["scaleUp"]["stabilizationWindowSeconds"]
+
+
+@pytest.mark.parametrize("case", [n for n in SCALED if values_of(CASES[n])["autoscaling"]["trigger"] == "metrics-api"])
+def test_metrics_api_trigger_reads_the_exporters_work_remaining(case):
+    """The URL is the exporter Service's metrics port at /scale, the value is the key the exporter
+    answers, the target is the job slots of one worker pod, and no credentials are involved."""
+    from taskqueue.exporter import QueueState
+
+    c = CASES[case]
+    objs, so, w, trigger = _scaled_object(c)
+    assert trigger["type"] == "metrics-api"
+    assert trigger.get("metricType", "AverageValue") == "AverageValue"  # fallback needs AverageValue
+    assert "authenticationRef" not in trigger
+    assert not by_kind(objs, "TriggerAuthentication")
+    meta = trigger["metadata"]
+    url = urlparse(meta["url"])
+    exporter = workload(objs, "exporter")
+    pod_labels = exporter["spec"]["template"]["metadata"]["labels"]
+    svc = next(
+        s for s in by_kind(objs, "Service") if selector_matches({"matchLabels": s["spec"]["selector"]}, pod_labels)
+    )
+    assert url.scheme == "http" and url.path == "/scale"
+    assert url.hostname == f"{svc['metadata']['name']}.{c.namespace}.svc.cluster.local"
+    port = next(p for p in svc["spec"]["ports"] if p["port"] == url.port)
+    assert container_port(pod_spec(exporter)["containers"][0], port["targetPort"]) is not None
+    assert meta.get("format", "json") == "json"
+    # The key the exporter's /scale answers with (tests/test_exporter.py checks the values).
+    assert meta["valueLocation"] == "workRemaining"
+    assert '"workRemaining"' in inspect.getsource(QueueState.work_remaining)
+    env = resolve_env(w, pod_spec(w)["containers"][0], objs)
+    cfg = tq_config.load(env)
+    assert float(meta["targetValue"]) == cfg.worker_processes  # job slots per replica
+    assert float(meta["activationTargetValue"]) == values_of(c)["autoscaling"]["activationTargetValue"]
+    # The exporter schedules retries and cleans up; the worker pods (maybe zero of them) need not.
+    assert cfg.worker_maintenance is False
+    if "fallback" in so["spec"]:
+        assert so["spec"]["fallback"]["replicas"] <= so["spec"]["maxReplicaCount"]
 
 
 # -- monitoring -------------------------------------------------------------------------------

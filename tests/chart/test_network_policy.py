@@ -3,7 +3,8 @@
 A small evaluator applies the rendered policies (Kubernetes semantics: a pod selected by a policy of
 a direction only allows what some such policy allows; peers are pod/namespace selectors or ipBlocks;
 ports by number or by the destination container's port name) to a model of the cluster: our pods,
-Prometheus, the KEDA operator, CoreDNS, a stranger pod in our namespace and one elsewhere, and the
+Prometheus, the KEDA operator (to the exporter's /scale, or to Redis with the redis-list trigger),
+CoreDNS, a stranger pod in our namespace and one elsewhere, and the
 external Redis. Every (source, destination, port) among them is decided, and the allowed set must
 equal the set of connections the app needs.
 """
@@ -149,8 +150,13 @@ def needed_connections(case, model: Model, objs) -> set[tuple[str, str, int, str
         need.add((app.name, redis, redis_port, "TCP"))
         need |= {(app.name, "coredns", 53, "UDP"), (app.name, "coredns", 53, "TCP")}
         need.add(("prometheus", app.name, ports[app.name]["metrics"], "TCP"))
-    if by_kind(objs, "ScaledObject") and redis == "redis":
-        need.add(("keda-operator", "redis", redis_port, "TCP"))
+    for so in by_kind(objs, "ScaledObject"):
+        for trigger in so["spec"]["triggers"]:
+            if trigger["type"] == "redis" and redis == "redis":
+                need.add(("keda-operator", "redis", redis_port, "TCP"))
+            if trigger["type"] == "metrics-api":
+                # KEDA's metrics-api scaler GETs the exporter's /scale on its metrics port.
+                need.add(("keda-operator", "exporter", ports["exporter"]["metrics"], "TCP"))
     # The API is public: any client pod may call it (our own pods never do: their egress is closed).
     for client in model.endpoints:
         if not client.ours and client.namespace is not None:

@@ -143,7 +143,7 @@ def test_burst_scales_workers_up_completes_and_scales_back_down():
             job_ids = list(pool.map(start, range(BURST)))
         assert len(set(job_ids)) == BURST
 
-        # KEDA polls the queue list; the HPA scales up (pollingInterval + HPA sync + pod start).
+        # KEDA reads the work remaining from the exporter; the HPA scales up (HPA sync + pod start).
         peak = wait_until(lambda: (n := worker_replicas()) > before and n, 180, "worker replicas to rise")
 
         def unfinished():
