@@ -1,0 +1,74 @@
+"""``python -m bench [--quick] [NAME ...]``: run the benchmarks (all by default), results in bench/results/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from bench.common import Opts, print_ratios, print_rows, ratio, write_result
+
+
+def metrics(opts: Opts) -> dict[str, Any]:
+    """Metrics overhead: worker no-op jobs/s and /start rps with TASKQUEUE_METRICS_ENABLED true vs false."""
+    from bench import http_bench, worker_bench
+
+    w = worker_bench.worker_metrics(opts)
+    s = http_bench.start_metrics(opts)
+    rows = [(f"worker {k}", "jobs_per_s", v["jobs_per_s"]) for k, v in w.items()]
+    rows += [(f"/start {k}", "rps", v["rps"]) for k, v in s.items()]
+    rows += [(f"/start {k}", "p99_ms", v["p99_ms"]) for k, v in s.items()]
+    print_rows("metrics overhead", rows)
+    wr = ratio(w["metrics on"]["jobs_per_s"], w["metrics off"]["jobs_per_s"])
+    sr = ratio(s["metrics on"]["rps"], s["metrics off"]["rps"])
+    overhead = {"worker": 1 - wr if wr else None, "/start": 1 - sr if sr else None}
+    print_ratios({"worker on/off": wr, "/start on/off": sr})
+    out = {
+        "worker": w,
+        "start": s,
+        "ratios": {"worker on/off": wr, "/start on/off": sr},
+        "overhead": overhead,
+        "goals": {f"{k} overhead <= 3%": v is not None and v <= 0.03 for k, v in overhead.items()},
+    }
+    write_result("metrics", opts, out)
+    return out
+
+
+def benchmarks():
+    from bench import http_bench, worker_bench
+
+    return {
+        "start": http_bench.start,
+        "batch": http_bench.batch,
+        "worker": worker_bench.worker,
+        "redis_cost": worker_bench.redis_cost,
+        "latency": worker_bench.latency,
+        "metrics": metrics,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = list(benchmarks())
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default all): {', '.join(names)}")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, short durations, small N")
+    p.add_argument("--repeats", type=int, help="repeats (default 3, quick 1)")
+    p.add_argument("--duration", type=float, help="seconds of wrk load per run (default 5, quick 2)")
+    p.add_argument("--connections", type=int, default=16, help="wrk connections for /start (default 16)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads for /start (default 1)")
+    a = p.parse_args(argv)
+    unknown = sorted(set(a.names) - set(names))
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    opts = Opts.make(a.quick, a.repeats, a.duration, threads=a.threads, connections=a.connections)
+    table = benchmarks()
+    for name in a.names or names:
+        t0 = time.monotonic()
+        table[name](opts)
+        print(f"  ({name}: {time.monotonic() - t0:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Benchmarks 1 and 2: ``/start`` under wrk (ours vs the seed app) and batch enqueue over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from bench import procs
+from bench.common import WRK_BATCH, Opts, print_ratios, print_rows, ratio, summary, write_result, wrk
+from taskqueue.tasks import noop
+
+# Our generator's variants: (label, env, gunicorn worker processes). The first is the shipped default.
+OURS_DEFAULT = ("ours: gunicorn 2 procs x 4 threads (default)", {}, 2)
+OURS_EXTRA = [
+    ("ours: gunicorn 2 procs sync", {"TASKQUEUE_WEB_THREADS": "1"}, 2),
+    ("ours: gunicorn 3 procs x 4 threads", {}, 3),
+]
+
+
+def _wrk_runs(targets: dict[str, str], opts: Opts, flush, path: str = "/start") -> dict[str, list[dict[str, Any]]]:
+    """Interleave the targets' runs (A B A B ...) so drift hits them alike; warm each up first."""
+    warm = Opts(duration=1, threads=opts.threads, connections=opts.connections)
+    for url in targets.values():
+        wrk(url + path, warm)
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in targets}
+    for _ in range(opts.repeats):
+        for label, url in targets.items():
+            flush()
+            runs[label].append(wrk(url + path, opts))
+    return runs
+
+
+def _rows(runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], list]:
+    doc: dict[str, Any] = {}
+    rows = []
+    for label, rs in runs.items():
+        doc[label] = {m: summary(r[m] for r in rs) for m in ("rps", "ok_rps", "p50_ms", "p99_ms", "max_ms")}
+        doc[label]["errors"] = sum(r["errors"] + r["non2xx"] for r in rs)
+        for m in ("rps", "p50_ms", "p99_ms"):
+            rows.append((label, m, doc[label][m]))
+    return doc, rows
+
+
+def start(opts: Opts) -> dict[str, Any]:
+    """``/start`` throughput and latency: our generator vs the seed app, same Redis, same wrk load."""
+    variants = [OURS_DEFAULT] + ([] if opts.quick else OURS_EXTRA)
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(procs.redis_server())
+        client = redis.client()
+        targets = {"seed: Flask dev server": stack.enter_context(procs.seed_app(redis))}
+        for label, env, web_workers in variants:
+            targets[label] = stack.enter_context(procs.generator(redis, env, web_workers)).base
+        runs = _wrk_runs(targets, opts, client.flushall)
+    doc, rows = _rows(runs)
+    seed, ours = doc["seed: Flask dev server"], doc[OURS_DEFAULT[0]]
+    ratios = {"ours/seed rps": ratio(ours["rps"], seed["rps"])}
+    for label, _env, _w in variants[1:]:
+        ratios[f"{label}/seed rps"] = ratio(doc[label]["rps"], seed["rps"])
+    print_rows(f"/start: wrk -t{opts.threads} -c{opts.connections} -d{opts.duration:g}s", rows)
+    print_ratios(ratios)
+    out = {
+        "load": f"wrk -t{opts.threads} -c{opts.connections} -d{opts.duration:g}s",
+        "variants": doc,
+        "ratios": ratios,
+        "goals": {"rps ratio >= 5": ratios["ours/seed rps"] >= 5, "p99 <= 10 ms": ours["p99_ms"]["median"] <= 10},
+    }
+    write_result("start", opts, out)
+    return out
+
+
+def _rq_enqueue_many_rate(redis, seconds: float, batch: int = 1000) -> float:
+    """Stock RQ: ``Queue.enqueue_many`` of ``batch`` no-op jobs in one pipeline, in a loop, one process."""
+    conn = redis.client()
+    q = Queue("default", connection=conn, serializer=JSONSerializer)
+    done = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds and done < 2_000_000:
+        with conn.pipeline() as pipe:
+            q.enqueue_many([Queue.prepare_data(noop) for _ in range(batch)], pipeline=pipe)
+            pipe.execute()
+        done += batch
+    return done / (time.perf_counter() - t0)
+
+
+def batch(opts: Opts, size: int = 1000) -> dict[str, Any]:
+    """POST /jobs/batch (``size`` no-op jobs a request) in jobs/s, vs stock RQ enqueue_many in-process."""
+    load = Opts(quick=opts.quick, repeats=opts.repeats, duration=opts.duration, threads=1, connections=4)
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(procs.redis_server())
+        client = redis.client()
+        gen = stack.enter_context(procs.generator(redis, {"TASKQUEUE_MAX_BACKLOG": "0"}))
+        env = {"BATCH_SIZE": str(size)}
+        wrk(gen.base, Opts(duration=1, threads=1, connections=4), WRK_BATCH, env)
+        http_runs, rq_runs = [], []
+        for _ in range(opts.repeats):
+            client.flushall()
+            http_runs.append(wrk(gen.base, load, WRK_BATCH, env))
+            client.flushall()
+            rq_runs.append(_rq_enqueue_many_rate(redis, opts.duration))
+    ours = {
+        "jobs_per_s": summary(r["ok_rps"] * size for r in http_runs),
+        "p50_ms": summary(r["p50_ms"] for r in http_runs),
+        "p99_ms": summary(r["p99_ms"] for r in http_runs),
+        "errors": sum(r["errors"] + r["non2xx"] for r in http_runs),
+    }
+    base = {"jobs_per_s": summary(rq_runs)}
+    label_ours = f"ours: POST /jobs/batch x{size}, wrk -c4"
+    label_rq = f"stock RQ enqueue_many x{size} in-process"
+    print_rows("batch enqueue", [(label_ours, "jobs/s", ours["jobs_per_s"]), (label_ours, "request p99 ms",
+                                 ours["p99_ms"]), (label_rq, "jobs/s", base["jobs_per_s"])])  # fmt: skip
+    ratios = {"ours HTTP / stock in-process": ratio(ours["jobs_per_s"], base["jobs_per_s"])}
+    print_ratios(ratios)
+    out = {
+        "variants": {label_ours: ours, label_rq: base},
+        "ratios": ratios,
+        "goals": {"jobs/s >= 10000": ours["jobs_per_s"]["median"] >= 10000},
+    }
+    write_result("batch", opts, out)
+    return out
+
+
+def start_metrics(opts: Opts) -> dict[str, dict[str, Any]]:
+    """``/start`` rps of our default generator with metrics on and off (for the metrics benchmark)."""
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(procs.redis_server())
+        client = redis.client()
+        targets = {
+            "metrics on": stack.enter_context(procs.generator(redis, {"TASKQUEUE_METRICS_ENABLED": "true"})).base,
+            "metrics off": stack.enter_context(procs.generator(redis, {"TASKQUEUE_METRICS_ENABLED": "false"})).base,
+        }
+        runs = _wrk_runs(targets, opts, client.flushall)
+    return {
+        k: {"rps": summary(r["rps"] for r in v), "p99_ms": summary(r["p99_ms"] for r in v)} for k, v in runs.items()
+    }

@@ -1,0 +1,107 @@
+"""``python -m bench.report``: the results table (markdown) from bench/results/*.json, for docs/performance.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS, fmt
+
+RESULTS_DIR = [RESULTS]
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS_DIR[0] / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _s(d: dict[str, Any]) -> str:
+    return f"{fmt(d['median'])} ({fmt(d['min'])}-{fmt(d['max'])})"
+
+
+def _goal(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def rows() -> list[tuple[str, str, str, str]]:
+    """(measure, baseline, ours, goal) rows."""
+    out: list[tuple[str, str, str, str]] = []
+    if d := _load("start"):
+        v = d["variants"]
+        seed, ours = v["seed: Flask dev server"], next(x for k, x in v.items() if "(default)" in k)
+        r = d["ratios"]["ours/seed rps"]
+        out.append((f"/start rps, {d['load']}", f"seed {_s(seed['rps'])}", f"{_s(ours['rps'])} = {fmt(r)}x seed",
+                    f"≥ 5x - {_goal(r >= 5)}"))  # fmt: skip
+        out.append(("/start p50 / p99 ms", f"seed {_s(seed['p50_ms'])} / {_s(seed['p99_ms'])}",
+                    f"{_s(ours['p50_ms'])} / {_s(ours['p99_ms'])}",
+                    f"p99 ≤ 10 ms - {_goal(ours['p99_ms']['median'] <= 10)}"))  # fmt: skip
+        for k, x in v.items():
+            if k.startswith("ours") and "(default)" not in k:
+                out.append(
+                    (f"/start rps, {k.removeprefix('ours: ')}", "", f"{_s(x['rps'])}, p99 {_s(x['p99_ms'])}", "")
+                )
+    if d := _load("batch"):
+        v = d["variants"]
+        ours = next(x for k, x in v.items() if k.startswith("ours"))
+        base = next(x for k, x in v.items() if k.startswith("stock"))
+        ok = ours["jobs_per_s"]["median"] >= 10000
+        out.append(("batch enqueue jobs/s (POST /jobs/batch x1000, wrk -c4)",
+                    f"stock RQ enqueue_many in-process {_s(base['jobs_per_s'])}", _s(ours["jobs_per_s"]),
+                    f"≥ 10,000 - {_goal(ok)}"))  # fmt: skip
+    if d := _load("worker"):
+        v = d["variants"]
+        cel = v["celery --pool solo"]["jobs_per_s"]
+        for k, x in v.items():
+            if k.startswith("celery"):
+                continue
+            r = d["ratios"][f"{k} / celery solo"]
+            goal = f"≥ 1.0x - {_goal(r >= 1)}" if k == "ours --worker-class simple" else ""
+            out.append((f"worker no-op jobs/s: {k}", f"celery solo {_s(cel)}", f"{_s(x['jobs_per_s'])} = {fmt(r)}x",
+                        goal))  # fmt: skip
+    if d := _load("redis_cost"):
+        v = d["variants"]
+        stock = next(x for k, x in v.items() if k.startswith("stock"))
+        for k, x in v.items():
+            if k.startswith("stock"):
+                continue
+            main = "/start path" in k
+            out.append((f"Redis commands/job, {k}", f"stock RQ {_s(stock['cmds_per_job'])}", _s(x["cmds_per_job"]),
+                        f"≤ 30 - {_goal(x['cmds_per_job']['median'] <= 30)}" if main else ""))  # fmt: skip
+            r = x["cpu_us_per_job"]["median"] / stock["cpu_us_per_job"]["median"]
+            out.append((f"Redis CPU µs/job, {k}", f"stock RQ {_s(stock['cpu_us_per_job'])}",
+                        f"{_s(x['cpu_us_per_job'])} = {fmt(r)}x",
+                        f"≤ 0.5x - {_goal(r <= 0.5)}" if main else ""))  # fmt: skip
+    if d := _load("latency"):
+        v = d["variants"]
+        stock, ours = v["stock rq SimpleWorker"], v["ours worker simple"]
+        out.append(("enqueue→start p50 ms, idle worker", f"stock RQ {_s(stock['p50_ms'])}", _s(ours["p50_ms"]),
+                    f"≤ 2 - {_goal(ours['p50_ms']['median'] <= 2)}"))  # fmt: skip
+        out.append(("enqueue→start p99 ms, idle worker", f"stock RQ {_s(stock['p99_ms'])}", _s(ours["p99_ms"]),
+                    f"≤ 20 - {_goal(ours['p99_ms']['median'] <= 20)}"))  # fmt: skip
+    if d := _load("metrics"):
+        w, s = d["worker"], d["start"]
+        out.append(("metrics overhead, worker jobs/s (on vs off)", f"off {_s(w['metrics off']['jobs_per_s'])}",
+                    f"on {_s(w['metrics on']['jobs_per_s'])} = {fmt(d['ratios']['worker on/off'])}x",
+                    f"≤ 3% - {'within noise' if d['overhead']['worker'] <= 0.03 else '**not met**'}"))  # fmt: skip
+        out.append(("metrics overhead, /start rps (on vs off)", f"off {_s(s['metrics off']['rps'])}",
+                    f"on {_s(s['metrics on']['rps'])} = {fmt(d['ratios']['/start on/off'])}x",
+                    f"≤ 3% - {'within noise' if d['overhead']['/start'] <= 0.03 else '**not met**'}"))  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
+    p.add_argument("--dir", type=Path, default=RESULTS, help="folder of the result files (default bench/results)")
+    RESULTS_DIR[0] = p.parse_args(argv).dir
+    print("| measure | baseline, median (min-max) | ours, median (min-max) | goal |")
+    print("| --- | --- | --- | --- |")
+    for r in rows():
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

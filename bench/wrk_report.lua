@@ -1,0 +1,13 @@
+-- wrk: the path comes from WRK_PATH (default: the URL's), and a JSON summary line ends the run.
+local path = os.getenv("WRK_PATH")
+if path then
+  wrk.path = path
+end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests":%d,"duration_us":%d,"errors":%d,"non2xx":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
