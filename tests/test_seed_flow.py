@@ -48,11 +48,13 @@ def test_failing_task_consumes_retries_then_fails(generator, worker):
     assert r.status_code == 202
     assert r.headers["Location"] == r.json()["statusUrl"]
     job_id = r.json()["jobId"]
-    first = requests.get(generator.base + r.headers["Location"], timeout=2).json()
-    assert first["retriesLeft"] == 2
     doc = wait_status(generator.base, job_id, {"failed"}, timeout=20)
     assert doc["error"] == "RuntimeError: boom"
     assert doc["retriesLeft"] == 0
+    # Three attempts as configured (TASKQUEUE_RETRIES=2): two retried, the last failed.
+    metrics = requests.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=2).text
+    assert 'taskqueue_jobs_completed_total{outcome="retried",queue="default",task="fail"} 2.0' in metrics
+    assert 'taskqueue_jobs_completed_total{outcome="failed",queue="default",task="fail"} 1.0' in metrics
     assert doc["result"] is None
     assert "Traceback" not in json.dumps(doc)
 

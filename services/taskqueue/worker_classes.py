@@ -41,6 +41,8 @@ OUTCOME_BY_STATUS = {
     # Retried with no interval and already taken by another worker before this one read the status.
     JobStatus.STARTED: "retried",
 }
+# Seconds between refreshes of the worker's own key outside jobs (its TTL is worker_ttl, minutes).
+WORKER_BEAT_EVERY = 5.0
 NOT_JSON = "refused: the job's data is not JSON (taskqueue never unpickles job data)"
 
 
@@ -63,6 +65,8 @@ class TaskqueueWorkerMixin:
         self.shutdown_mode = shutdown_mode
         self.stop_requested = False
         self._requeue_job_id: str | None = None
+        self._last_worker_beat = self._last_suspension_check = float("-inf")
+        self._last_state_written: str | None = None
         kwargs.setdefault("job_monitoring_interval", max(1, heartbeat_ttl // 3))
         super().__init__(*args, **kwargs)
         metrics.init_worker_series((q.name for q in self.queues), TASKS)
@@ -77,6 +81,32 @@ class TaskqueueWorkerMixin:
             super().clean_registries()
         else:
             self.last_cleaned_at = now()
+
+    # -- fewer bookkeeping round trips (bench/: 57 -> 41 Redis commands and 20 -> 9 round trips a job) --
+
+    def heartbeat(self, timeout: int | None = None, pipeline=None):
+        """RQ refreshes the worker key three times a job; its TTL is minutes: once every few seconds is
+        plenty. Beats with a timeout or in a pipeline (job heartbeats) always go through."""
+        if timeout is None and pipeline is None:
+            if time.monotonic() - self._last_worker_beat < WORKER_BEAT_EVERY:
+                return
+            self._last_worker_beat = time.monotonic()
+        super().heartbeat(timeout, pipeline)
+
+    def set_state(self, state: str, pipeline=None):
+        """Skip rewriting the state this worker last wrote (RQ writes IDLE twice a job)."""
+        if pipeline is None and state == self._last_state_written:
+            self._state = state
+            return
+        self._last_state_written = state
+        super().set_state(state, pipeline)
+
+    def check_for_suspension(self, burst: bool):
+        """``rq suspend`` is noticed within a second, not checked before every job."""
+        if time.monotonic() - self._last_suspension_check < 1.0:
+            return
+        self._last_suspension_check = time.monotonic()
+        super().check_for_suspension(burst)
 
     # -- heartbeats --------------------------------------------------------------------------------
 
@@ -167,25 +197,38 @@ class InProcessWorker(TaskqueueWorkerMixin, SimpleWorker):
     refresh_status_after_job = False
     death_penalty_class = StoppableDeathPenalty
 
+    _beat_thread: threading.Thread | None = None
+
     def execute_job(self, job: Job, queue: Queue):
-        done = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(job, done), name="heartbeat", daemon=True)
-        beat.start()
+        if self._beat_thread is None:
+            # One thread for the worker's life: starting one per job cost ~0.8 ms a job (bench/).
+            self._beat_lock = threading.Lock()
+            self._beat_job: tuple[Job, float] | None = None
+            self._beat_thread = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
+            self._beat_thread.start()
+        with self._beat_lock:
+            self._beat_job = (job, time.monotonic())
         try:
             return super().execute_job(job, queue)
         finally:
-            done.set()
-            beat.join()
+            with self._beat_lock:  # waits for a beat in flight: none lands after the job ends
+                self._beat_job = None
 
-    def _beat(self, job: Job, done: threading.Event) -> None:
-        while not done.wait(self.job_monitoring_interval):
-            execution = self.execution
-            if execution is None:
-                continue
-            try:
-                self.maintain_heartbeats(job, execution)
-            except Exception as exc:  # Redis away for a moment: the next beat tries again
-                self.log.warning("Worker %s: heartbeat failed: %s", self.name, exc)
+    def _beat_forever(self) -> None:
+        """Renew the running job's claim every job_monitoring_interval (jobs shorter than that need none)."""
+        while True:
+            time.sleep(self.job_monitoring_interval)
+            with self._beat_lock:
+                if self._beat_job is None:
+                    continue
+                job, since = self._beat_job
+                execution = self.execution
+                if execution is None or time.monotonic() - since < self.job_monitoring_interval:
+                    continue
+                try:
+                    self.maintain_heartbeats(job, execution)
+                except Exception as exc:  # Redis away for a moment: the next beat tries again
+                    self.log.warning("Worker %s: heartbeat failed: %s", self.name, exc)
 
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL):
         """Stop the running job (``DELETE /jobs/<id>``): interrupt it the way a timeout does."""
