@@ -265,6 +265,21 @@ def from_args(args: argparse.Namespace) -> Config:
     return load(overrides=overrides)
 
 
+def parse_cli(
+    prog: str, role: str, description: str, argv: list[str] | None = None, extra: Callable | None = None
+) -> tuple[argparse.Namespace, Config]:
+    """Flags for ``role`` (plus ``extra(parser)``'s), parsed; a bad setting exits 2 with the reason, no trace."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser, role)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    try:
+        return args, from_args(args)
+    except ConfigError as exc:
+        parser.exit(2, f"{prog}: configuration error: {exc}\n")
+
+
 def markdown_table(settings: Sequence[Setting] = SETTINGS) -> str:
     """The README's configuration table, generated so it cannot drift from the code."""
     rows = ["| Variable | Flag | Default | Used by | Meaning |", "| --- | --- | --- | --- | --- |"]

@@ -10,7 +10,6 @@ rq-exporter is not used: its releases require rq<3 and redis<6, and we run rq 3.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -230,13 +229,7 @@ def maintenance_loop(state: QueueState, cfg: config_module.Config, stop: threadi
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="taskqueue-exporter", description=__doc__.splitlines()[0])
-    config_module.add_arguments(parser, "exporter")
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_module.from_args(args)
-    except config_module.ConfigError as exc:
-        parser.exit(2, f"taskqueue-exporter: configuration error: {exc}\n")
+    _args, cfg = config_module.parse_cli("taskqueue-exporter", "exporter", __doc__.splitlines()[0], argv)
     logs.setup(cfg.log_format, cfg.log_level)
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from prometheus_client import CollectorRegistry

@@ -6,7 +6,6 @@ master wipes it at start, marks exited workers dead, and serves the sum on the m
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Any
@@ -92,13 +91,7 @@ class GeneratorServer(BaseApplication):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="taskqueue-generator", description=__doc__.splitlines()[0])
-    config_module.add_arguments(parser, "generator")
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_module.from_args(args)
-    except config_module.ConfigError as exc:
-        parser.exit(2, f"taskqueue-generator: configuration error: {exc}\n")
+    _args, cfg = config_module.parse_cli("taskqueue-generator", "generator", __doc__.splitlines()[0], argv)
     # Must be decided before prometheus_client is first imported (it picks its storage then).
     default_dir = multiproc.tmp_path(f"taskqueue-metrics-{cfg.http_port}")
     multiproc.use_fresh_dir(os.environ.get(multiproc.ENV) or default_dir)

@@ -7,7 +7,6 @@ signals to them, restarts any that die, and serves their summed metrics.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -148,14 +147,10 @@ def supervise(cfg: config_module.Config, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="taskqueue-worker", description=__doc__.splitlines()[0])
-    config_module.add_arguments(parser, "worker")
-    parser.add_argument("--burst", action="store_true", help="Quit when the queues are empty.")
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_module.from_args(args)
-    except config_module.ConfigError as exc:
-        parser.exit(2, f"taskqueue-worker: configuration error: {exc}\n")
+    args, cfg = config_module.parse_cli(
+        "taskqueue-worker", "worker", __doc__.splitlines()[0], argv,
+        extra=lambda p: p.add_argument("--burst", action="store_true", help="Quit when the queues are empty."),
+    )  # fmt: skip
     logs.setup(cfg.log_format, cfg.log_level)
     child = os.environ.get(CHILD_ENV) == "1"
     if cfg.worker_processes > 1 and not child:

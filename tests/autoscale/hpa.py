@@ -149,17 +149,21 @@ class HPA:
     def _changed_within(self, events: list[tuple[float, int]], now: float, period: int) -> int:
         return sum(change for t, change in events if t > now - period)
 
+    def _period_start(self, now: float, current: int, period: int) -> int:
+        """The replicas at the start of a policy's period: now, less the changes made within it."""
+        return (
+            current
+            - self._changed_within(self.up_events, now, period)
+            + self._changed_within(self.down_events, now, period)
+        )
+
     def scale_up_limit(self, now: float, current: int) -> int:
         rules = self.behavior.up
         if rules.select == "Disabled":
             return current
         proposals = []
         for p in rules.policies:
-            start = (
-                current
-                - self._changed_within(self.up_events, now, p.period)
-                + self._changed_within(self.down_events, now, p.period)
-            )
+            start = self._period_start(now, current, p.period)
             if p.type == "Pods":
                 proposals.append(start + p.value)
             else:
@@ -172,11 +176,7 @@ class HPA:
             return current
         proposals = []
         for p in rules.policies:
-            start = (
-                current
-                - self._changed_within(self.up_events, now, p.period)
-                + self._changed_within(self.down_events, now, p.period)
-            )
+            start = self._period_start(now, current, p.period)
             if p.type == "Pods":
                 proposals.append(start - p.value)
             else:
