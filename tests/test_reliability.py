@@ -167,13 +167,14 @@ def test_requeue_shutdown_mode_puts_the_running_job_back_at_once(generator, app_
     assert doc["status"] == "queued" and doc["retriesLeft"] == 2  # no retry spent
     listed = requests.get(generator.base + "/list?state=queued", timeout=2).json()["jobs"]
     assert listed[0] == job_id  # at the front
-    # The next worker runs it to the end.
-    nxt = WorkerProc(app_env, tmp_path).start()
+    # The next worker takes it up again (and, in requeue mode too, hands it back when stopped).
+    nxt = WorkerProc(app_env, tmp_path, args).start()
     try:
-        requests.delete(f"{generator.base}/jobs/{job_id}", timeout=2)  # do not wait 30 s: stop it instead
-        assert wait_status(generator.base, job_id, {"stopped", "canceled"}, timeout=15)
+        wait_status(generator.base, job_id, {"started"}, timeout=15)
     finally:
-        nxt.stop()
+        assert nxt.stop(timeout=15) == 0
+    doc = requests.get(f"{generator.base}/status/{job_id}", timeout=2).json()
+    assert doc["status"] == "queued" and doc["retriesLeft"] == 2
 
 
 @pytest.mark.parametrize("worker_class", ["simple", "fork"])

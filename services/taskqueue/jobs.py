@@ -228,7 +228,10 @@ class JobService:
         job = self.fetch(job_id)
         status = job.get_status()
         if status == JobStatus.STARTED:
-            send_stop_job_command(self.redis, job.id, serializer=SERIALIZER)
+            try:
+                send_stop_job_command(self.redis, job.id, serializer=SERIALIZER)
+            except InvalidJobOperation as exc:  # between dequeue and start: no worker to tell yet
+                raise JobStateConflict(f"job is starting, try again: {exc}") from None
         elif status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
             try:
                 job.cancel()
