@@ -30,12 +30,12 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/pip install -q '$(CHECKOV)'
 	@touch $@
 
-venv: $(VENV)/.installed $(CHECKOV_VENV)/.installed ## Create .venv (package, dev/test tools) and .venv-checkov (pinned)
+venv: $(VENV)/.installed ## Create .venv with the package and its dev/test tools (pinned)
 
 run: venv ## Run everything locally: Redis, generator on :8000, workers, exporter, Prometheus if installed
 	$(PY) -m taskqueue.local
 
-test: venv ## Run the test suite (starts its own redis-server, gunicorn, workers, Prometheus)
+test: venv $(CHECKOV_VENV)/.installed ## Run the test suite (starts its own redis-server, gunicorn, workers, Prometheus)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-images: venv ## Build both images (base by debootstrap) and run them as the chart does; needs root and podman
