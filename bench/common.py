@@ -23,7 +23,6 @@ BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 BIN = Path(sys.executable).parent
 WRK_REPORT = BENCH / "wrk_report.lua"
-WRK_BATCH = BENCH / "wrk_batch.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

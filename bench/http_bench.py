@@ -10,7 +10,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bench import procs
-from bench.common import WRK_BATCH, Opts, print_ratios, print_rows, ratio, summary, write_result, wrk
+from bench.common import Opts, print_ratios, print_rows, ratio, summary, write_result, wrk
 from taskqueue.tasks import noop
 
 # Our generator's variants: (label, env, gunicorn worker processes). The first is the shipped default.
@@ -94,11 +94,11 @@ def batch(opts: Opts, size: int = 1000) -> dict[str, Any]:
         client = redis.client()
         gen = stack.enter_context(procs.generator(redis, {"TASKQUEUE_MAX_BACKLOG": "0"}))
         env = {"BATCH_SIZE": str(size)}
-        wrk(gen.base, Opts(duration=1, threads=1, connections=4), WRK_BATCH, env)
+        wrk(gen.base, Opts(duration=1, threads=1, connections=4), env=env)
         http_runs, rq_runs = [], []
         for _ in range(opts.repeats):
             client.flushall()
-            http_runs.append(wrk(gen.base, load, WRK_BATCH, env))
+            http_runs.append(wrk(gen.base, load, env=env))
             client.flushall()
             rq_runs.append(_rq_enqueue_many_rate(redis, opts.duration))
     ours = {
