@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import cache
 
 from flask import Flask, g, request
 
@@ -33,6 +34,7 @@ def create_app(cfg: config_module.Config | None = None) -> Flask:
     return app
 
 
+@cache  # a handful of rules, looked up on every request
 def _route_label(rule: str) -> str:
     """'/status/<job_id:job_id>' -> '/status/<job_id>': the route template without converters."""
     return CONVERTER.sub("<", rule)
