@@ -27,7 +27,8 @@ from rq.queue import Queue
 from rq.timeouts import UnixSignalDeathPenalty
 from rq.utils import now
 
-from . import metrics
+from . import logs, metrics
+from .job_path import LeanJobPath
 from .logs import current_job_id
 from .tasks import TASKS, task_name
 
@@ -58,9 +59,16 @@ class TaskqueueWorkerMixin:
     max_connection_wait_time = 5.0
 
     def __init__(
-        self, *args, heartbeat_ttl: int = 60, shutdown_mode: str = "finish", maintenance: bool = True, **kwargs
+        self,
+        *args,
+        heartbeat_ttl: int = 60,
+        shutdown_mode: str = "finish",
+        maintenance: bool = True,
+        log_job_lines: bool = False,
+        **kwargs,
     ):
         self.heartbeat_ttl = heartbeat_ttl
+        self.log_job_lines = log_job_lines
         self.maintenance = maintenance
         self.shutdown_mode = shutdown_mode
         self.stop_requested = False
@@ -69,6 +77,9 @@ class TaskqueueWorkerMixin:
         self._last_state_written: str | None = None
         kwargs.setdefault("job_monitoring_interval", max(1, heartbeat_ttl // 3))
         super().__init__(*args, **kwargs)
+        if not log_job_lines:
+            self.log_result_lifespan = False
+            logs.quiet_per_job_lines(self.log)
         metrics.init_worker_series((q.name for q in self.queues), TASKS)
 
     def clean_registries(self):
@@ -95,7 +106,7 @@ class TaskqueueWorkerMixin:
 
     def set_state(self, state: str, pipeline=None):
         """Skip rewriting the state this worker last wrote (RQ writes IDLE twice a job)."""
-        if pipeline is None and state == self._last_state_written:
+        if state == self._last_state_written:
             self._state = state
             return
         self._last_state_written = state
@@ -141,8 +152,11 @@ class TaskqueueWorkerMixin:
     def _refuse(self, job: Job, queue: Queue) -> None:
         """Fail a job whose data does not decode as JSON, without running (or unpickling) anything."""
         self.log.error("Worker %s: job %s: %s", self.name, job.id, NOT_JSON)
-        self.connection.lrem(queue.intermediate_queue_key, 1, job.id)
-        self.handle_job_failure(job, queue, started_job_registry=queue.started_job_registry, exc_string=NOT_JSON)
+        execution = self.prepare_execution(job)
+        self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+        self.handle_job_failure(
+            job, queue, started_job_registry=queue.started_job_registry, exc_string=NOT_JSON, execution=execution
+        )
         metrics.JOBS_COMPLETED.labels(queue.name, "other", "failed").inc()
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
@@ -191,8 +205,9 @@ class StoppableDeathPenalty(UnixSignalDeathPenalty):
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
 
 
-class InProcessWorker(TaskqueueWorkerMixin, SimpleWorker):
-    """Runs jobs in the worker process itself: no fork per job; a thread keeps the heartbeats going."""
+class InProcessWorker(TaskqueueWorkerMixin, LeanJobPath, SimpleWorker):
+    """Runs jobs in the worker process itself: no fork per job, two round trips of bookkeeping a job
+    (:mod:`taskqueue.job_path`); a thread keeps a long job's heartbeats going."""
 
     refresh_status_after_job = False
     death_penalty_class = StoppableDeathPenalty

@@ -1,0 +1,299 @@
+"""The in-process worker's per-job Redis path: two round trips a job where stock RQ 3.0 makes nine.
+
+Stock RQ spends 9 round trips and 42 Redis commands of bookkeeping on a job that does nothing
+(bench/: ``python -m bench redis_cost``). :class:`LeanJobPath` overrides well-delimited ``BaseWorker``
+methods so that the same records are written, in RQ's order, in fewer and merged calls:
+
+- **take and start** (one pipeline, after the pop): the Execution (its hash, the job's executions,
+  the started registry, the worker's executions), the job's status/started_at/worker/heartbeat, the
+  job read back (HGETALL), and the LREM from the intermediate list last, so that at every moment
+  the job is in the intermediate list or the started registry, where maintenance finds it;
+- **finish** (one MULTI/EXEC): status/ended_at/heartbeat, the Result (XADD), the finished registry,
+  expiry, the Execution removed, SMEMBERS of the job's dependents (enqueued afterwards through RQ
+  if there are any), and the *next* job popped into the intermediate list (LMOVE), so a busy worker
+  makes no separate pop; a popped job not started (stop, ``rq suspend``) is pushed back to the front;
+- **worker bookkeeping**: job counters ride with the worker heartbeat every few seconds; the state
+  is written when it changes, so a worker is ``idle`` only when its queue is empty.
+
+Everything else is RQ's own code: the job runs inside ``perform_job`` under RQ's death penalty
+(timeouts), failures go through RQ's ``handle_job_failure`` (retries, failed registry, results),
+jobs with a repeat, a rate limit, ``result_ttl=0`` or callbacks take RQ's stock methods, and a
+worker on several queues takes jobs with RQ's ``dequeue_any``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import timedelta
+
+import redis
+from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.results import Result
+from rq.suspension import is_suspended
+from rq.utils import as_text, now, utcformat
+from rq.worker import WorkerStatus
+
+JOB_FINISH_FIELDS = ("status", "ended_at", "last_heartbeat")
+# Put a popped job back at the front of its queue, if it is still in the intermediate list.
+GIVE_BACK = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+    return redis.call('LPUSH', KEYS[2], ARGV[1])
+end
+return 0
+"""
+
+
+class LeanJobPath:
+    """Mixin for an in-process ``rq.SimpleWorker`` subclass: RQ's job lifecycle in fewer round trips.
+
+    Goes after ``TaskqueueWorkerMixin`` in the bases, which throttles the standalone worker heartbeat
+    and skips rewriting an unchanged state.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._pending_start: redis.client.Pipeline | None = None
+        self._taken: Execution | None = None
+        self._prefetched: str | None = None
+        self._counts = {"successful_job_count": 0, "failed_job_count": 0}
+        self._working_time = 0.0
+        super().__init__(*args, **kwargs)
+        self._give_back = self.connection.register_script(GIVE_BACK)
+
+    # -- worker key: heartbeat and counters ----------------------------------------------------------
+
+    def heartbeat(self, timeout: int | None = None, pipeline=None):
+        """A standalone worker heartbeat carries the job counters counted since the last one."""
+        if timeout is not None or pipeline is not None:
+            return super().heartbeat(timeout, pipeline)
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(None, pipe)
+            self._flush_counters(pipe)
+            pipe.execute()
+        return None
+
+    def _flush_counters(self, pipe) -> None:
+        for field, count in self._counts.items():
+            if count:
+                pipe.hincrby(self.key, field, count)
+                self._counts[field] = 0
+        if self._working_time:
+            pipe.hincrbyfloat(self.key, "total_working_time", self._working_time)
+            self._working_time = 0.0
+
+    def set_state(self, state: str, pipeline=None):
+        """Going idle writes the counters not yet written, in the same round trip."""
+        if pipeline is not None or state != WorkerStatus.IDLE or not self._counters_pending():
+            return super().set_state(state, pipeline)
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().set_state(state, pipe)
+            self._flush_counters(pipe)
+            pipe.execute()
+        return None
+
+    def _counters_pending(self) -> bool:
+        return bool(self._working_time or any(self._counts.values()))
+
+    def increment_successful_job_count(self, pipeline=None):
+        """Counted here; written with the next worker heartbeat (every few seconds) or when idle."""
+        self._counts["successful_job_count"] += 1
+
+    def increment_failed_job_count(self, pipeline=None):
+        self._counts["failed_job_count"] += 1
+
+    def increment_total_working_time(self, job_execution_time: timedelta, pipeline=None):
+        self._working_time += job_execution_time.total_seconds()
+
+    def teardown(self):
+        """Write the counters not yet written, then RQ's teardown (which registers the worker's death)."""
+        if not self.is_horse:
+            try:
+                self._give_back_prefetched()
+                with self.connection.pipeline(transaction=False) as pipe:
+                    self._flush_counters(pipe)
+                    pipe.execute()
+            except redis.exceptions.RedisError as exc:
+                self.log.warning("Worker %s: job counters not written: %s", self.name, exc)
+        super().teardown()
+
+    # -- taking a job and starting it: one round trip after the pop ---------------------------------
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
+        """Pop a job (or use the one the last finish popped) and start it in the same round trip as
+        its fetch; go idle and block only with the queue empty. Several queues: RQ's own method."""
+        if len(self.queues) != 1:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        queue = self.queues[0]
+        idle_since = time.monotonic()
+        wait = 1.0
+        while True:
+            try:
+                self.heartbeat()
+                job_id, self._prefetched = self._prefetched, None
+                if job_id is None:
+                    job_id = self.connection.lmove(queue.key, queue.intermediate_queue_key)
+                if job_id is None:
+                    if timeout is None:  # burst mode: done
+                        return None
+                    job_id = self._wait_for_job(queue, timeout, max_idle_time, idle_since)
+                    if job_id is None:
+                        if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                            return None
+                        continue
+                taken = self._take(queue, as_text(job_id))
+                if taken is not None:
+                    return taken
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                self.log.error("Worker %s: Redis unavailable (%s); retrying in %.0f s", self.name, exc, wait)
+                time.sleep(wait)
+                wait = min(wait * self.exponential_backoff_factor, self.max_connection_wait_time)
+
+    def _wait_for_job(self, queue: Queue, timeout: int, max_idle_time: int | None, idle_since: float):
+        """Idle: RQ's state and maintenance, then a blocking pop of at most ``timeout`` seconds."""
+        self.set_state(WorkerStatus.IDLE)
+        self.procline(f"Listening on {queue.name}")
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()
+        if max_idle_time is not None:
+            timeout = max(1, min(timeout, math.ceil(max_idle_time - (time.monotonic() - idle_since))))
+        return self.connection.blmove(queue.key, queue.intermediate_queue_key, timeout)
+
+    def _take(self, queue: Queue, job_id: str) -> tuple[Job, Queue] | None:
+        """Write the job's start (RQ's records, in RQ's order) and read the job in one pipeline.
+
+        The LREM from the intermediate list goes last: at every moment the job is in the queue's
+        intermediate list or in its started registry, where maintenance finds it if this process dies.
+        """
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        job.origin = queue.name
+        with self.connection.pipeline(transaction=False) as pipe:
+            execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            job.prepare_for_execution(self.name, pipeline=pipe)  # status, started_at, heartbeat, worker
+            pipe.hgetall(job.key)
+            pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+            raw = pipe.execute()[-2]
+        try:
+            job.restore(raw)
+        except NoSuchJobError:  # deleted while queued: undo the start
+            with self.connection.pipeline() as pipe:
+                pipe.delete(job.key)
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                pipe.execute()
+            return None
+        if job.ttl is not None:
+            self.connection.persist(job.key)  # a running job must not expire (RQ persists always)
+        job.redis_server_version = self.get_redis_server_version()
+        self._taken = execution
+        # RQ's line for a taken job (dropped by default with the other per-job lines, see logs.py)
+        self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
+        return job, queue
+
+    def execute_job(self, job: Job, queue: Queue):
+        """RQ's ``SimpleWorker.execute_job`` without the idle write after every job."""
+        execution = self.prepare_execution(job)
+        self.perform_job(job, queue, execution)
+
+    def prepare_execution(self, job: Job) -> Execution:
+        """The execution ``_take`` wrote; else (several queues) RQ's records, queued on a pipeline
+        that ``prepare_job_execution`` sends."""
+        taken, self._taken = self._taken, None
+        if taken is not None and taken.job_id == job.id:
+            return taken
+        pipe = self.connection.pipeline(transaction=False)
+        execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
+        self.executions[execution.id] = execution
+        self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+        self._pending_start = pipe
+        return execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        pipe, self._pending_start = self._pending_start, None
+        if pipe is None:  # started by _take already
+            return None
+        with pipe:
+            job.prepare_for_execution(self.name, pipeline=pipe)
+            if job.ttl is not None:
+                pipe.persist(job.key)
+            if remove_from_intermediate_queue:
+                pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+            pipe.execute()
+        return None
+
+    # -- the job popped by the last finish, when the worker stops or is suspended instead ---------------
+
+    def _give_back_prefetched(self) -> None:
+        job_id, self._prefetched = self._prefetched, None
+        if job_id is not None:
+            queue = self.queues[0]
+            self._give_back(keys=[queue.intermediate_queue_key, queue.key], args=[job_id], client=self.connection)
+
+    def check_for_suspension(self, burst: bool):
+        if self._prefetched is not None and is_suspended(self.connection, self):
+            self._give_back_prefetched()
+        return super().check_for_suspension(burst)
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int):
+        """RQ writes a heartbeat here to cover the job's callbacks; without callbacks it rides with the finish."""
+        if job.success_callback or job.failure_callback:
+            return super().handle_execution_ended(job, queue, heartbeat_ttl)
+        job.ended_at = job.last_heartbeat = now()
+        return None
+
+    # -- finishing it: one transaction ---------------------------------------------------------------
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry, execution: Execution):
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        if result_ttl == 0 or job.repeats_left or job.has_rate_limit:
+            return super().handle_job_success(job, queue, started_job_registry, execution)
+        self.increment_successful_job_count()
+        self.increment_total_working_time(job.ended_at - job.started_at)
+        job._status = JobStatus.FINISHED
+        with self.connection.pipeline() as pipe:
+            pipe.hset(
+                job.key,
+                mapping={
+                    "status": JobStatus.FINISHED,
+                    "ended_at": utcformat(job.ended_at),
+                    "last_heartbeat": utcformat(job.last_heartbeat),
+                },
+            )
+            Result.create(
+                job,
+                Result.Type.SUCCESSFUL,
+                ttl=result_ttl,
+                return_value=job._result,
+                worker_name=self.name,
+                pipeline=pipe,
+                execution_id=execution.id,
+                execution_started_at=execution.created_at,
+                execution_ended_at=job.ended_at,
+            )
+            job.finished_job_registry.add(job, result_ttl, pipe)
+            if result_ttl > 0:
+                pipe.expire(job.key, result_ttl)
+                if job._dependency_ids:
+                    pipe.expire(job.dependencies_key, result_ttl)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            pipe.smembers(job.dependents_key)
+            prefetch = len(self.queues) == 1 and not self._stop_requested
+            if prefetch:  # the next job, popped in the same round trip; taken by the next dequeue
+                pipe.lmove(self.queues[0].key, self.queues[0].intermediate_queue_key)
+            replies = pipe.execute()
+        if prefetch:
+            next_id = replies.pop()
+            self._prefetched = as_text(next_id) if next_id is not None else None
+        if replies[0] == len(JOB_FINISH_FIELDS):  # the job's hash was deleted while it ran: drop the stub
+            self.connection.delete(job.key)
+        if replies[-1]:
+            # Dependents registered before the commit are in the reply; later ones saw FINISHED and
+            # were enqueued by whoever added them. RQ moves these to their queues.
+            if result_ttl > 0:
+                self.connection.expire(job.dependents_key, result_ttl)
+            self._enqueue_dependents_safely(queue, job)
+        self.log.debug("Worker %s: job %s finished", self.name, job.id)
+        return None

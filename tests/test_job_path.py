@@ -1,0 +1,247 @@
+"""The in-process worker's lean job path (taskqueue.job_path): RQ's records, in two round trips a job.
+
+Real redis-server, real RQ 3.0 objects read the records back; workers run in this process (their
+signal-based timeouts need the main thread) or through ``taskqueue-worker``.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+from redis.connection import AbstractConnection
+from rq import Queue, SimpleWorker, Worker
+from rq.job import Job
+from rq.registry import FinishedJobRegistry, StartedJobRegistry
+from rq.suspension import resume, suspend
+
+from taskqueue import config as config_module
+from taskqueue.connection import connect
+from taskqueue.jobs import SERIALIZER, JobRequest, JobService
+from taskqueue.tasks import TASKS, noop
+from taskqueue.worker_classes import InProcessWorker
+from tests.support import WorkerProc, wait_for
+
+NOOP = JobRequest(TASKS["noop"], [])
+
+
+def sleep(seconds: int) -> JobRequest:
+    return JobRequest(TASKS["sleep"], TASKS["sleep"].arguments({"seconds": seconds}, 60))
+
+
+@pytest.fixture
+def cfg(app_env):
+    return config_module.load(environ=app_env)
+
+
+@pytest.fixture
+def service(cfg):
+    return JobService(cfg, connect(cfg))
+
+
+@pytest.fixture(autouse=True)
+def keep_signal_handlers():
+    """RQ's work() installs SIGINT/SIGTERM handlers in this process: put pytest's back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def make_worker(cfg, queues=None, **kwargs) -> InProcessWorker:
+    """The worker ``taskqueue-worker`` builds, in this process."""
+    return InProcessWorker(
+        list(queues or cfg.queues),
+        name=f"test-{time.monotonic_ns()}",
+        connection=connect(cfg, retries=0),
+        serializer=SERIALIZER,
+        default_result_ttl=cfg.result_ttl,
+        heartbeat_ttl=cfg.heartbeat_ttl,
+        **kwargs,
+    )
+
+
+def commands(client) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+
+
+def test_a_job_costs_two_round_trips_and_leaves_rqs_records(cfg, service, redis_client):
+    """N no-op jobs: RQ's finished records for each, nothing left running, <= 24 commands a job."""
+    n = 200
+    ids = [j.id for j in service.enqueue_batch([NOOP] * n)]
+    w = make_worker(cfg)
+    redis_client.config_resetstat()
+    sent = []
+    real_send = AbstractConnection.send_packed_command
+
+    def counting_send(conn, *args, **kwargs):  # a wrapper that counts round trips, not a mock
+        sent.append(1)
+        return real_send(conn, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AbstractConnection, "send_packed_command", counting_send)
+        assert w.work(burst=True)
+    calls = commands(redis_client)
+    per_job = (sum(calls.values()) - calls.get("config|resetstat", 0) - calls.get("info", 0)) / n
+    assert per_job <= 24, calls
+    assert len(sent) / n <= 2.2, len(sent)  # 2 a job, plus start-up and shutdown
+
+    queue = Queue("default", connection=redis_client, serializer=SERIALIZER)
+    finished = set(FinishedJobRegistry(queue=queue).get_job_ids())
+    assert finished == set(ids)
+    assert StartedJobRegistry(queue=queue).get_job_ids(cleanup=False) == []
+    assert redis_client.llen(queue.intermediate_queue_key) == 0 and redis_client.llen(queue.key) == 0
+    assert redis_client.keys("rq:execution:*") == [] and redis_client.keys("rq:executions:*") == []
+    for job in Job.fetch_many(ids[:20], connection=redis_client, serializer=SERIALIZER):
+        assert job.get_status() == "finished" and job.worker_name == w.name
+        assert job.started_at <= job.ended_at
+        assert 0 < redis_client.ttl(job.key) <= cfg.result_ttl
+        (result,) = job.results()
+        assert result.type == result.Type.SUCCESSFUL and result.return_value == noop()
+    # The job counters went out at teardown; RQ keeps a dead worker's key for 60 s.
+    assert int(redis_client.hget(w.key, "successful_job_count")) == n
+    assert float(redis_client.hget(w.key, "total_working_time")) > 0
+
+
+def test_job_hash_and_result_match_stock_rq(cfg, service, redis_client):
+    """The same job run by stock RQ's SimpleWorker and by ours: the same fields in the job and result."""
+    stock_job = service.enqueue(NOOP)[0]
+    SimpleWorker(["default"], connection=redis_client, serializer=SERIALIZER).work(burst=True)
+    ours_job = service.enqueue(NOOP)[0]
+    make_worker(cfg).work(burst=True)
+    stock, ours = (redis_client.hgetall(Job.key_for(j.id)) for j in (stock_job, ours_job))
+    assert stock[b"status"] == ours[b"status"] == b"finished"
+    assert set(stock) == set(ours)
+    stock_result, ours_result = (redis_client.xrange(f"rq:results:{j.id}") for j in (stock_job, ours_job))
+    assert set(stock_result[0][1]) == set(ours_result[0][1])
+    assert 0 < redis_client.ttl(Job.key_for(ours_job.id)) <= cfg.result_ttl
+
+
+def test_worker_state_and_counters_while_it_runs(cfg, service, redis_client):
+    """Worker.all() lists the worker; busy during a job, idle after, with its job counts written."""
+    w = make_worker(cfg)
+    seen = {}
+
+    def watch():  # work() must run in the main thread (signal-based timeouts): watch from here
+        service.enqueue(sleep(1))
+        wait_for(lambda: redis_client.hget(w.key, "state") == b"busy", timeout=10, what="busy")
+        seen["ttl"] = redis_client.ttl(w.key)
+        seen["names"] = [x.name for x in Worker.all(connection=redis_client)]
+        wait_for(lambda: redis_client.hget(w.key, "state") == b"idle", timeout=10, what="idle")
+        for _ in range(3):
+            service.enqueue(NOOP)
+        wait_for(lambda: redis_client.hget(w.key, "successful_job_count") == b"4", timeout=10, what="4 counted")
+        seen["state"] = redis_client.hget(w.key, "state")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    w.work(burst=False, max_idle_time=4)
+    watcher.join(timeout=20)
+    assert seen["ttl"] > 0 and w.name in seen["names"] and seen["state"] == b"idle"
+
+
+def test_a_job_popped_ahead_goes_back_when_the_worker_stops(cfg, service, redis_client):
+    """max_jobs=1 with jobs waiting: the finish popped the next one; teardown puts it back in front."""
+    ids = [j.id for j in service.enqueue_batch([NOOP] * 3)]
+    w = make_worker(cfg)
+    w.work(burst=False, max_jobs=1)
+    assert redis_client.llen("rq:queue:default:intermediate") == 0
+    assert [i.decode() for i in redis_client.lrange("rq:queue:default", 0, -1)] == ids[1:]
+    assert Job.fetch(ids[1], connection=redis_client, serializer=SERIALIZER).get_status() == "queued"
+    make_worker(cfg).work(burst=True)
+    assert all(j.get_status() == "finished" for j in Job.fetch_many(ids, redis_client, serializer=SERIALIZER))
+
+
+def test_rq_suspend_gives_back_the_popped_job(cfg, service, redis_client):
+    """`rq suspend` while a job runs: the next job, popped by the finish, is back in the queue within ~1 s."""
+    first = service.enqueue(sleep(1))[0]
+    second = service.enqueue(NOOP)[0]
+    w = make_worker(cfg)
+    state = {}
+
+    def control():
+        wait_for(lambda: redis_client.hget(Job.key_for(first.id), "status") == b"started", timeout=10,
+                 what="the first job running")  # fmt: skip
+        suspend(redis_client)
+        wait_for(lambda: redis_client.hget(Job.key_for(first.id), "status") == b"finished", timeout=10,
+                 what="the first job done")  # fmt: skip
+        wait_for(lambda: redis_client.lrange("rq:queue:default", 0, -1) == [second.id.encode()], timeout=3,
+                 what="the popped job back in the queue")  # fmt: skip
+        state["intermediate"] = redis_client.llen("rq:queue:default:intermediate")
+        state["status"] = redis_client.hget(Job.key_for(second.id), "status")
+        resume(redis_client)
+
+    t = threading.Thread(target=control)
+    t.start()
+    w.work(burst=False, max_idle_time=3)
+    t.join(timeout=20)
+    assert state == {"intermediate": 0, "status": b"queued"}
+    assert Job.fetch(second.id, connection=redis_client, serializer=SERIALIZER).get_status() == "finished"
+
+
+def test_dependents_are_enqueued_when_the_parent_finishes(cfg, redis_client):
+    q = Queue("default", connection=redis_client, serializer=SERIALIZER)
+    parent = q.enqueue(noop)
+    child = q.enqueue(noop, depends_on=parent)
+    assert child.get_status() == "deferred"
+    make_worker(cfg).work(burst=True)
+    assert parent.get_status() == "finished" and child.get_status() == "finished"
+
+
+def test_a_job_deleted_while_queued_is_skipped_without_leftovers(cfg, service, redis_client):
+    gone, kept = service.enqueue(NOOP)[0], service.enqueue(NOOP)[0]
+    redis_client.delete(Job.key_for(gone.id))
+    make_worker(cfg).work(burst=True)
+    assert not redis_client.exists(Job.key_for(gone.id))
+    assert redis_client.keys("rq:execution:*") == []
+    assert StartedJobRegistry("default", connection=redis_client).get_job_ids(cleanup=False) == []
+    assert Job.fetch(kept.id, connection=redis_client, serializer=SERIALIZER).get_status() == "finished"
+
+
+def test_result_ttl_zero_takes_rqs_path_and_deletes_the_job(cfg, redis_client):
+    q = Queue("default", connection=redis_client, serializer=SERIALIZER)
+    job = q.enqueue(noop, result_ttl=0)
+    make_worker(cfg).work(burst=True)
+    assert not redis_client.exists(job.key)
+
+
+def test_a_job_with_a_ttl_does_not_expire_while_running(cfg, redis_client):
+    q = Queue("default", connection=redis_client, serializer=SERIALIZER)
+    job = q.enqueue(TASKS["sleep"].func, "two seconds", 2, ttl=1)
+    seen = {}
+
+    def watch():
+        wait_for(lambda: redis_client.hget(job.key, "status") == b"started", timeout=10, what="started")
+        time.sleep(1.2)
+        seen["ttl"] = redis_client.ttl(job.key)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    make_worker(cfg).work(burst=True)
+    t.join(timeout=10)
+    assert seen["ttl"] == -1  # persisted: no expiry while it runs
+    assert job.get_status() == "finished"
+
+
+def test_a_worker_on_two_queues_takes_jobs_from_both(cfg, redis_client):
+    a = Queue("a", connection=redis_client, serializer=SERIALIZER)
+    b = Queue("b", connection=redis_client, serializer=SERIALIZER)
+    jobs = [a.enqueue(noop), b.enqueue(noop), a.enqueue(noop)]
+    make_worker(cfg, queues=["a", "b"]).work(burst=True)
+    assert [j.get_status() for j in jobs] == ["finished"] * 3
+    assert redis_client.keys("rq:execution:*") == []
+
+
+def test_per_job_log_lines_are_off_by_default_and_on_when_asked(app_env, tmp_path, service):
+    for on in (False, True):
+        env = {**app_env, "TASKQUEUE_LOG_JOB_LINES": str(on).lower()}
+        job = service.enqueue(NOOP)[0]
+        (tmp_path / str(on)).mkdir()
+        w = WorkerProc(env, tmp_path / str(on), ["--burst"]).start(wait=False)
+        assert w.proc.wait(timeout=30) == 0
+        log = w.log()
+        assert ("Job OK" in log) is on and (job.id in log) is on
+        assert "started with PID" in log  # the worker's other INFO lines stay
