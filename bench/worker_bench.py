@@ -131,9 +131,9 @@ def worker(opts: Opts) -> dict[str, Any]:
         "stock rq SimpleWorker": (n, lambda r: _stock_run(r, n)),
     }
     if not opts.quick:
-        variants["ours simple, log level WARNING"] = (
+        variants["ours simple, per-job log lines on"] = (
             n,
-            lambda r: _ours_run(r, n, "simple", {"TASKQUEUE_LOG_LEVEL": "WARNING"}),
+            lambda r: _ours_run(r, n, "simple", {"TASKQUEUE_LOG_JOB_LINES": "true"}),
         )
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     with procs.redis_server() as redis:

@@ -138,6 +138,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cleanup_interval", "15", int, "Seconds between the exporter's passes over abandoned jobs.", (E,)),
     Setting("log_format", "json", str, "`json` (one object a line) or `text`."),
     Setting("log_level", "INFO", str, "Python log level name."),
+    Setting(
+        "log_job_lines",
+        "false",
+        _bool,
+        "Also log RQ's INFO lines for every job (taken, OK); failures and retries are logged either way.",
+        (W,),
+    ),
 )
 
 ROLE_METRICS_PORT = {G: 9100, W: 9200, E: 9300}
@@ -182,6 +189,7 @@ class Config:
     cleanup_interval: int
     log_format: str
     log_level: str
+    log_job_lines: bool
 
     @property
     def queue(self) -> str:

@@ -197,6 +197,7 @@ class Emulator:
         env["TASKQUEUE_METRICS_HOST"] = "127.0.0.1"
         env["TASKQUEUE_METRICS_PORT"] = str(metrics_port)
         env["TASKQUEUE_WORKER_NAME"] = name  # the pod's host name
+        env["TASKQUEUE_LOG_JOB_LINES"] = "true"  # the tests count each job's start and OK lines
         return env
 
     def _start_pod(self, now: float) -> None:
