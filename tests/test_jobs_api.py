@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 
+import pytest
 import requests
 
 from tests.support import Generator, wait_status
@@ -77,6 +79,30 @@ def test_backlog_limit_answers_429(app_env, tmp_path, redis_client):
         assert batch.status_code == 429
     finally:
         gen.stop()
+
+
+def test_backlog_check_reads_the_queue_length_rarely_far_from_the_limit_and_always_near_it(app_env, redis_client):
+    """/start's backlog check: no LLEN per request far from the limit; exact within the margin."""
+    from taskqueue import config as config_module
+    from taskqueue.connection import connect
+    from taskqueue.jobs import BACKLOG_MARGIN, BACKLOG_READ_EVERY, BacklogFull, JobRequest, JobService
+    from taskqueue.tasks import TASKS
+
+    limit = 10 * BACKLOG_MARGIN
+    cfg = config_module.load(environ={**app_env, "TASKQUEUE_MAX_BACKLOG": str(limit)})
+    svc, noop = JobService(cfg, connect(cfg)), JobRequest(TASKS["noop"], [])
+    redis_client.config_resetstat()
+    for _ in range(50):  # well under 0.1 s a request here: a handful of reads, not 50
+        svc.enqueue(noop)
+    assert redis_client.info("commandstats")["cmdstat_llen"]["calls"] < 50
+    # Other processes fill the queue behind this one's back: seen within BACKLOG_READ_EVERY, and
+    # near the limit every request reads the length.
+    redis_client.rpush("rq:queue:default", *[f"other-{i}" for i in range(limit - 50 - 1)])
+    time.sleep(BACKLOG_READ_EVERY + 0.05)
+    svc.enqueue(noop)
+    assert redis_client.llen("rq:queue:default") == limit
+    with pytest.raises(BacklogFull):
+        svc.enqueue(noop)
 
 
 def test_list_pagination(generator):
