@@ -63,6 +63,10 @@ class GeneratorServer(BaseApplication):
             "worker_tmp_dir": os.environ.get("TMPDIR", "/tmp"),
             "graceful_timeout": 20,
             "keepalive": 5,
+            # Each worker process listens on its own SO_REUSEPORT socket, so the kernel spreads
+            # connections over them; with one shared socket, the first process to wake could take
+            # every kept-alive connection and leave the other core idle (bench/: half the rps).
+            "reuse_port": True,
             "logconfig_dict": logconfig(cfg),
             "when_ready": self._when_ready,
             "child_exit": self._child_exit,
