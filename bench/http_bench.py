@@ -17,7 +17,7 @@ from taskqueue.tasks import noop
 OURS_DEFAULT = ("ours: gunicorn 2 procs x 4 threads (default)", {}, 2)
 OURS_EXTRA = [
     ("ours: gunicorn 2 procs sync", {"TASKQUEUE_WEB_THREADS": "1"}, 2),
-    ("ours: gunicorn 3 procs x 4 threads", {}, 3),
+    ("ours: gunicorn 2 procs x 8 threads", {"TASKQUEUE_WEB_THREADS": "8"}, 2),
 ]
 
 

@@ -61,6 +61,11 @@ def rows() -> list[tuple[str, str, str, str]]:
             goal = f"≥ 1.0x - {_goal(r >= 1)}" if k == "ours --worker-class simple" else ""
             out.append((f"worker no-op jobs/s: {k}", f"celery solo {_s(cel)}", f"{_s(x['jobs_per_s'])} = {fmt(r)}x",
                         goal))  # fmt: skip
+            if "cpu_us_per_job" in x and k == "ours --worker-class simple":
+                rc = d["ratios"][f"{k} / celery solo, per CPU-second"]
+                out.append((f"worker CPU µs/job (its own process): {k}",
+                            f"celery solo {_s(v['celery --pool solo']['cpu_us_per_job'])}",
+                            f"{_s(x['cpu_us_per_job'])} = {fmt(rc)}x Celery's jobs per CPU-second", ""))  # fmt: skip
     if d := _load("redis_cost"):
         v = d["variants"]
         stock = next(x for k, x in v.items() if k.startswith("stock"))

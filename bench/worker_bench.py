@@ -32,6 +32,7 @@ from taskqueue.tasks import TASKS, noop
 RQ_LIST = "rq:queue:default"
 CELERY_LIST = "celery"
 NOOP = JobRequest(TASKS["noop"], [])
+WORKER_METRICS = ("jobs_per_s", "cpu_us_per_job", "startup_s")
 
 
 def service(redis) -> JobService:
@@ -62,16 +63,22 @@ def drain(client, key: str, n: int, proc: subprocess.Popen, t_spawn: float, time
     Celery 4) is still running when the list is empty; over N jobs that tail is negligible.
     """
     deadline = time.monotonic() + timeout
-    t_first = n_first = None
+    t_first = n_first = cpu_first = None
     while time.monotonic() < deadline:
         left = client.llen(key)
         now = time.perf_counter()
         if t_first is None and left < n:
-            t_first, n_first = now, left
+            t_first, n_first, cpu_first = now, left, cpu_seconds(proc.pid)
         if left == 0:
-            if t_first is None or n_first is None:
+            if t_first is None or n_first is None or cpu_first is None:
                 raise RuntimeError("queue empty before any job was seen")
-            return {"jobs_per_s": n_first / (now - t_first), "startup_s": t_first - t_spawn, "n": n_first}
+            return {
+                "jobs_per_s": n_first / (now - t_first),
+                # The worker process's own CPU a job: steadier than jobs/s on a shared box.
+                "cpu_us_per_job": (cpu_seconds(proc.pid) - cpu_first) / n_first * 1e6,
+                "startup_s": t_first - t_spawn,
+                "n": n_first,
+            }
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited with {proc.returncode} and {left} jobs left")
         time.sleep(0.002)
@@ -141,14 +148,18 @@ def worker(opts: Opts) -> dict[str, Any]:
             for label, (_n, fn) in variants.items():
                 runs[label].append(fn(redis))
     doc = {
-        label: {m: summary(r[m] for r in rs) for m in ("jobs_per_s", "startup_s")} | {"jobs": variants[label][0]}
+        label: {m: summary(r[m] for r in rs) for m in WORKER_METRICS} | {"jobs": variants[label][0]}
         for label, rs in runs.items()
     }
-    rows = [(label, m, d[m]) for label, d in doc.items() for m in ("jobs_per_s", "startup_s")]
+    rows = [(label, m, d[m]) for label, d in doc.items() for m in WORKER_METRICS]
     print_rows(f"worker no-op throughput per process (N={n}, fork N={n_fork})", rows)
-    cel = doc["celery --pool solo"]["jobs_per_s"]
+    cel, cel_cpu = doc["celery --pool solo"]["jobs_per_s"], doc["celery --pool solo"]["cpu_us_per_job"]
     ratios = {
         f"{label} / celery solo": ratio(d["jobs_per_s"], cel) for label, d in doc.items() if "celery" not in label
+    } | {  # jobs per CPU-second, relative to Celery's
+        f"{label} / celery solo, per CPU-second": ratio(cel_cpu, d["cpu_us_per_job"])
+        for label, d in doc.items()
+        if "celery" not in label
     }
     print_ratios(ratios)
     out = {
