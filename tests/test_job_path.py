@@ -245,3 +245,19 @@ def test_per_job_log_lines_are_off_by_default_and_on_when_asked(app_env, tmp_pat
         log = w.log()
         assert ("Job OK" in log) is on and (job.id in log) is on
         assert "started with PID" in log  # the worker's other INFO lines stay
+
+
+def test_metrics_off_counts_nothing_and_runs_jobs(cfg, service, redis_client):
+    """TASKQUEUE_METRICS_ENABLED=false: no observation per job (the metrics benchmark's "off")."""
+    from taskqueue import metrics
+
+    def completed() -> float:
+        return sum(s.value for m in metrics.JOBS_COMPLETED.collect() for s in m.samples if s.name.endswith("_total"))
+
+    job = service.enqueue(NOOP)[0]
+    before = completed()
+    make_worker(cfg, metrics_enabled=False).work(burst=True)
+    assert job.get_status() == "finished" and completed() == before
+    job = service.enqueue(NOOP)[0]
+    make_worker(cfg).work(burst=True)
+    assert job.get_status() == "finished" and completed() == before + 1

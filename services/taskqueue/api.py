@@ -93,7 +93,7 @@ def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Job, bool]:
         raise ApiError(429, "backlog_full", str(exc), RETRY_AFTER_BACKLOG) from None
     except JobStateConflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc), 1) from None
-    if created:
+    if created and svc.cfg.metrics_enabled:
         metrics.JOBS_ENQUEUED.labels(svc.queue.name, req.task.name).inc()
     return job, created
 
@@ -157,8 +157,9 @@ def create_batch():
     counts: dict[str, int] = {}
     for r in reqs:
         counts[r.task.name] = counts.get(r.task.name, 0) + 1
-    for name, n in counts.items():
-        metrics.JOBS_ENQUEUED.labels(svc.queue.name, name).inc(n)
+    if svc.cfg.metrics_enabled:
+        for name, n in counts.items():
+            metrics.JOBS_ENQUEUED.labels(svc.queue.name, name).inc(n)
     status_prefix = url_for("api.status", job_id="x")[:-1]
     response = jsonify(
         {

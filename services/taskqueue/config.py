@@ -97,7 +97,7 @@ SETTINGS: tuple[Setting, ...] = (
         int,
         "Port of `/metrics` (0: the role's default, 9100 generator, 9200 worker, 9300 exporter).",
     ),
-    Setting("metrics_enabled", "true", _bool, "Serve Prometheus metrics.", (G, W)),
+    Setting("metrics_enabled", "true", _bool, "Count and serve Prometheus metrics (`false`: neither).", (G, W)),
     Setting(
         "worker_class",
         "simple",

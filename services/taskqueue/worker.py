@@ -62,6 +62,7 @@ def run_worker(cfg: config_module.Config, *, serve_metrics: bool, burst: bool = 
                 shutdown_mode=cfg.shutdown_mode,
                 maintenance=cfg.worker_maintenance,
                 log_job_lines=cfg.log_job_lines,
+                metrics_enabled=cfg.metrics_enabled,
             )
             worker.work(with_scheduler=cfg.worker_maintenance, burst=burst, logging_level=cfg.log_level.upper())
             if worker.stop_requested or burst:

@@ -65,8 +65,10 @@ class TaskqueueWorkerMixin:
         shutdown_mode: str = "finish",
         maintenance: bool = True,
         log_job_lines: bool = False,
+        metrics_enabled: bool = True,
         **kwargs,
     ):
+        self.metrics_enabled = metrics_enabled
         self.heartbeat_ttl = heartbeat_ttl
         self.log_job_lines = log_job_lines
         self.maintenance = maintenance
@@ -80,7 +82,8 @@ class TaskqueueWorkerMixin:
         if not log_job_lines:
             self.log_result_lifespan = False
             logs.quiet_per_job_lines(self.log)
-        metrics.init_worker_series((q.name for q in self.queues), TASKS)
+        if metrics_enabled:
+            metrics.init_worker_series((q.name for q in self.queues), TASKS)
 
     def clean_registries(self):
         """RQ's registry maintenance, unless the exporter owns it (TASKQUEUE_WORKER_MAINTENANCE=false).
@@ -133,6 +136,15 @@ class TaskqueueWorkerMixin:
         except DeserializationError:
             return self._refuse(job, queue)
         token = current_job_id.set(job.id)
+        try:
+            if not self.metrics_enabled:
+                return super().execute_job(job, queue)
+            return self._execute_counted(job, queue, task)
+        finally:
+            current_job_id.reset(token)
+
+    def _execute_counted(self, job: Job, queue: Queue, task: str):
+        """Run the job with its wait, run time and outcome counted."""
         if job.enqueued_at is not None:
             enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
             metrics.JOB_WAIT.labels(queue.name, task).observe(max(0.0, (datetime.now(UTC) - enqueued).total_seconds()))
@@ -147,7 +159,6 @@ class TaskqueueWorkerMixin:
             status = job.get_status(refresh=self.refresh_status_after_job)
             outcome = OUTCOME_BY_STATUS.get(status, "failed")
             metrics.JOBS_COMPLETED.labels(queue.name, task, outcome).inc()
-            current_job_id.reset(token)
 
     def _refuse(self, job: Job, queue: Queue) -> None:
         """Fail a job whose data does not decode as JSON, without running (or unpickling) anything."""
@@ -157,7 +168,8 @@ class TaskqueueWorkerMixin:
         self.handle_job_failure(
             job, queue, started_job_registry=queue.started_job_registry, exc_string=NOT_JSON, execution=execution
         )
-        metrics.JOBS_COMPLETED.labels(queue.name, "other", "failed").inc()
+        if self.metrics_enabled:
+            metrics.JOBS_COMPLETED.labels(queue.name, "other", "failed").inc()
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
         """A job interrupted for a requeueing shutdown goes back to the front of its queue, no retry spent."""
