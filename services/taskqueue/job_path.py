@@ -28,7 +28,6 @@ import time
 from datetime import timedelta
 
 import redis
-from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -57,6 +56,7 @@ class LeanJobPath:
     def __init__(self, *args, **kwargs):
         self._pending_start: redis.client.Pipeline | None = None
         self._taken: Execution | None = None
+        self._interrupted: tuple[Job, Execution] | None = None
         self._prefetched: str | None = None
         self._counts = {"successful_job_count": 0, "failed_job_count": 0}
         self._working_time = 0.0
@@ -132,6 +132,8 @@ class LeanJobPath:
         while True:
             try:
                 self.heartbeat()
+                if self._interrupted is not None and (taken := self._resume_interrupted_take(queue)):
+                    return taken
                 job_id, self._prefetched = self._prefetched, None
                 if job_id is None:
                     job_id = self.connection.lmove(queue.key, queue.intermediate_queue_key)
@@ -162,36 +164,77 @@ class LeanJobPath:
         return self.connection.blmove(queue.key, queue.intermediate_queue_key, timeout)
 
     def _take(self, queue: Queue, job_id: str) -> tuple[Job, Queue] | None:
-        """Write the job's start (RQ's records, in RQ's order) and read the job in one pipeline.
+        """Read the job and write its start (RQ's records, in RQ's order) in one pipeline.
 
         The LREM from the intermediate list goes last: at every moment the job is in the queue's
-        intermediate list or in its started registry, where maintenance finds it if this process dies.
+        intermediate list or in its started registry, where maintenance finds it if this process
+        dies; and a start whose LREM landed landed whole (Redis runs a connection's commands in order).
         """
         job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
         job.origin = queue.name
         with self.connection.pipeline(transaction=False) as pipe:
+            pipe.hgetall(job.key)  # the job as it was queued
             execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
-            self.executions[execution.id] = execution
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             job.prepare_for_execution(self.name, pipeline=pipe)  # status, started_at, heartbeat, worker
-            pipe.hgetall(job.key)
+            pipe.persist(job.key)  # a running job must not expire (a requeued failed job has a TTL)
             pipe.lrem(queue.intermediate_queue_key, 1, job_id)
-            raw = pipe.execute()[-2]
-        try:
-            job.restore(raw)
-        except NoSuchJobError:  # deleted while queued: undo the start
+            try:
+                replies = pipe.execute()
+            except redis.exceptions.RedisError:
+                self._interrupted = (job, execution)  # sorted out when Redis answers again
+                raise
+        return self._started(job, queue, execution, raw=replies[0], removed=replies[-1])
+
+    def _started(self, job: Job, queue: Queue, execution: Execution, raw, removed: int):
+        """The job to run, or None (and the start undone) if it vanished or was taken back meanwhile."""
+        started_at, worker_name = job.started_at, job.worker_name
+        deleted = not raw or b"data" not in raw
+        if deleted or not removed:
+            # Deleted while queued, or no longer ours: requeued or failed by maintenance in between.
+            self.log.warning("Worker %s: job %s %s; skipped", self.name, job.id,
+                             "was deleted" if deleted else "left the intermediate list before it started")  # fmt: skip
             with self.connection.pipeline() as pipe:
-                pipe.delete(job.key)
+                if deleted:
+                    pipe.delete(job.key)  # the start's fields on a deleted job
+                else:
+                    pipe.hset(job.key, "status", raw.get(b"status", JobStatus.QUEUED))
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 pipe.execute()
             return None
-        if job.ttl is not None:
-            self.connection.persist(job.key)  # a running job must not expire (RQ persists always)
+        job.restore(raw)
+        job._status, job.started_at, job.last_heartbeat, job.worker_name = (
+            JobStatus.STARTED,
+            started_at,
+            started_at,
+            worker_name,
+        )
         job.redis_server_version = self.get_redis_server_version()
         self._taken = execution
         # RQ's line for a taken job (dropped by default with the other per-job lines, see logs.py)
         self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
         return job, queue
+
+    def _resume_interrupted_take(self, queue: Queue) -> tuple[Job, Queue] | None:
+        """Redis went away during a start: did it land? (The LREM is its last command.)"""
+        job, execution = self._interrupted
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.lpos(queue.intermediate_queue_key, job.id)
+            pipe.zscore(queue.started_job_registry.key, execution.composite_key)
+            pipe.hgetall(job.key)
+            still_queued, claim, raw = pipe.execute()
+        self._interrupted = None
+        if still_queued is not None:  # it did not: undo what of it landed, take the job again
+            with self.connection.pipeline() as pipe:
+                if raw and b"data" in raw:
+                    pipe.hset(job.key, "status", JobStatus.QUEUED)
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                pipe.execute()
+            self._prefetched = job.id
+            return None
+        if claim is None:  # gone from both: maintenance requeued or failed it meanwhile
+            return None
+        return self._started(job, queue, execution, raw=raw, removed=1)
 
     def execute_job(self, job: Job, queue: Queue):
         """RQ's ``SimpleWorker.execute_job`` without the idle write after every job."""
@@ -203,6 +246,7 @@ class LeanJobPath:
         that ``prepare_job_execution`` sends."""
         taken, self._taken = self._taken, None
         if taken is not None and taken.job_id == job.id:
+            self.executions[taken.id] = taken  # from here on the worker is running it (stop, requeue)
             return taken
         pipe = self.connection.pipeline(transaction=False)
         execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
@@ -280,7 +324,8 @@ class LeanJobPath:
                     pipe.expire(job.dependencies_key, result_ttl)
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             pipe.smembers(job.dependents_key)
-            prefetch = len(self.queues) == 1 and not self._stop_requested
+            # Not before maintenance, which would see the popped job in the intermediate list.
+            prefetch = len(self.queues) == 1 and not self._stop_requested and not self.should_run_maintenance_tasks
             if prefetch:  # the next job, popped in the same round trip; taken by the next dequeue
                 pipe.lmove(self.queues[0].key, self.queues[0].intermediate_queue_key)
             replies = pipe.execute()

@@ -226,6 +226,12 @@ class InProcessWorker(TaskqueueWorkerMixin, LeanJobPath, SimpleWorker):
 
     _beat_thread: threading.Thread | None = None
 
+    def _install_signal_handlers(self):
+        """RQ's, and SIGALRM ignored until a job's timeout arms it: a stop that arrives just before
+        the first job starts must not kill the process (SIGALRM's default action)."""
+        super()._install_signal_handlers()
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+
     def execute_job(self, job: Job, queue: Queue):
         if self._beat_thread is None:
             # One thread for the worker's life: starting one per job cost ~0.8 ms a job (bench/).
