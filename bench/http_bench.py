@@ -10,8 +10,9 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bench import procs
-from bench.common import Opts, print_ratios, print_rows, ratio, summary, write_result, wrk
+from bench.common import Opts, cpu_seconds, print_ratios, print_rows, ratio, summary, write_result, wrk
 from taskqueue.tasks import noop
+from tests.support import descendants
 
 # Our generator's variants: (label, env, gunicorn worker processes). The first is the shipped default.
 OURS_DEFAULT = ("ours: gunicorn 2 procs x 4 threads (default)", {}, 2)
@@ -21,8 +22,13 @@ OURS_EXTRA = [
 ]
 
 
-def _wrk_runs(targets: dict[str, str], opts: Opts, flush, path: str = "/start") -> dict[str, list[dict[str, Any]]]:
-    """Interleave the targets' runs (A B A B ...) so drift hits them alike; warm each up first."""
+def _wrk_runs(
+    targets: dict[str, str], opts: Opts, flush, path: str = "/start", pids: dict[str, list[int]] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Interleave the targets' runs (A B A B ...) so drift hits them alike; warm each up first.
+
+    With ``pids`` (a target's server processes), each run also records their CPU µs per request.
+    """
     warm = Opts(duration=1, threads=opts.threads, connections=opts.connections)
     for url in targets.values():
         wrk(url + path, warm)
@@ -30,7 +36,11 @@ def _wrk_runs(targets: dict[str, str], opts: Opts, flush, path: str = "/start") 
     for _ in range(opts.repeats):
         for label, url in targets.items():
             flush()
-            runs[label].append(wrk(url + path, opts))
+            before = sum(cpu_seconds(p) for p in pids[label]) if pids else 0.0
+            r = wrk(url + path, opts)
+            if pids:
+                r["cpu_us_per_request"] = (sum(cpu_seconds(p) for p in pids[label]) - before) / r["requests"] * 1e6
+            runs[label].append(r)
     return runs
 
 
@@ -128,11 +138,11 @@ def start_metrics(opts: Opts) -> dict[str, dict[str, Any]]:
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(procs.redis_server())
         client = redis.client()
-        targets = {
-            "metrics on": stack.enter_context(procs.generator(redis, {"TASKQUEUE_METRICS_ENABLED": "true"})).base,
-            "metrics off": stack.enter_context(procs.generator(redis, {"TASKQUEUE_METRICS_ENABLED": "false"})).base,
+        gens = {
+            label: stack.enter_context(procs.generator(redis, {"TASKQUEUE_METRICS_ENABLED": flag}))
+            for label, flag in (("metrics on", "true"), ("metrics off", "false"))
         }
-        runs = _wrk_runs(targets, opts, client.flushall)
-    return {
-        k: {"rps": summary(r["rps"] for r in v), "p99_ms": summary(r["p99_ms"] for r in v)} for k, v in runs.items()
-    }
+        targets = {label: g.base for label, g in gens.items()}
+        pids = {label: [g.proc.pid, *descendants(g.proc.pid)] for label, g in gens.items()}
+        runs = _wrk_runs(targets, opts, client.flushall, pids=pids)
+    return {k: {m: summary(r[m] for r in v) for m in ("rps", "p99_ms", "cpu_us_per_request")} for k, v in runs.items()}

@@ -338,9 +338,9 @@ def worker_metrics(opts: Opts) -> dict[str, dict[str, Any]]:
     """No-op jobs/s of our simple worker with metrics on and off (for the metrics benchmark)."""
     n = opts.n(3000, 300)
     variants = {"metrics on": "true", "metrics off": "false"}
-    runs: dict[str, list[float]] = {k: [] for k in variants}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     with procs.redis_server() as redis:
         for _ in range(opts.repeats):
             for label, flag in variants.items():
-                runs[label].append(_ours_run(redis, n, "simple", {"TASKQUEUE_METRICS_ENABLED": flag})["jobs_per_s"])
-    return {k: {"jobs_per_s": summary(v)} for k, v in runs.items()}
+                runs[label].append(_ours_run(redis, n, "simple", {"TASKQUEUE_METRICS_ENABLED": flag}))
+    return {k: {m: summary(r[m] for r in v) for m in ("jobs_per_s", "cpu_us_per_job")} for k, v in runs.items()}
