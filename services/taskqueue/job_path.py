@@ -4,14 +4,18 @@ Stock RQ spends 9 round trips and 42 Redis commands of bookkeeping on a job that
 (bench/: ``python -m bench redis_cost``). :class:`LeanJobPath` overrides well-delimited ``BaseWorker``
 methods so that the same records are written, in RQ's order, in fewer and merged calls:
 
-- **take and start** (one pipeline, after the pop): the Execution (its hash, the job's executions,
-  the started registry, the worker's executions), the job's status/started_at/worker/heartbeat, the
-  job read back (HGETALL), and the LREM from the intermediate list last, so that at every moment
-  the job is in the intermediate list or the started registry, where maintenance finds it;
+- **take and start** (one pipeline, after the pop): the job read (HGETALL), the Execution (its hash,
+  the job's executions, the started registry, the worker's executions), the job's
+  status/started_at/worker/heartbeat, PERSIST, and the LREM from the intermediate list last: at
+  every moment the job is in the intermediate list or the started registry, where maintenance
+  finds it, and a start whose LREM landed landed whole. A start cut short by a lost connection is
+  checked on reconnect (run, or undone and taken again); a job that left the intermediate list
+  meanwhile (requeued by maintenance) is not started;
 - **finish** (one MULTI/EXEC): status/ended_at/heartbeat, the Result (XADD), the finished registry,
   expiry, the Execution removed, SMEMBERS of the job's dependents (enqueued afterwards through RQ
   if there are any), and the *next* job popped into the intermediate list (LMOVE), so a busy worker
-  makes no separate pop; a popped job not started (stop, ``rq suspend``) is pushed back to the front;
+  makes no separate pop (none when maintenance is due); a popped job not started (stop,
+  ``max_jobs``, ``rq suspend``) is pushed back to the front;
 - **worker bookkeeping**: job counters ride with the worker heartbeat every few seconds; the state
   is written when it changes, so a worker is ``idle`` only when its queue is empty.
 
