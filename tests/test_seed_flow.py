@@ -73,6 +73,18 @@ def test_unknown_job_is_404_json(generator):
         assert r.json()["error"]["code"] in {"job_not_found", "not_found"}
 
 
+def test_request_metrics_label_unknown_methods_other(generator):
+    """A client picks the method token: unknown ones must not create new series (bounded cardinality)."""
+    for method in ("FROB", "XYZZY"):
+        assert requests.request(method, generator.base + "/start", timeout=2).status_code == 405
+    requests.get(generator.base + "/start?delay=1", timeout=2)
+    text = requests.get(f"http://127.0.0.1:{generator.metrics_port}/metrics", timeout=2).text
+    series = [ln for ln in text.splitlines() if ln.startswith("taskqueue_http_requests_total{")]
+    assert any('method="other"' in ln and 'status="405"' in ln for ln in series), series
+    assert not any("FROB" in ln or "XYZZY" in ln for ln in series)
+    assert any('route="/start"' in ln and 'method="GET"' in ln and 'status="200"' in ln for ln in series)
+
+
 def test_bad_input_is_400_json(generator):
     cases = [
         ("GET", "/start?delay=abc", None),
