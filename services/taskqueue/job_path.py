@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import redis
@@ -73,30 +74,31 @@ class LeanJobPath:
         """A standalone worker heartbeat carries the job counters counted since the last one."""
         if timeout is not None or pipeline is not None:
             return super().heartbeat(timeout, pipeline)
-        with self.connection.pipeline(transaction=False) as pipe:
-            super().heartbeat(None, pipe)
-            self._flush_counters(pipe)
-            pipe.execute()
+        self._write_with_counters(lambda pipe: super(LeanJobPath, self).heartbeat(None, pipe))
         return None
-
-    def _flush_counters(self, pipe) -> None:
-        for field, count in self._counts.items():
-            if count:
-                pipe.hincrby(self.key, field, count)
-                self._counts[field] = 0
-        if self._working_time:
-            pipe.hincrbyfloat(self.key, "total_working_time", self._working_time)
-            self._working_time = 0.0
 
     def set_state(self, state: str, pipeline=None):
         """Going idle writes the counters not yet written, in the same round trip."""
         if pipeline is not None or state != WorkerStatus.IDLE or not self._counters_pending():
             return super().set_state(state, pipeline)
-        with self.connection.pipeline(transaction=False) as pipe:
-            super().set_state(state, pipe)
-            self._flush_counters(pipe)
-            pipe.execute()
+        self._write_with_counters(lambda pipe: super(LeanJobPath, self).set_state(state, pipe))
         return None
+
+    def _write_with_counters(self, write: Callable[[redis.client.Pipeline], object]) -> None:
+        """``write(pipe)`` and the job counters counted since the last write, in one round trip;
+        the counters are cleared only once Redis has them."""
+        counts, working = dict(self._counts), self._working_time
+        with self.connection.pipeline(transaction=False) as pipe:
+            write(pipe)
+            for field, n in counts.items():
+                if n:
+                    pipe.hincrby(self.key, field, n)
+            if working:
+                pipe.hincrbyfloat(self.key, "total_working_time", working)
+            pipe.execute()
+        for field, n in counts.items():
+            self._counts[field] -= n
+        self._working_time -= working
 
     def _counters_pending(self) -> bool:
         return bool(self._working_time or any(self._counts.values()))
@@ -112,13 +114,14 @@ class LeanJobPath:
         self._working_time += job_execution_time.total_seconds()
 
     def teardown(self):
-        """Write the counters not yet written, then RQ's teardown (which registers the worker's death)."""
+        """Give back a popped job, write the counters not yet written, then RQ's teardown."""
         if not self.is_horse:
             try:
                 self._give_back_prefetched()
-                with self.connection.pipeline(transaction=False) as pipe:
-                    self._flush_counters(pipe)
-                    pipe.execute()
+            except redis.exceptions.RedisError as exc:  # the exporter requeues it from the intermediate list
+                self.log.warning("Worker %s: popped job not given back: %s", self.name, exc)
+            try:
+                self._write_with_counters(lambda pipe: None)
             except redis.exceptions.RedisError as exc:
                 self.log.warning("Worker %s: job counters not written: %s", self.name, exc)
         super().teardown()
