@@ -174,7 +174,22 @@ def worker(opts: Opts) -> dict[str, Any]:
 # -- Redis cost per job -----------------------------------------------------------------------------
 
 
+def _worker_proc(redis, variant: str) -> subprocess.Popen:
+    return procs.stock_worker(redis) if variant == "stock" else procs.our_worker(redis, "simple")
+
+
+def _fixed_worker_commands(redis, variant: str) -> int:
+    """What a burst worker costs with an empty queue (start-up, maintenance, shutdown): not per job."""
+    client = redis.client()
+    client.flushall()
+    client.config_resetstat()
+    _worker_proc(redis, variant).wait(timeout=60)
+    stats = commandstats(client)
+    return sum(v for k, v in stats.items() if k not in ("info", "config|resetstat", "flushall"))
+
+
 def _cost_run(redis, n: int, variant: str) -> dict[str, Any]:
+    fixed = _fixed_worker_commands(redis, variant)
     client = redis.client()
     client.flushall()
     pid = redis.proc.pid
@@ -192,7 +207,7 @@ def _cost_run(redis, n: int, variant: str) -> dict[str, Any]:
         fill_ours(redis, n)
     cpu1 = cpu_seconds(pid)
     enq = commandstats(client)
-    proc = procs.stock_worker(redis) if variant == "stock" else procs.our_worker(redis, "simple")
+    proc = _worker_proc(redis, variant)
     proc.wait(timeout=300)
     cpu2 = cpu_seconds(pid)
     total = commandstats(client)
@@ -206,9 +221,11 @@ def _cost_run(redis, n: int, variant: str) -> dict[str, Any]:
         if finished != n:
             raise RuntimeError(f"{finished} of {n} jobs finished")
     return {
-        "cmds_per_job": sum(total.values()) / n,
+        # Per job: the worker's start-up and shutdown (measured apart, with an empty queue) left out.
+        "cmds_per_job": (sum(total.values()) - fixed) / n,
         "enqueue_cmds_per_job": sum(enq.values()) / n,
-        "worker_cmds_per_job": sum(work.values()) / n,
+        "worker_cmds_per_job": (sum(work.values()) - fixed) / n,
+        "worker_fixed_cmds": fixed,
         "cpu_us_per_job": (cpu2 - cpu0) / n * 1e6,
         "cmd_exec_us_per_job": usec / n,
         "enqueue_cpu_us_per_job": (cpu1 - cpu0) / n * 1e6,
@@ -231,8 +248,8 @@ def redis_cost(opts: Opts) -> dict[str, Any]:
         for _ in range(opts.repeats):
             for label, v in variants.items():
                 runs[label].append(_cost_run(redis, n, v))
-    metrics = ("cmds_per_job", "enqueue_cmds_per_job", "worker_cmds_per_job", "cpu_us_per_job", "cmd_exec_us_per_job",
-               "enqueue_cpu_us_per_job", "worker_cpu_us_per_job")  # fmt: skip
+    metrics = ("cmds_per_job", "enqueue_cmds_per_job", "worker_cmds_per_job", "worker_fixed_cmds", "cpu_us_per_job",
+               "cmd_exec_us_per_job", "enqueue_cpu_us_per_job", "worker_cpu_us_per_job")  # fmt: skip
     doc = {
         label: {m: summary(r[m] for r in rs) for m in metrics}
         | {"enqueue_commands": rs[-1]["enqueue_commands"], "worker_commands": rs[-1]["worker_commands"]}
