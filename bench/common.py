@@ -8,8 +8,7 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,16 +129,6 @@ def commandstats(client) -> dict[str, int]:
 def command_usec(client) -> int:
     """Microseconds Redis spent executing commands since the last CONFIG RESETSTAT (excludes I/O)."""
     return sum(int(v["usec"]) for v in client.info("commandstats").values())
-
-
-def wait_until(check: Callable[[], object], timeout: float, interval: float = 0.01, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 def wrk(url: str, opts: Opts, script: Path = WRK_REPORT, env: dict[str, str] | None = None) -> dict[str, Any]:

@@ -158,31 +158,27 @@ class HPA:
         )
 
     def scale_up_limit(self, now: float, current: int) -> int:
-        rules = self.behavior.up
-        if rules.select == "Disabled":
-            return current
-        proposals = []
-        for p in rules.policies:
-            start = self._period_start(now, current, p.period)
-            if p.type == "Pods":
-                proposals.append(start + p.value)
-            else:
-                proposals.append(math.ceil(start * (1 + p.value / 100)))
-        return min(proposals) if rules.select == "Min" else max(proposals)
+        return self._policy_limit(self.behavior.up, now, current, up=True)
 
     def scale_down_limit(self, now: float, current: int) -> int:
-        rules = self.behavior.down
+        return self._policy_limit(self.behavior.down, now, current, up=False)
+
+    def _policy_limit(self, rules, now: float, current: int, up: bool) -> int:
+        """The replica count the scaling policies allow from ``current``, up or down."""
         if rules.select == "Disabled":
             return current
         proposals = []
         for p in rules.policies:
             start = self._period_start(now, current, p.period)
             if p.type == "Pods":
-                proposals.append(start - p.value)
+                proposals.append(start + p.value if up else start - p.value)
+            elif up:
+                proposals.append(math.ceil(start * (1 + p.value / 100)))
             else:
                 proposals.append(int(start * (1 - p.value / 100)))  # truncated, as the controller does
-        # Max (the largest change) is the lowest count when scaling down.
-        return max(proposals) if rules.select == "Min" else min(proposals)
+        # "Min" takes the smallest change: the lowest count up, the highest count down; "Max" the largest.
+        smallest, largest = (min, max) if up else (max, min)
+        return smallest(proposals) if rules.select == "Min" else largest(proposals)
 
     def rate_limit(self, now: float, current: int, desired: int) -> int:
         if desired > current:
