@@ -74,6 +74,9 @@ def test_delete_stops_a_running_job(generator, app_env, tmp_path, worker_class):
         # The answer is the job's state after the requeue: an idle worker may have started it already.
         assert r.status_code == 200 and r.json()["status"] in ("queued", "started")
         wait_status(generator.base, job_id, {"started"}, timeout=10)
+        # Stop it again, so no 60 s work-horse outlives the test (a horse is in its own process group).
+        assert requests.delete(f"{generator.base}/jobs/{job_id}", timeout=5).status_code == 200
+        wait_status(generator.base, job_id, {"stopped"}, timeout=10)
     finally:
         w.stop(timeout=5)
 
