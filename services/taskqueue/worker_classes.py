@@ -135,6 +135,11 @@ class TaskqueueWorkerMixin:
             task = task_name(job.func_name)
         except DeserializationError:
             return self._refuse(job, queue)
+        if self.stop_requested and self.shutdown_mode == "requeue":
+            # SIGTERM came after the job was taken but before it ran: hand it back unstarted.
+            self._requeue_job_id = job.id
+            execution = self.prepare_execution(job)
+            return self.handle_job_failure(job, queue, queue.started_job_registry, "", execution)
         token = current_job_id.set(job.id)
         try:
             if not self.metrics_enabled:
