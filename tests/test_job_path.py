@@ -28,6 +28,11 @@ from tests.support import WorkerProc, wait_for
 NOOP = JobRequest(TASKS["noop"], [])
 
 
+def enqueue_job(service: JobService, req: JobRequest) -> Job:
+    """Enqueue through the generator's path and read the job back as RQ sees it."""
+    return service.fetch(service.enqueue(req)[0].id)
+
+
 def sleep(seconds: int) -> JobRequest:
     return JobRequest(TASKS["sleep"], TASKS["sleep"].arguments({"seconds": seconds}, 60))
 
@@ -116,9 +121,9 @@ def test_a_job_costs_two_round_trips_and_leaves_rqs_records(cfg, service, redis_
 
 def test_job_hash_and_result_match_stock_rq(cfg, service, redis_client):
     """The same job run by stock RQ's SimpleWorker and by ours: the same fields in the job and result."""
-    stock_job = service.enqueue(NOOP)[0]
+    stock_job = enqueue_job(service, NOOP)
     SimpleWorker(["default"], connection=redis_client, serializer=SERIALIZER).work(burst=True)
-    ours_job = service.enqueue(NOOP)[0]
+    ours_job = enqueue_job(service, NOOP)
     make_worker(cfg).work(burst=True)
     stock, ours = (redis_client.hgetall(Job.key_for(j.id)) for j in (stock_job, ours_job))
     assert stock[b"status"] == ours[b"status"] == b"finished"
@@ -165,8 +170,8 @@ def test_a_job_popped_ahead_goes_back_when_the_worker_stops(cfg, service, redis_
 
 def test_rq_suspend_gives_back_the_popped_job(cfg, service, redis_client):
     """`rq suspend` while a job runs: the next job, popped by the finish, is back in the queue within ~1 s."""
-    first = service.enqueue(sleep(1))[0]
-    second = service.enqueue(NOOP)[0]
+    first = enqueue_job(service, sleep(1))
+    second = enqueue_job(service, NOOP)
     w = make_worker(cfg)
     state = {}
 
@@ -200,7 +205,7 @@ def test_dependents_are_enqueued_when_the_parent_finishes(cfg, redis_client):
 
 
 def test_a_job_deleted_while_queued_is_skipped_without_leftovers(cfg, service, redis_client):
-    gone, kept = service.enqueue(NOOP)[0], service.enqueue(NOOP)[0]
+    gone, kept = enqueue_job(service, NOOP), enqueue_job(service, NOOP)
     redis_client.delete(Job.key_for(gone.id))
     make_worker(cfg).work(burst=True)
     assert not redis_client.exists(Job.key_for(gone.id))
@@ -246,7 +251,7 @@ def test_a_worker_on_two_queues_takes_jobs_from_both(cfg, redis_client):
 def test_per_job_log_lines_are_off_by_default_and_on_when_asked(app_env, tmp_path, service):
     for on in (False, True):
         env = {**app_env, "TASKQUEUE_LOG_JOB_LINES": str(on).lower()}
-        job = service.enqueue(NOOP)[0]
+        job = enqueue_job(service, NOOP)
         (tmp_path / str(on)).mkdir()
         w = WorkerProc(env, tmp_path / str(on), ["--burst"]).start(wait=False)
         assert w.proc.wait(timeout=30) == 0
@@ -262,11 +267,11 @@ def test_metrics_off_counts_nothing_and_runs_jobs(cfg, service, redis_client):
     def completed() -> float:
         return sum(s.value for m in metrics.JOBS_COMPLETED.collect() for s in m.samples if s.name.endswith("_total"))
 
-    job = service.enqueue(NOOP)[0]
+    job = enqueue_job(service, NOOP)
     before = completed()
     make_worker(cfg, metrics_enabled=False).work(burst=True)
     assert job.get_status() == "finished" and completed() == before
-    job = service.enqueue(NOOP)[0]
+    job = enqueue_job(service, NOOP)
     make_worker(cfg).work(burst=True)
     assert job.get_status() == "finished" and completed() == before + 1
 
@@ -280,7 +285,7 @@ def test_a_start_interrupted_by_redis_is_sorted_out_and_the_job_runs_once(cfg, s
     ``Pipeline.execute`` once (the pipeline itself runs against the real server, or not at all)."""
     from redis.client import Pipeline
 
-    job = service.enqueue(NOOP)[0]
+    job = enqueue_job(service, NOOP)
     real_execute = Pipeline.execute
     failed = []
 
@@ -307,7 +312,7 @@ def test_a_start_interrupted_by_redis_is_sorted_out_and_the_job_runs_once(cfg, s
 def test_a_job_taken_back_from_the_intermediate_list_is_not_started(cfg, service, redis_client):
     """Maintenance requeued the job between the pop and the start: the start is undone, the job
     stays queued, and it runs once from the queue."""
-    job = service.enqueue(NOOP)[0]
+    job = enqueue_job(service, NOOP)
     queue = Queue("default", connection=redis_client, serializer=SERIALIZER)
     w = make_worker(cfg)
     redis_client.lmove(queue.key, queue.intermediate_queue_key)

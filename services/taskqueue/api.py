@@ -7,10 +7,10 @@ import re
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request, url_for
-from rq.job import Job
 from werkzeug.routing import BaseConverter
 
 from . import metrics
+from .enqueue_path import Enqueued
 from .errors import RETRY_AFTER_BACKLOG, ApiError
 from .jobs import (
     IDEMPOTENCY_KEY_RE,
@@ -22,7 +22,6 @@ from .jobs import (
     JobService,
     JobStateConflict,
     iso,
-    job_task,
 )
 from .openapi import MAX_BATCH, MAX_LIST_LIMIT, MAX_OFFSET, document
 from .tasks import TASKS, TaskInputError, validate
@@ -84,7 +83,7 @@ def _job_request(item: Any) -> JobRequest:
     return JobRequest(task, args)
 
 
-def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Job, bool]:
+def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Enqueued, bool]:
     svc = service()
     try:
         job, created = svc.enqueue(req, idempotency_key)
@@ -98,14 +97,13 @@ def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Job, bool]:
     return job, created
 
 
-def _message(job: Job) -> str:
+def _message(job: Enqueued) -> str:
     """The seed's message: what was enqueued, its id and when."""
-    task = job_task(job)
-    what = job.args[0] if task == "sleep" else f"task {task}"
+    what = job.args[0] if job.task == "sleep" and job.args else f"task {job.task}"
     return f"{what} with id: {job.id} added to queue at {iso(job.enqueued_at)}"
 
 
-def _accepted(job: Job, created: bool, status: int):
+def _accepted(job: Enqueued, created: bool, status: int):
     status_url = url_for("api.status", job_id=job.id)
     response = jsonify(
         {

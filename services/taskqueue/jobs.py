@@ -29,6 +29,7 @@ from rq.serializers import JSONSerializer
 
 from .config import Config
 from .connection import UNAVAILABLE_ERRORS
+from .enqueue_path import Enqueued, Enqueuer, JobSettings
 from .tasks import Task, task_name
 
 # JSON on both sides of Redis: a job hash never holds a pickle, and one that does is refused.
@@ -98,6 +99,7 @@ class JobService:
         self.redis = connection
         self.queue = Queue(cfg.queue, connection=connection, serializer=SERIALIZER)
         self.retry = Retry(max=cfg.retries, interval=list(cfg.retry_intervals)) if cfg.retries else None
+        self.enqueuer = Enqueuer(self.queue, JobSettings(cfg.job_timeout, cfg.result_ttl, cfg.failure_ttl, self.retry))
         self._backlog, self._backlog_read_at = 0, float("-inf")
 
     def queue_for(self, name: str) -> Queue:
@@ -123,27 +125,14 @@ class JobService:
             raise BacklogFull(f"queue '{self.queue.name}' holds {limit} jobs or more")
         self._backlog += adding
 
-    def _enqueue_data(self, req: JobRequest, job_id: str | None = None):
-        return Queue.prepare_data(
-            req.task.func,
-            args=req.args,
-            timeout=self.cfg.job_timeout,
-            result_ttl=self.cfg.result_ttl,
-            failure_ttl=self.cfg.failure_ttl,
-            description=req.description,
-            job_id=job_id,
-            retry=self.retry,
-            meta={"task": req.task.name},
-        )
-
-    def enqueue(self, req: JobRequest, idempotency_key: str | None = None) -> tuple[Job, bool]:
+    def enqueue(self, req: JobRequest, idempotency_key: str | None = None) -> tuple[Enqueued, bool]:
         """Enqueue one job; with an idempotency key, return the key's job instead when it exists.
 
         Returns the job and whether it was created by this call.
         """
         if idempotency_key is None:
             self._check_backlog(1)
-            (job,) = self.queue.enqueue_many([self._enqueue_data(req)])
+            (job,) = self.enqueuer.enqueue([req])
             return job, True
         key = IDEMPOTENCY_PREFIX + idempotency_key
         deadline = time.monotonic() + IDEMPOTENCY_WAIT
@@ -154,11 +143,8 @@ class JobService:
             if self.redis.set(key, job_id, nx=True, ex=IDEMPOTENCY_CLAIM_TTL):
                 try:
                     self._check_backlog(1)
-                    # The job and the key's full lifetime in one transaction: both or neither.
-                    with self.redis.pipeline() as pipe:
-                        (job,) = self.queue.enqueue_many([self._enqueue_data(req, job_id)], pipeline=pipe)
-                        pipe.expire(key, self.cfg.result_ttl)
-                        pipe.execute()
+                    # The job and the key's full lifetime in one atomic step: both or neither.
+                    (job,) = self.enqueuer.enqueue([req], [job_id], (key, self.cfg.result_ttl))
                 except BaseException:
                     with contextlib.suppress(*UNAVAILABLE_ERRORS):
                         self.redis.delete(key)
@@ -167,20 +153,17 @@ class JobService:
             existing = self.redis.get(key)
             if existing is not None:
                 try:
-                    return self.fetch(existing.decode()), False
+                    return enqueued(self.fetch(existing.decode())), False
                 except JobNotFound:
                     pass  # the winner of the race has not enqueued it yet
             if time.monotonic() > deadline:
                 raise JobStateConflict("a request with this Idempotency-Key is still being processed")
             time.sleep(0.02)
 
-    def enqueue_batch(self, reqs: Sequence[JobRequest]) -> list[Job]:
-        """Enqueue many jobs in one Redis pipeline."""
+    def enqueue_batch(self, reqs: Sequence[JobRequest]) -> list[Enqueued]:
+        """Enqueue many jobs in one atomic Redis call."""
         self._check_backlog(len(reqs))
-        with self.redis.pipeline() as pipe:
-            jobs = self.queue.enqueue_many([self._enqueue_data(r) for r in reqs], pipeline=pipe)
-            pipe.execute()
-        return jobs
+        return self.enqueuer.enqueue(reqs)
 
     # -- inspect -----------------------------------------------------------------------------------
 
@@ -275,6 +258,12 @@ class JobService:
             self.queue_for(job.origin).enqueue_job(job)
         job.refresh()
         return job
+
+
+def enqueued(job: Job) -> Enqueued:
+    """What the API reports about an existing job (an Idempotency-Key's replay)."""
+    task = job_task(job)
+    return Enqueued(job.id, task, list(job.args) if task != "other" else [], job.enqueued_at)
 
 
 def job_task(job: Job) -> str:

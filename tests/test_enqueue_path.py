@@ -1,0 +1,123 @@
+"""The generator's enqueue path (taskqueue.enqueue_path): stock RQ's records, in one Redis call.
+
+Real redis-server; stock RQ 3.0 (``Queue.enqueue_many``, the path this replaces) writes the
+reference records, and stock RQ's ``SimpleWorker`` runs what ours wrote.
+"""
+
+from __future__ import annotations
+
+import pytest
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.utils import utcformat
+
+from taskqueue import config as config_module
+from taskqueue.connection import connect
+from taskqueue.jobs import IDEMPOTENCY_PREFIX, SERIALIZER, JobRequest, JobService
+from taskqueue.tasks import TASKS
+
+PER_JOB = {b"created_at", b"enqueued_at"}  # timestamps: ours are one instant, stock's two
+
+
+@pytest.fixture
+def cfg(app_env):
+    return config_module.load(environ=app_env)
+
+
+@pytest.fixture
+def service(cfg):
+    return JobService(cfg, connect(cfg))
+
+
+def requests() -> list[JobRequest]:
+    """One job of every task, with arguments that exercise repr() and JSON (quotes, unicode, long)."""
+    return [
+        JobRequest(TASKS["sleep"], TASKS["sleep"].arguments({"seconds": 3}, 60)),
+        JobRequest(TASKS["hash"], TASKS["hash"].arguments({"rounds": 10}, 60)),
+        JobRequest(TASKS["noop"], []),
+        JobRequest(TASKS["fail"], TASKS["fail"].arguments({"message": 'it\'s "é" ' + "x" * 120}, 60)),
+    ]
+
+
+def stock_enqueue(svc: JobService, reqs: list[JobRequest]) -> list[str]:
+    """What JobService did before this path: stock RQ's enqueue_many with the same settings."""
+    datas = [
+        Queue.prepare_data(
+            r.task.func,
+            args=r.args,
+            timeout=svc.cfg.job_timeout,
+            result_ttl=svc.cfg.result_ttl,
+            failure_ttl=svc.cfg.failure_ttl,
+            retry=svc.retry,
+            meta={"task": r.task.name},
+        )
+        for r in reqs
+    ]
+    return [job.id for job in svc.queue.enqueue_many(datas)]
+
+
+def snapshot(client, ids: list[str]) -> list[dict[bytes, bytes]]:
+    return [{k: v for k, v in client.hgetall(Job.key_for(i)).items() if k not in PER_JOB} for i in ids]
+
+
+def test_job_records_match_stock_rq_field_for_field(service, redis_client):
+    reqs = requests()
+    stock_ids = stock_enqueue(service, reqs)
+    stock = snapshot(redis_client, stock_ids)
+    stock_queues = redis_client.smembers(Queue.redis_queues_keys)
+    redis_client.delete(service.queue.key, Queue.redis_queues_keys)
+    ours_ids = [j.id for j in service.enqueue_batch(reqs)]
+    assert snapshot(redis_client, ours_ids) == stock
+    assert all(stock[i][b"description"] and stock[i][b"data"] for i in range(len(reqs)))
+    assert redis_client.lrange(service.queue.key, 0, -1) == [i.encode() for i in ours_ids]
+    assert redis_client.smembers(Queue.redis_queues_keys) == stock_queues == {service.queue.key.encode()}
+    for i in ours_ids:
+        fields = redis_client.hgetall(Job.key_for(i))
+        assert fields[b"created_at"] == fields[b"enqueued_at"]
+        assert redis_client.ttl(Job.key_for(i)) == -1  # no expiry while queued, as stock RQ
+
+
+def test_rq_reads_our_jobs_back_and_stock_workers_run_them(service, redis_client):
+    reqs = requests()[:3]  # not the failing task
+    enqueued = service.enqueue_batch(reqs)
+    for e, r in zip(enqueued, reqs, strict=True):
+        job = Job.fetch(e.id, connection=redis_client, serializer=SERIALIZER)
+        assert (job.func_name, list(job.args), job.meta, job.origin) == (
+            f"{r.task.func.__module__}.{r.task.func.__qualname__}",
+            r.args,
+            {"task": r.task.name},
+            "default",
+        )
+        assert redis_client.hget(job.key, "enqueued_at") == utcformat(e.enqueued_at).encode()
+        assert job.retries_left == service.cfg.retries and job.timeout == service.cfg.job_timeout
+    SimpleWorker(["default"], connection=redis_client, serializer=SERIALIZER).work(burst=True)
+    for e in enqueued:
+        assert Job.fetch(e.id, connection=redis_client, serializer=SERIALIZER).get_status() == "finished"
+
+
+def test_a_mixed_batch_keeps_its_order_and_each_job_its_own_task(service, redis_client):
+    tasks = [requests()[i % 3] for i in range(2500)]  # > the script's 1,000 ids an RPUSH
+    ids = [j.id for j in service.enqueuer.enqueue(tasks)]
+    assert redis_client.lrange(service.queue.key, 0, -1) == [i.encode() for i in ids]
+    metas = [redis_client.hget(Job.key_for(i), "meta") for i in ids[:6]]
+    assert metas == [f'{{"task": "{tasks[k].task.name}"}}'.encode() for k in range(6)]
+
+
+def test_idempotency_key_gets_its_lifetime_with_the_job(service, redis_client):
+    req = requests()[2]
+    first, created = service.enqueue(req, "order-42")
+    assert created and redis_client.lrange(service.queue.key, 0, -1) == [first.id.encode()]
+    key = IDEMPOTENCY_PREFIX + "order-42"
+    assert redis_client.get(key) == first.id.encode()
+    assert service.cfg.result_ttl - 5 < redis_client.ttl(key) <= service.cfg.result_ttl
+    again, created = service.enqueue(req, "order-42")
+    assert not created and again.id == first.id and again.task == "noop"
+    assert redis_client.llen(service.queue.key) == 1
+
+
+def test_enqueue_works_after_redis_forgets_its_scripts(service, redis_client):
+    """A Redis restart empties the script cache: the next call loads the script again (NOSCRIPT)."""
+    service.enqueue(requests()[2])
+    redis_client.script_flush()
+    job, _ = service.enqueue(requests()[2])
+    assert redis_client.llen(service.queue.key) == 2 and redis_client.exists(Job.key_for(job.id))
