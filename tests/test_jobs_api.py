@@ -109,3 +109,22 @@ def test_list_pagination(generator):
     ids = [requests.get(generator.base + "/start?delay=1", timeout=2).json()["jobId"] for _ in range(5)]
     page = requests.get(generator.base + "/list?state=queued&offset=1&limit=2", timeout=2).json()
     assert page == {"jobs": ids[1:3], "state": "queued", "total": 5, "offset": 1, "limit": 2}
+
+
+def test_status_urls_follow_the_apps_mount_point(app_env):
+    """Behind a proxy that mounts the API under a prefix (SCRIPT_NAME), statusUrl and Location carry it.
+
+    In-process (Flask's test client, real Redis): gunicorn sets SCRIPT_NAME the same way from the env.
+    """
+    from taskqueue import config as config_module
+    from taskqueue.app import create_app
+
+    client = create_app(config_module.load(environ=app_env)).test_client()
+    for prefix in ("", "/tq"):
+        mounted = f"http://localhost{prefix}"  # the test client's SCRIPT_NAME
+        one = client.get("/start?delay=1", base_url=mounted)
+        assert one.json["statusUrl"] == one.headers["Location"] == f"{prefix}/status/{one.json['jobId']}"
+        batch = client.post("/jobs/batch", json={"jobs": [{"task": "noop"}]}, base_url=mounted)
+        (job,) = batch.json["jobs"]
+        assert job["statusUrl"] == f"{prefix}/status/{job['jobId']}"
+        assert client.get(job["statusUrl"].removeprefix(prefix), base_url=mounted).status_code == 200

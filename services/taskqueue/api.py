@@ -6,7 +6,7 @@ import random
 import re
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, current_app, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from . import metrics
@@ -37,6 +37,12 @@ bp = Blueprint("api", __name__)
 # Registered before any route of the blueprint, so the rules below can use <job_id:...>.
 bp.record_once(lambda state: state.app.url_map.converters.setdefault("job_id", JobIdConverter))
 DIGITS = re.compile(r"^[0-9]{1,10}$")
+STATUS_PATH = "/status/"  # the seed's status route; statusUrl is it plus the job id
+
+
+def _status_prefix() -> str:
+    """The status URL of a job, less its id (under the app's mount point, as url_for would give it)."""
+    return request.script_root + STATUS_PATH
 
 
 def service() -> JobService:
@@ -93,7 +99,7 @@ def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Enqueued, bo
     except JobStateConflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc), 1) from None
     if created and svc.cfg.metrics_enabled:
-        metrics.JOBS_ENQUEUED.labels(svc.queue.name, req.task.name).inc()
+        metrics.jobs_enqueued(svc.queue.name, req.task.name).inc()
     return job, created
 
 
@@ -104,7 +110,7 @@ def _message(job: Enqueued) -> str:
 
 
 def _accepted(job: Enqueued, created: bool, status: int):
-    status_url = url_for("api.status", job_id=job.id)
+    status_url = _status_prefix() + job.id  # url_for's URL, without its ~30 µs of URL building
     response = jsonify(
         {
             "jobId": job.id,
@@ -157,8 +163,8 @@ def create_batch():
         counts[r.task.name] = counts.get(r.task.name, 0) + 1
     if svc.cfg.metrics_enabled:
         for name, n in counts.items():
-            metrics.JOBS_ENQUEUED.labels(svc.queue.name, name).inc(n)
-    status_prefix = url_for("api.status", job_id="x")[:-1]
+            metrics.jobs_enqueued(svc.queue.name, name).inc(n)
+    status_prefix = _status_prefix()
     response = jsonify(
         {
             "count": len(jobs),
@@ -172,7 +178,7 @@ def create_batch():
 
 
 @bp.get("/jobs/<job_id:job_id>", endpoint="job")
-@bp.get("/status/<job_id:job_id>")
+@bp.get(STATUS_PATH + "<job_id:job_id>")
 def status(job_id: str):
     """The seed's route: a job's ``result`` plus its lifecycle."""
     svc = service()

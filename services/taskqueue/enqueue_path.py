@@ -17,7 +17,7 @@ TTL, at the back). rq is pinned, and tests/test_enqueue_path.py compares the rec
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -35,24 +35,17 @@ if TYPE_CHECKING:
 PER_JOB_FIELDS = ("created_at", "enqueued_at", "data", "description")
 DESCRIPTION_MAX_ARG = 75  # RQ's Job.get_call_string truncates each argument's repr to this
 
-# KEYS: the queue's list, RQ's set of queues, an idempotency key ('' for none), one job hash per job.
-# ARGV: the idempotency key's TTL (0: none), the number of templates, each template as its number of
-#       field/value pairs and the pairs, then per job: its template's index, id, timestamp, data and
-#       description. Jobs go on the queue in the order given. Returns the number of jobs written.
+# The script's text: the tasks' templates as a Lua table, then this. KEYS: the queue's list, RQ's
+# set of queues, an idempotency key ('' for none), one job hash per job. ARGV: the idempotency key's
+# TTL (0: none), then per job its task, id, timestamp, data and description. Jobs go on the queue in
+# the order given. Returns the number of jobs written.
 ENQUEUE = """
-local ttl, a = tonumber(ARGV[1]), 3
-local templates, ids = {}, {}
-for t = 1, tonumber(ARGV[2]) do
-    local n, fields = tonumber(ARGV[a]), {}
-    for i = a + 1, a + 2 * n do fields[#fields + 1] = ARGV[i] end
-    templates[t] = fields
-    a = a + 1 + 2 * n
-end
+local ttl, ids = tonumber(ARGV[1]), {}
 for j = 4, #KEYS do
+    local a = 2 + (j - 4) * 5
     redis.call('HSET', KEYS[j], 'created_at', ARGV[a + 2], 'enqueued_at', ARGV[a + 2],
-               'data', ARGV[a + 3], 'description', ARGV[a + 4], unpack(templates[tonumber(ARGV[a])]))
+               'data', ARGV[a + 3], 'description', ARGV[a + 4], unpack(TEMPLATES[ARGV[a]]))
     ids[#ids + 1] = ARGV[a + 1]
-    a = a + 5
     if #ids == 1000 then  -- unpack() has a stack limit
         redis.call('RPUSH', KEYS[1], unpack(ids))
         ids = {}
@@ -63,6 +56,25 @@ redis.call('SADD', KEYS[2], KEYS[1])
 if ttl > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
 return #KEYS - 3
 """
+LUA_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:,[]{}")
+
+
+def lua_string(raw: bytes) -> str:
+    """A Lua string literal of exactly these bytes (anything but plain ASCII as a decimal escape)."""
+    return '"' + "".join(chr(b) if b in LUA_PLAIN else f"\\{b:03d}" for b in raw) + '"'
+
+
+def enqueue_script(templates: Mapping[str, Sequence[bytes]]) -> str:
+    """The enqueue script with each task's shared field/value pairs written into it.
+
+    Sent once per script cache (EVALSHA), the pairs cost nothing per call: a /start sends 11
+    arguments, not 45 (redis-py packs every argument in Python).
+    """
+    rows = [
+        f"    [{lua_string(name.encode())}] = {{{', '.join(map(lua_string, pairs))}}},"
+        for name, pairs in templates.items()
+    ]
+    return "local TEMPLATES = {\n" + "\n".join(rows) + "\n}" + ENQUEUE
 
 
 @dataclass(frozen=True)
@@ -86,34 +98,30 @@ class JobSettings:
 
 
 class Enqueuer:
-    """Enqueue plain jobs on one queue: RQ's job records written by one Lua script call."""
+    """Enqueue plain jobs of the given tasks on one queue: RQ's job records in one Lua script call."""
 
-    def __init__(self, queue: Queue, settings: JobSettings):
+    def __init__(self, queue: Queue, settings: JobSettings, tasks: Mapping[str, Task]):
         self.queue = queue
-        self.settings = settings
-        self._script = queue.connection.register_script(ENQUEUE)
-        self._templates: dict[str, tuple[str, list[Any]]] = {}
-
-    def _template(self, task: Task) -> tuple[str, list[Any]]:
-        """The task's function name and the hash fields every one of its jobs shares, from RQ."""
-        cached = self._templates.get(task.name)
-        if cached is None:
-            s = self.settings
+        encode = queue.connection.get_encoder().encode  # the bytes redis-py would send for each value
+        self._func_names: dict[str, str] = {}
+        templates: dict[str, list[bytes]] = {}
+        for name, task in tasks.items():
             job = Job.create(
                 task.func,
-                connection=self.queue.connection,
-                serializer=self.queue.serializer,
-                timeout=s.timeout,
-                result_ttl=s.result_ttl,
-                failure_ttl=s.failure_ttl,
-                retry=s.retry,
-                meta={"task": task.name},
+                connection=queue.connection,
+                serializer=queue.serializer,
+                timeout=settings.timeout,
+                result_ttl=settings.result_ttl,
+                failure_ttl=settings.failure_ttl,
+                retry=settings.retry,
+                meta={"task": name},
                 status=JobStatus.QUEUED,
-                origin=self.queue.name,
+                origin=queue.name,
             )
-            pairs = [v for k, value in job.to_dict().items() if k not in PER_JOB_FIELDS for v in (k, value)]
-            cached = self._templates[task.name] = (job.func_name, pairs)
-        return cached
+            self._func_names[name] = job.func_name
+            fields = job.to_dict().items()
+            templates[name] = [encode(v) for k, value in fields if k not in PER_JOB_FIELDS for v in (k, value)]
+        self._script = queue.connection.register_script(enqueue_script(templates))
 
     def enqueue(
         self,
@@ -133,19 +141,13 @@ class Enqueuer:
         dumps = self.queue.serializer.dumps
         idem_key, idem_ttl = idempotency if idempotency is not None else ("", 0)
         keys = [self.queue.key, Queue.redis_queues_keys, idem_key]
-        index: dict[str, int] = {}
-        head: list[Any] = [idem_ttl, 0]
-        tail: list[Any] = []
+        args: list[Any] = [idem_ttl]
         for job_id, req in zip(ids, reqs, strict=True):
-            func_name, common = self._template(req.task)
-            t = index.get(req.task.name)
-            if t is None:
-                t = index[req.task.name] = len(index) + 1
-                head += (len(common) // 2, *common)
+            name = req.task.name
+            func_name = self._func_names[name]
             keys.append(Job.key_for(job_id))
             data = zlib.compress(dumps((func_name, None, req.args, {})))
             description = req.description or get_call_string(func_name, req.args, {}, DESCRIPTION_MAX_ARG)
-            tail += (t, job_id, stamp, data, description)
-        head[1] = len(index)
-        self._script(keys=keys, args=head + tail)
+            args += (name, job_id, stamp, data, description)
+        self._script(keys=keys, args=args)
         return [Enqueued(job_id, req.task.name, req.args, enqueued_at) for job_id, req in zip(ids, reqs, strict=True)]

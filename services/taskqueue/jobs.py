@@ -30,7 +30,7 @@ from rq.serializers import JSONSerializer
 from .config import Config
 from .connection import UNAVAILABLE_ERRORS
 from .enqueue_path import Enqueued, Enqueuer, JobSettings
-from .tasks import Task, task_name
+from .tasks import TASKS, Task, task_name
 
 # JSON on both sides of Redis: a job hash never holds a pickle, and one that does is refused.
 SERIALIZER = JSONSerializer
@@ -99,7 +99,9 @@ class JobService:
         self.redis = connection
         self.queue = Queue(cfg.queue, connection=connection, serializer=SERIALIZER)
         self.retry = Retry(max=cfg.retries, interval=list(cfg.retry_intervals)) if cfg.retries else None
-        self.enqueuer = Enqueuer(self.queue, JobSettings(cfg.job_timeout, cfg.result_ttl, cfg.failure_ttl, self.retry))
+        self.enqueuer = Enqueuer(
+            self.queue, JobSettings(cfg.job_timeout, cfg.result_ttl, cfg.failure_ttl, self.retry), TASKS
+        )
         self._backlog, self._backlog_read_at = 0, float("-inf")
 
     def queue_for(self, name: str) -> Queue:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from functools import cache
 
 from prometheus_client import (
     CollectorRegistry,
@@ -79,6 +80,12 @@ OUTCOMES = ("succeeded", "failed", "retried", "stopped")
 REJECT_REASONS = ("backlog_full",)
 
 
+@cache  # queues x tasks of the allow-list: bounded
+def jobs_enqueued(queue: str, task: str) -> Counter:
+    """The enqueue counter's series for a queue and task (looked up once, not on every request)."""
+    return JOBS_ENQUEUED.labels(queue, task)
+
+
 def init_generator_series(queue: str, tasks: Iterable[str]) -> None:
     """Create the generator's counters at 0 for every known label value.
 
@@ -86,7 +93,7 @@ def init_generator_series(queue: str, tasks: Iterable[str]) -> None:
     missing series makes ratios and alerts return nothing instead of 0.
     """
     for task in tasks:
-        JOBS_ENQUEUED.labels(queue, task)
+        jobs_enqueued(queue, task)
     for reason in REJECT_REASONS:
         ENQUEUE_REJECTED.labels(reason)
 
