@@ -2,12 +2,12 @@
 
 One generator app, with the multiprocess (mmap) metric storage gunicorn uses on a tmpfs as in the
 chart, is driven by Flask's test client against a real Redis; its metrics are switched on and off
-(what ``TASKQUEUE_METRICS_ENABLED`` decides at start) from one request to the next, and each
-request's CPU time goes to its side. The median over rounds of the per-round difference is the
-metrics' cost a request, free of gunicorn's and wrk's scheduling noise (the test client's own cost
-is on both sides). Alternating by request, in one app, matters: two apps built side by side, or
-rounds of 300 requests each, differ by 20-40 µs a request with identical settings, as much as the
-effect; ``--aa`` runs the same loop with metrics on both sides and shows the method's own bias.
+(what ``TASKQUEUE_METRICS_ENABLED`` decides at start) from one request to the next, in pairs of
+requests whose order is drawn at random, and each request's CPU time goes to its side. The median
+over rounds of the per-round difference is the metrics' cost a request, free of gunicorn's and
+wrk's scheduling noise (the test client's own cost is on both sides). Two apps built side by side,
+or rounds of 300 requests each, differ by 20-40 µs a request with identical settings, as much as
+the effect; ``--aa`` runs the same loop with metrics on both sides and shows the method's own bias.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -43,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(200):
             test_client.get("/start?delay=1")
         cpu: dict[str, list[float]] = {"on": [], "off": []}
+        rng = random.Random(7)  # each pair's order drawn: periodic costs (GC) would follow a fixed order
         for _ in range(args.rounds):
             client.flushall()
             spent = {"on": 0.0, "off": 0.0}
-            for i in range(args.requests):
-                side = "on" if i % 2 == 0 else "off"
+            sides = [side for _ in range(args.requests // 2) for side in rng.sample(("on", "off"), 2)]
+            for side in sides:
                 metrics_on = side == "on" or args.aa
                 svc.cfg, app.count_requests = cfgs[metrics_on], metrics_on
                 t0 = time.process_time()

@@ -78,8 +78,14 @@ def test_request_metrics_label_unknown_methods_other(generator):
     for method in ("FROB", "XYZZY"):
         assert requests.request(method, generator.base + "/start", timeout=2).status_code == 405
     requests.get(generator.base + "/start?delay=1", timeout=2)
-    text = requests.get(f"http://127.0.0.1:{generator.metrics_port}/metrics", timeout=2).text
-    series = [ln for ln in text.splitlines() if ln.startswith("taskqueue_http_requests_total{")]
+
+    def request_series() -> list[str]:
+        text = requests.get(f"http://127.0.0.1:{generator.metrics_port}/metrics", timeout=2).text
+        return [ln for ln in text.splitlines() if ln.startswith("taskqueue_http_requests_total{")]
+
+    # Request counts are batched in each web process and flushed every 0.5 s (metrics.BATCHED).
+    wait_for(lambda: any('route="/start"' in ln and 'status="200"' in ln for ln in request_series()), timeout=5)
+    series = request_series()
     assert any('method="other"' in ln and 'status="405"' in ln for ln in series), series
     assert not any("FROB" in ln or "XYZZY" in ln for ln in series)
     assert any('route="/start"' in ln and 'method="GET"' in ln and 'status="200"' in ln for ln in series)

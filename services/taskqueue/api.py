@@ -99,7 +99,7 @@ def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Enqueued, bo
     except JobStateConflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc), 1) from None
     if created and svc.cfg.metrics_enabled:
-        metrics.jobs_enqueued(svc.queue.name, req.task.name).inc()
+        metrics.BATCHED.inc(metrics.jobs_enqueued(svc.queue.name, req.task.name))
     return job, created
 
 
@@ -163,7 +163,7 @@ def create_batch():
         counts[r.task.name] = counts.get(r.task.name, 0) + 1
     if svc.cfg.metrics_enabled:
         for name, n in counts.items():
-            metrics.jobs_enqueued(svc.queue.name, name).inc(n)
+            metrics.BATCHED.inc(metrics.jobs_enqueued(svc.queue.name, name), n)
     status_prefix = _status_prefix()
     response = jsonify(
         {

@@ -70,6 +70,7 @@ class GeneratorServer(BaseApplication):
             "logconfig_dict": logconfig(cfg),
             "when_ready": self._when_ready,
             "child_exit": self._child_exit,
+            "worker_exit": self._worker_exit,
             "proc_name": "taskqueue-generator",
         }
         for key, value in settings.items():
@@ -87,6 +88,12 @@ class GeneratorServer(BaseApplication):
             port = self.cfg_app.metrics_port_for("generator")
             metrics.serve(self.cfg_app.metrics_host, port)
             server.log.info("metrics on %s:%s/metrics", self.cfg_app.metrics_host, port)
+
+    def _worker_exit(self, _server, _worker) -> None:
+        """In the exiting worker process: its batched metric updates go out before it does."""
+        from . import metrics
+
+        metrics.BATCHED.flush()
 
     def _child_exit(self, _server, worker) -> None:
         from . import metrics
