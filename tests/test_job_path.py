@@ -322,3 +322,25 @@ def test_a_job_taken_back_from_the_intermediate_list_is_not_started(cfg, service
     assert job.get_status() == "queued" and redis_client.keys("rq:execution:*") == []
     make_worker(cfg).work(burst=True)
     assert job.get_status() == "finished" and len(job.results()) == 1
+
+
+def test_a_requeue_stop_between_take_and_run_hands_the_job_back_unrun(cfg, service, redis_client):
+    """SIGTERM in requeue mode after the take wrote "started" but before the job runs (the worker
+    has no execution to interrupt yet): the job goes back to the front, no retry spent, at once."""
+    job = enqueue_job(service, sleep(15))
+    w = make_worker(cfg, shutdown_mode="requeue")
+    prepare = w.prepare_execution
+
+    def stop_first(taken):
+        assert redis_client.hget(taken.key, "status") == b"started"
+        w.request_stop(signal.SIGTERM, None)  # what the signal handler runs, here in the main thread
+        return prepare(taken)
+
+    w.prepare_execution = stop_first
+    t0 = time.monotonic()
+    w.work(burst=True)
+    assert time.monotonic() - t0 < 10, "the 15 s job ran"
+    job.refresh()
+    assert job.get_status() == "queued" and job.retries_left == cfg.retries
+    assert redis_client.lrange("rq:queue:default", 0, -1) == [job.id.encode()]
+    assert StartedJobRegistry("default", connection=redis_client).get_job_ids(cleanup=False) == []

@@ -101,8 +101,10 @@ class Batched:
     In multiprocess mode each prometheus-client update takes a lock, a getpid() and an mmap write:
     a /start request's four updates cost ~40 µs (~4 % of its CPU) with the caches cold between
     requests (bench: ``python -m bench.metrics_inprocess``). Here a request adds to two dicts under
-    one lock. Histograms are fed through their ``_sum`` and ``_buckets`` values (prometheus-client
-    is pinned; tests compare the result with ``observe()``). A process killed with SIGKILL loses
+    one lock. The worker batches its two timing histograms this way; its outcome counters stay
+    exact to the job (they are what the chaos test reconciles against Redis). Histograms are fed
+    through their ``_sum`` and ``_buckets`` values (prometheus-client is pinned; tests compare the
+    result with ``observe()``). A process killed with SIGKILL loses
     at most its last interval's updates, as any restart loses a process's counts to ``rate()``.
     """
 
@@ -122,17 +124,27 @@ class Batched:
                 self._start()
             self._counts[series] = self._counts.get(series, 0) + amount
 
+    def observe(self, histogram: Any, value: float) -> None:
+        """``histogram.observe(value)`` on a histogram child, batched."""
+        with self._lock:
+            if not self._flushing:
+                self._start()
+            self._add(histogram, value)
+
     def record(self, counter: Any, histogram: Any, value: float) -> None:
         """``counter.inc()`` and ``histogram.observe(value)`` on a histogram child, batched."""
         with self._lock:
             if not self._flushing:
                 self._start()
             self._counts[counter] = self._counts.get(counter, 0) + 1
-            pending = self._observed.get(histogram)
-            if pending is None:
-                pending = self._observed[histogram] = [0.0, [0] * len(histogram._upper_bounds)]
-            pending[0] += value
-            pending[1][bisect_left(histogram._upper_bounds, value)] += 1  # the first bucket with le >= value
+            self._add(histogram, value)
+
+    def _add(self, histogram: Any, value: float) -> None:
+        pending = self._observed.get(histogram)
+        if pending is None:
+            pending = self._observed[histogram] = [0.0, [0] * len(histogram._upper_bounds)]
+        pending[0] += value
+        pending[1][bisect_left(histogram._upper_bounds, value)] += 1  # the first bucket with le >= value
 
     def flush(self) -> None:
         """Add what is pending to the series now."""
@@ -176,6 +188,15 @@ def init_generator_series(queue: str, tasks: Iterable[str]) -> None:
         jobs_enqueued(queue, task)
     for reason in REJECT_REASONS:
         ENQUEUE_REJECTED.labels(reason)
+
+
+@cache  # queues x tasks of the allow-list: bounded
+def job_series(queue: str, task: str) -> tuple[Histogram, Histogram, dict[str, Counter]]:
+    """A queue's and task's wait and run histograms and completion counters by outcome.
+
+    Looked up at the task's first job, then cached: not at start (see :func:`init_worker_series`)."""
+    completed = {outcome: JOBS_COMPLETED.labels(queue, task, outcome) for outcome in OUTCOMES}
+    return JOB_WAIT.labels(queue, task), JOB_RUN.labels(queue, task), completed
 
 
 def init_worker_series(queues: Iterable[str], tasks: Iterable[str]) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC
 
 from rq import SimpleWorker, Worker
 from rq.exceptions import DeserializationError
@@ -150,20 +150,20 @@ class TaskqueueWorkerMixin:
 
     def _execute_counted(self, job: Job, queue: Queue, task: str):
         """Run the job with its wait, run time and outcome counted."""
+        wait, run, completed = metrics.job_series(queue.name, task)
         if job.enqueued_at is not None:
             enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
-            metrics.JOB_WAIT.labels(queue.name, task).observe(max(0.0, (datetime.now(UTC) - enqueued).total_seconds()))
+            metrics.BATCHED.observe(wait, max(0.0, time.time() - enqueued.timestamp()))
         busy = metrics.worker_gauges()[0]
         busy.set(1)
         started = time.perf_counter()
         try:
             return super().execute_job(job, queue)
         finally:
-            metrics.JOB_RUN.labels(queue.name, task).observe(time.perf_counter() - started)
+            metrics.BATCHED.observe(run, time.perf_counter() - started)
             busy.set(0)
             status = job.get_status(refresh=self.refresh_status_after_job)
-            outcome = OUTCOME_BY_STATUS.get(status, "failed")
-            metrics.JOBS_COMPLETED.labels(queue.name, task, outcome).inc()
+            completed[OUTCOME_BY_STATUS.get(status, "failed")].inc()
 
     def _refuse(self, job: Job, queue: Queue) -> None:
         """Fail a job whose data does not decode as JSON, without running (or unpickling) anything."""
@@ -195,12 +195,16 @@ class TaskqueueWorkerMixin:
     def request_stop(self, signum, frame):
         """SIGTERM/SIGINT: warm shutdown; in ``requeue`` mode the running job is interrupted and requeued."""
         self.stop_requested = True
-        busy = bool(self.executions)
+        busy = self.job_interruptible()
         super().request_stop(signum, frame)
         if busy and self.shutdown_mode == "requeue":
             execution = self.execution
             self._requeue_job_id = execution.job_id if execution else None
             self.interrupt_job()
+
+    def job_interruptible(self) -> bool:
+        """A job is running and :meth:`interrupt_job` may stop it now."""
+        return bool(self.executions)
 
     def interrupt_job(self) -> None:
         """Interrupt the running job (subclasses know how)."""
@@ -230,6 +234,9 @@ class InProcessWorker(TaskqueueWorkerMixin, LeanJobPath, SimpleWorker):
     death_penalty_class = StoppableDeathPenalty
 
     _beat_thread: threading.Thread | None = None
+    # Inside RQ's perform_job, from prepare_job_execution to the end of the run: the only stretch
+    # where an exception raised into the job lands in RQ's failure handling (see job_interruptible).
+    _performing = False
 
     def _install_signal_handlers(self):
         """RQ's, and SIGALRM ignored until a job's timeout arms it: a stop that arrives just before
@@ -249,8 +256,26 @@ class InProcessWorker(TaskqueueWorkerMixin, LeanJobPath, SimpleWorker):
         try:
             return super().execute_job(job, queue)
         finally:
+            self._performing = False
             with self._beat_lock:  # waits for a beat in flight: none lands after the job ends
                 self._beat_job = None
+
+    def job_interruptible(self) -> bool:
+        """Only while RQ's perform_job can catch the interruption: a SIGTERM between the take and
+        that point is left to :meth:`prepare_job_execution`, which requeues the job unrun."""
+        return self._performing
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        # The first step inside perform_job's try: from here an interruption is handled by RQ.
+        self._performing = True
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+        if self.stop_requested and self.shutdown_mode == "requeue":
+            self._requeue_job_id = job.id
+            raise ShutdownRequeue()  # into RQ's failure handling, which requeues it (handle_job_failure)
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int):
+        self._performing = False  # the job returned: a stop now lets it finish its bookkeeping
+        return super().handle_execution_ended(job, queue, heartbeat_ttl)
 
     def _beat_forever(self) -> None:
         """Renew the running job's claim every job_monitoring_interval (jobs shorter than that need none)."""

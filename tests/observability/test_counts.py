@@ -44,9 +44,11 @@ def test_completed_counters_add_up_by_outcome(stack, workload):
     assert set(per_worker) == {"taskqueue-worker-fork", "taskqueue-worker-simple"}
     assert all(v > 0 for v in per_worker.values()), per_worker
     # Every attempt was timed: run and wait histograms count attempts = ended jobs + retries.
+    # The timings are batched (flushed every 0.5 s), so the last ones may reach a later scrape.
     attempts = workload.n + workload.expected["retried"]
+    for histogram in ("taskqueue_job_run_seconds_count", "taskqueue_job_wait_seconds_count"):
+        wait_for(lambda h=histogram: prom.value(f"sum({h})") == attempts, timeout=10, what=f"{histogram} = {attempts}")
     assert prom.value("sum(taskqueue_job_run_seconds_count)") == attempts
-    assert prom.value("sum(taskqueue_job_wait_seconds_count)") == attempts
 
 
 def test_queue_state_from_the_exporter(stack, workload):
