@@ -23,12 +23,76 @@ import time
 from bench.common import Opts, write_result
 
 
+def paired(cpu: dict[str, list[float]], unit: str, rounds: int, aa: bool, name: str) -> dict:
+    """Print and write the medians and the median paired difference of per-round CPU figures."""
+    on, off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
+    diff = statistics.median(a - b for a, b in zip(cpu["on"], cpu["off"], strict=True))
+    label = "A/A check, metrics on both sides" if aa else "metrics on vs off"
+    print(f"CPU a {unit} ({label}): {on:.0f} µs vs {off:.0f} µs (medians of {rounds} rounds)")
+    print(f"paired difference: {diff:.1f} µs a {unit} = {diff / off:.1%} of a {unit}")
+    doc = {"aa": aa, "on_us": on, "off_us": off, "paired_diff_us": diff, "overhead": diff / off, "rounds": cpu}
+    write_result(f"{name}_aa" if aa else name, Opts(repeats=rounds), doc)
+    return doc
+
+
+def sides(rng: random.Random, n: int) -> list[str]:
+    """n/2 pairs of "on" and "off", each pair's order drawn (periodic costs, GC, follow no fixed order)."""
+    return [side for _ in range(n // 2) for side in rng.sample(("on", "off"), 2)]
+
+
+def worker_rounds(rounds: int, jobs: int, aa: bool) -> dict[str, list[float]]:
+    """The in-process worker (``taskqueue-worker``'s class) on no-op jobs, metrics switched per job."""
+    from bench import procs
+    from bench.worker_bench import NOOP, service
+    from taskqueue import config as config_module
+    from taskqueue.connection import connect
+    from taskqueue.jobs import SERIALIZER
+    from taskqueue.worker_classes import InProcessWorker
+
+    class Switching(InProcessWorker):
+        """Runs each job with metrics on or off as ``plan`` says, and charges its CPU to that side."""
+
+        def __init__(self, plan: list[str], *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.plan, self.spent = plan, {"on": 0.0, "off": 0.0}
+
+        def execute_job(self, job, queue):
+            side = self.plan.pop()
+            self.metrics_enabled = side == "on" or aa
+            t0 = time.process_time()
+            try:
+                return super().execute_job(job, queue)
+            finally:
+                self.spent[side] += time.process_time() - t0
+
+    rng = random.Random(7)
+    cpu: dict[str, list[float]] = {"on": [], "off": []}
+    with procs.redis_server() as redis:
+        cfg = config_module.load(environ=redis.env())
+        svc = service(redis)
+        for i in range(rounds + 1):  # the first round warms up
+            redis.client().flushall()
+            svc.enqueue_batch([NOOP] * jobs)
+            w = Switching(sides(rng, jobs), ["default"], connection=connect(cfg, retries=0), serializer=SERIALIZER)
+            w.work(burst=True)
+            if w.plan:
+                raise RuntimeError(f"{len(w.plan)} jobs not run")
+            if i:
+                for side, seconds in w.spent.items():
+                    cpu[side].append(seconds / (jobs / 2) * 1e6)
+    return cpu
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.metrics_inprocess", description=__doc__)
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--requests", type=int, default=500, help="requests a round (half of them with metrics on)")
     p.add_argument("--aa", action="store_true", help="metrics on for both sides: the method's bias")
+    p.add_argument("--worker", action="store_true", help="the worker's no-op jobs instead of /start (N = --requests)")
     args = p.parse_args(argv)
+    if args.worker:  # a one-process worker keeps its metrics in memory: no multiprocess directory
+        paired(worker_rounds(args.rounds, args.requests, args.aa), "job", args.rounds, args.aa, "metrics_worker")
+        return 0
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # the chart's /tmp is a memory-backed emptyDir
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tq-bench-metrics-", dir=shm)  # before import
     from bench import procs
@@ -44,12 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(200):
             test_client.get("/start?delay=1")
         cpu: dict[str, list[float]] = {"on": [], "off": []}
-        rng = random.Random(7)  # each pair's order drawn: periodic costs (GC) would follow a fixed order
+        rng = random.Random(7)
         for _ in range(args.rounds):
             client.flushall()
             spent = {"on": 0.0, "off": 0.0}
-            sides = [side for _ in range(args.requests // 2) for side in rng.sample(("on", "off"), 2)]
-            for side in sides:
+            for side in sides(rng, args.requests):
                 metrics_on = side == "on" or args.aa
                 svc.cfg, app.count_requests = cfgs[metrics_on], metrics_on
                 t0 = time.process_time()
@@ -58,13 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 spent[side] += time.process_time() - t0
             for side, seconds in spent.items():
                 cpu[side].append(seconds / (args.requests / 2) * 1e6)
-    on, off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
-    diff = statistics.median(a - b for a, b in zip(cpu["on"], cpu["off"], strict=True))
-    label = "A/A check, metrics on both sides" if args.aa else "metrics on vs off"
-    print(f"CPU a request ({label}): {on:.0f} µs vs {off:.0f} µs (medians of {args.rounds} rounds)")
-    print(f"paired difference: {diff:.1f} µs a request = {diff / off:.1%} of a request")
-    doc = {"aa": args.aa, "on_us": on, "off_us": off, "paired_diff_us": diff, "overhead": diff / off, "rounds": cpu}
-    write_result("metrics_inprocess_aa" if args.aa else "metrics_inprocess", Opts(repeats=args.rounds), doc)
+    paired(cpu, "request", args.rounds, args.aa, "metrics_inprocess")
     return 0
 
 

@@ -300,7 +300,7 @@ def _latency_run(redis, jobs: int, variant: str, gap: float = 0.01) -> list[floa
         q = Queue("default", connection=redis.client(), serializer=JSONSerializer)
         lat = []
         for _ in range(jobs):
-            job = q.enqueue(noop) if variant == "stock" else svc.enqueue(NOOP)[0]
+            job = q.enqueue(noop) if variant == "stock" else svc.fetch(svc.enqueue(NOOP)[0].id)
             end = time.monotonic() + 10
             while client.hget(job.key, "status") != b"finished":
                 if time.monotonic() > end:
