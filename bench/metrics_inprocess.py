@@ -74,7 +74,7 @@ def worker_rounds(rounds: int, jobs: int, aa: bool) -> dict[str, list[float]]:
             redis.client().flushall()
             svc.enqueue_batch([NOOP] * jobs)
             w = Switching(sides(rng, jobs), ["default"], connection=connect(cfg, retries=0), serializer=SERIALIZER)
-            w.work(burst=True)
+            w.work(burst=True, logging_level="WARNING")
             if w.plan:
                 raise RuntimeError(f"{len(w.plan)} jobs not run")
             if i:

@@ -31,6 +31,23 @@ def app_env(redis_server, redis_client):
 
 
 @pytest.fixture
+def cfg(app_env):
+    """The config the processes get from app_env, for in-process services and workers."""
+    from taskqueue import config as config_module
+
+    return config_module.load(environ=app_env)
+
+
+@pytest.fixture
+def service(cfg):
+    """The generator's JobService on the test Redis, in this process."""
+    from taskqueue.connection import connect
+    from taskqueue.jobs import JobService
+
+    return JobService(cfg, connect(cfg))
+
+
+@pytest.fixture
 def generator(app_env, tmp_path):
     gen = Generator(app_env, tmp_path).start()
     yield gen

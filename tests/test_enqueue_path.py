@@ -6,27 +6,14 @@ reference records, and stock RQ's ``SimpleWorker`` runs what ours wrote.
 
 from __future__ import annotations
 
-import pytest
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.utils import utcformat
 
-from taskqueue import config as config_module
-from taskqueue.connection import connect
 from taskqueue.jobs import IDEMPOTENCY_PREFIX, SERIALIZER, JobRequest, JobService
 from taskqueue.tasks import TASKS
 
 PER_JOB = {b"created_at", b"enqueued_at"}  # timestamps: ours are one instant, stock's two
-
-
-@pytest.fixture
-def cfg(app_env):
-    return config_module.load(environ=app_env)
-
-
-@pytest.fixture
-def service(cfg):
-    return JobService(cfg, connect(cfg))
 
 
 def requests() -> list[JobRequest]:

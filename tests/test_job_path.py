@@ -18,7 +18,6 @@ from rq.job import Job
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.suspension import resume, suspend
 
-from taskqueue import config as config_module
 from taskqueue.connection import connect
 from taskqueue.jobs import SERIALIZER, JobRequest, JobService
 from taskqueue.tasks import TASKS, noop
@@ -35,16 +34,6 @@ def enqueue_job(service: JobService, req: JobRequest) -> Job:
 
 def sleep(seconds: int) -> JobRequest:
     return JobRequest(TASKS["sleep"], TASKS["sleep"].arguments({"seconds": seconds}, 60))
-
-
-@pytest.fixture
-def cfg(app_env):
-    return config_module.load(environ=app_env)
-
-
-@pytest.fixture
-def service(cfg):
-    return JobService(cfg, connect(cfg))
 
 
 @pytest.fixture(autouse=True)

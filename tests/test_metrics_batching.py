@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from taskqueue.metrics import HTTP_BUCKETS, Batched
@@ -43,6 +43,9 @@ def test_batched_updates_equal_direct_updates():
         batched.record(b_counter.labels(route), b_hist.labels(route), v)
         d_counter.labels("/batch").inc(3)
         batched.inc(b_counter.labels("/batch"), 3)
+        d_hist.labels("/one").observe(v)
+        d_hist.labels("/two").observe(v / 2)
+        batched.observe_two(b_hist.labels("/one"), v, b_hist.labels("/two"), v / 2)
     assert series(batched_registry) != series(direct)  # nothing out before a flush
     batched.flush()
     assert series(batched_registry) == series(direct)
@@ -54,6 +57,20 @@ def test_batched_updates_go_out_on_their_own():
     batched.inc(counter.labels("/start"), 2)
     key = ("t_requests_total", (("route", "/start"),))
     wait_for(lambda: series(registry).get(key) == 2, timeout=5, what="the flusher")
+
+
+def test_a_sampled_gauge_is_read_at_each_flush_and_the_latest_reader_wins():
+    registry = CollectorRegistry()
+    busy = Gauge("t_busy", "busy", registry=registry)
+    batched = Batched(interval=3600)
+    state = {"running": True}
+    batched.sample(busy, lambda: 0.0)  # a worker that was replaced in the same process
+    batched.sample(busy, lambda: 1.0 if state["running"] else 0.0)
+    batched.flush()
+    assert series(registry)[("t_busy", ())] == 1
+    state["running"] = False
+    batched.flush()
+    assert series(registry)[("t_busy", ())] == 0
 
 
 def test_exit_flushes_and_a_fork_counts_only_its_own(tmp_path):

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
@@ -67,7 +67,7 @@ def worker_gauges() -> tuple[Gauge, Gauge]:
     if _WORKER_GAUGES is None:
         busy = Gauge(
             "taskqueue_worker_busy",
-            "1 while a worker process runs a job, else 0 (summed over live processes).",
+            "1 while a worker process runs a job, else 0 (sampled every 0.5 s, summed over live processes).",
             multiprocess_mode="livesum",
         )
         alive = Gauge(
@@ -101,8 +101,9 @@ class Batched:
     In multiprocess mode each prometheus-client update takes a lock, a getpid() and an mmap write:
     a /start request's four updates cost ~40 µs (~4 % of its CPU) with the caches cold between
     requests (bench: ``python -m bench.metrics_inprocess``). Here a request adds to two dicts under
-    one lock. The worker batches its two timing histograms this way; its outcome counters stay
-    exact to the job (they are what the chaos test reconciles against Redis). Histograms are fed
+    one lock. The worker batches its two timing histograms this way and samples its busy gauge at
+    each flush; its outcome counters stay exact to the job (the chaos test reconciles them with
+    Redis). Histograms are fed
     through their ``_sum`` and ``_buckets`` values (prometheus-client is pinned; tests compare the
     result with ``observe()``). A process killed with SIGKILL loses
     at most its last interval's updates, as any restart loses a process's counts to ``rate()``.
@@ -113,6 +114,7 @@ class Batched:
         self._lock = threading.Lock()
         self._counts: dict[Any, float] = {}
         self._observed: dict[Any, list] = {}
+        self._samples: dict[Any, Callable[[], float]] = {}
         self._flushing = False  # this process's flusher runs (a fork starts its own)
         os.register_at_fork(after_in_child=self._forked)
         atexit.register(self.flush)  # runs in forks too, where it flushes the fork's own updates
@@ -130,6 +132,23 @@ class Batched:
             if not self._flushing:
                 self._start()
             self._add(histogram, value)
+
+    def observe_two(self, first: Any, first_value: float, second: Any, second_value: float) -> None:
+        """Two histogram observations, batched, under one lock."""
+        with self._lock:
+            if not self._flushing:
+                self._start()
+            self._add(first, first_value)
+            self._add(second, second_value)
+
+    def sample(self, gauge: Any, read: Callable[[], float]) -> None:
+        """Set ``gauge`` to ``read()`` at every flush: a state gauge a job would otherwise set twice.
+
+        One reader a gauge: a later call (a worker restarted in the same process) replaces it."""
+        with self._lock:
+            if not self._flushing:
+                self._start()
+            self._samples[gauge] = read
 
     def record(self, counter: Any, histogram: Any, value: float) -> None:
         """``counter.inc()`` and ``histogram.observe(value)`` on a histogram child, batched."""
@@ -149,8 +168,10 @@ class Batched:
     def flush(self) -> None:
         """Add what is pending to the series now."""
         with self._lock:
-            counts, observed = self._counts, self._observed
+            counts, observed, samples = self._counts, self._observed, list(self._samples.items())
             self._counts, self._observed = {}, {}
+        for gauge, read in samples:
+            gauge.set(read())
         for series, amount in counts.items():
             series.inc(amount)
         for series, (total, buckets) in observed.items():
@@ -166,7 +187,7 @@ class Batched:
     def _forked(self) -> None:
         """In a new child process: the parent's pending updates are the parent's to flush."""
         self._lock = threading.Lock()
-        self._counts, self._observed = {}, {}
+        self._counts, self._observed, self._samples = {}, {}, {}
         self._flushing = False
 
     def _run(self) -> None:

@@ -84,6 +84,8 @@ class TaskqueueWorkerMixin:
             logs.quiet_per_job_lines(self.log)
         if metrics_enabled:
             metrics.init_worker_series((q.name for q in self.queues), TASKS)
+            # 1 while a job runs, read every 0.5 s rather than set twice a job
+            metrics.BATCHED.sample(metrics.worker_gauges()[0], lambda: 1.0 if self.executions else 0.0)
 
     def clean_registries(self):
         """RQ's registry maintenance, unless the exporter owns it (TASKQUEUE_WORKER_MAINTENANCE=false).
@@ -151,17 +153,19 @@ class TaskqueueWorkerMixin:
     def _execute_counted(self, job: Job, queue: Queue, task: str):
         """Run the job with its wait, run time and outcome counted."""
         wait, run, completed = metrics.job_series(queue.name, task)
-        if job.enqueued_at is not None:
-            enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
-            metrics.BATCHED.observe(wait, max(0.0, time.time() - enqueued.timestamp()))
-        busy = metrics.worker_gauges()[0]
-        busy.set(1)
+        enqueued = job.enqueued_at
+        if enqueued is not None and enqueued.tzinfo is None:
+            enqueued = enqueued.replace(tzinfo=UTC)
+        waited = max(0.0, time.time() - enqueued.timestamp()) if enqueued is not None else None
         started = time.perf_counter()
         try:
             return super().execute_job(job, queue)
         finally:
-            metrics.BATCHED.observe(run, time.perf_counter() - started)
-            busy.set(0)
+            ran = time.perf_counter() - started
+            if waited is None:
+                metrics.BATCHED.observe(run, ran)
+            else:
+                metrics.BATCHED.observe_two(wait, waited, run, ran)
             status = job.get_status(refresh=self.refresh_status_after_job)
             completed[OUTCOME_BY_STATUS.get(status, "failed")].inc()
 
