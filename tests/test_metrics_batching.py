@@ -40,12 +40,14 @@ def test_batched_updates_equal_direct_updates():
         route = ("/start", "/jobs")[i % 2]
         d_counter.labels(route).inc()
         d_hist.labels(route).observe(v)
-        batched.record(b_counter.labels(route), b_hist.labels(route), v)
+        batched.inc(b_counter.labels(route))
+        batched.observe(b_hist.labels(route), v)
         d_counter.labels("/batch").inc(3)
         batched.inc(b_counter.labels("/batch"), 3)
         d_hist.labels("/one").observe(v)
         d_hist.labels("/two").observe(v / 2)
-        batched.observe_two(b_hist.labels("/one"), v, b_hist.labels("/two"), v / 2)
+        batched.observe(b_hist.labels("/one"), v)
+        batched.observe(b_hist.labels("/two"), v / 2)
     assert series(batched_registry) != series(direct)  # nothing out before a flush
     batched.flush()
     assert series(batched_registry) == series(direct)

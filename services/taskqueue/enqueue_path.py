@@ -129,7 +129,7 @@ class Enqueuer:
         job_ids: Sequence[str] | None = None,
         idempotency: tuple[str, int] | None = None,
     ) -> list[Enqueued]:
-        """Enqueue ``reqs`` at the back of the queue, in order and atomically (all or none).
+        """Enqueue ``reqs`` at the back of the queue, in order, in one atomic script call.
 
         ``idempotency`` is a key and a TTL to set on it in the same step (the key must exist).
         """

@@ -121,34 +121,19 @@ class Batched:
 
     def inc(self, series: Any, amount: float = 1) -> None:
         """``series.inc(amount)``, batched."""
-        if not self._flushing:
-            self._start()
+        self._ensure_flusher()
         self._updates.append((False, series, amount))
 
     def observe(self, histogram: Any, value: float) -> None:
         """``histogram.observe(value)`` on a histogram child, batched."""
-        if not self._flushing:
-            self._start()
+        self._ensure_flusher()
         self._updates.append((True, histogram, value))
-
-    def observe_two(self, first: Any, first_value: float, second: Any, second_value: float) -> None:
-        """Two histogram observations, batched."""
-        if not self._flushing:
-            self._start()
-        self._updates.extend(((True, first, first_value), (True, second, second_value)))
-
-    def record(self, counter: Any, histogram: Any, value: float) -> None:
-        """``counter.inc()`` and ``histogram.observe(value)`` on a histogram child, batched."""
-        if not self._flushing:
-            self._start()
-        self._updates.extend(((False, counter, 1), (True, histogram, value)))
 
     def sample(self, gauge: Any, read: Callable[[], float]) -> None:
         """Set ``gauge`` to ``read()`` at every flush: a state gauge a job would otherwise set twice.
 
         One reader a gauge: a later call (a worker restarted in the same process) replaces it."""
-        if not self._flushing:
-            self._start()
+        self._ensure_flusher()
         self._samples[gauge] = read
 
     def flush(self) -> None:
@@ -179,6 +164,10 @@ class Batched:
                 for bucket, n in zip(series._buckets, buckets, strict=True):
                     if n:
                         bucket.inc(n)
+
+    def _ensure_flusher(self) -> None:
+        if not self._flushing:
+            self._start()
 
     def _start(self) -> None:
         with self._lock:

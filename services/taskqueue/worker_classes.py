@@ -161,11 +161,9 @@ class TaskqueueWorkerMixin:
         try:
             return super().execute_job(job, queue)
         finally:
-            ran = time.perf_counter() - started
-            if waited is None:
-                metrics.BATCHED.observe(run, ran)
-            else:
-                metrics.BATCHED.observe_two(wait, waited, run, ran)
+            metrics.BATCHED.observe(run, time.perf_counter() - started)
+            if waited is not None:
+                metrics.BATCHED.observe(wait, waited)
             status = job.get_status(refresh=self.refresh_status_after_job)
             completed[OUTCOME_BY_STATUS.get(status, "failed")].inc()
 
