@@ -15,10 +15,10 @@ from taskqueue.tasks import noop
 from tests.support import descendants
 
 # Our generator's variants: (label, env, gunicorn worker processes). The first is the shipped default.
-OURS_DEFAULT = ("ours: gunicorn 2 procs x 4 threads (default)", {}, 2)
+OURS_DEFAULT = ("ours: gunicorn 2 procs gevent (default)", {}, 2)
 OURS_EXTRA = [
-    ("ours: gunicorn 2 procs sync", {"TASKQUEUE_WEB_THREADS": "1"}, 2),
-    ("ours: gunicorn 2 procs x 8 threads", {"TASKQUEUE_WEB_THREADS": "8"}, 2),
+    ("ours: gunicorn 2 procs x 4 threads", {"TASKQUEUE_WEB_WORKER_CLASS": "gthread"}, 2),
+    ("ours: gunicorn 2 procs sync", {"TASKQUEUE_WEB_WORKER_CLASS": "sync"}, 2),
 ]
 
 

@@ -33,6 +33,7 @@ def test_env_is_parsed_and_flags_win(monkeypatch):
         ({"TASKQUEUE_JOB_TIMEOUT": "soon"}, "TASKQUEUE_JOB_TIMEOUT"),
         ({"TASKQUEUE_DELAY_MIN": "40"}, "delay_min"),
         ({"TASKQUEUE_WORKER_CLASS": "threads"}, "worker_class"),
+        ({"TASKQUEUE_WEB_WORKER_CLASS": "eventlet"}, "web_worker_class: one of gevent"),
         ({"TASKQUEUE_REDIS_URL": "http://x"}, "redis_url"),
         ({"TASKQUEUE_METRICS_ENABLED": "maybe"}, "TASKQUEUE_METRICS_ENABLED"),
         ({"TASKQUEUE_QUEUES": " , "}, "queues"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import requests
 
 from tests.support import Generator, RedisServer, wait_for, wait_status
@@ -163,3 +164,16 @@ def test_redis_down_gives_503_fast_then_recovers(tmp_path):
     finally:
         gen.stop()
         server.cleanup()
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "sync"])
+def test_the_other_gunicorn_worker_classes_serve_the_seed_api(worker_class, app_env, tmp_path, worker):
+    """gevent is the default (docs/performance.md); the two others stay selectable and work."""
+    gen = Generator({**app_env, "TASKQUEUE_WEB_WORKER_CLASS": worker_class}, tmp_path).start()
+    try:
+        job_id = requests.get(gen.base + "/start", params={"delay": 0}, timeout=5).json()["jobId"]
+        assert wait_status(gen.base, job_id, {"finished"}, timeout=15)["result"].startswith("Processed message")
+        assert job_id in requests.get(gen.base + "/list?state=finished", timeout=5).json()["jobs"]
+    finally:
+        gen.stop()
+    assert f"Using worker: {worker_class}" in gen.log()

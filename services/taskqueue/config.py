@@ -89,7 +89,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http_host", "0.0.0.0", str, "Address the generator's API listens on.", (G,)),
     Setting("http_port", "8000", int, "Port of the generator's API.", (G,)),
     Setting("web_workers", "2", int, "gunicorn worker processes of the generator.", (G,)),
-    Setting("web_threads", "4", int, "Threads per gunicorn worker process.", (G,)),
+    Setting(
+        "web_worker_class",
+        "gevent",
+        str,
+        "gunicorn worker class of the generator: `gevent` (one event loop a process, concurrent "
+        "`/start`s share a Redis call), `gthread` (`web_threads` threads a process) or `sync`.",
+        (G,),
+    ),
+    Setting("web_threads", "4", int, "Threads per gunicorn worker process (`gthread` only).", (G,)),
     Setting("metrics_host", "0.0.0.0", str, "Address the `/metrics` endpoint listens on."),
     Setting(
         "metrics_port",
@@ -151,6 +159,7 @@ ROLE_METRICS_PORT = {G: 9100, W: 9200, E: 9300}
 
 VALID_WORKER_CLASSES = ("simple", "fork")
 VALID_LOG_FORMATS = ("json", "text")
+VALID_WEB_WORKER_CLASSES = ("gevent", "gthread", "sync")
 VALID_SHUTDOWN_MODES = ("finish", "requeue")
 
 
@@ -175,6 +184,7 @@ class Config:
     http_host: str
     http_port: int
     web_workers: int
+    web_worker_class: str
     web_threads: int
     metrics_host: str
     metrics_port: int
@@ -228,6 +238,8 @@ def _validate(cfg: Config) -> None:
         problems.append(f"shutdown_mode: one of {', '.join(VALID_SHUTDOWN_MODES)}")
     if cfg.heartbeat_ttl < 3:
         problems.append("heartbeat_ttl: must be >= 3")
+    if cfg.web_worker_class not in VALID_WEB_WORKER_CLASSES:
+        problems.append(f"web_worker_class: one of {', '.join(VALID_WEB_WORKER_CLASSES)}")
     if cfg.log_format not in VALID_LOG_FORMATS:
         problems.append(f"log_format: one of {', '.join(VALID_LOG_FORMATS)}")
     if not cfg.redis_url.startswith(("redis://", "rediss://", "unix://")):

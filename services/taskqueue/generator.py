@@ -71,8 +71,11 @@ class GeneratorServer(BaseApplication):
         settings = {
             "bind": [f"{cfg.http_host}:{cfg.http_port}"],
             "workers": cfg.web_workers,
-            "threads": cfg.web_threads,
-            "worker_class": "gthread" if cfg.web_threads > 1 else "sync",
+            # gevent by measurement (docs/performance.md): a round trip to Redis costs a thread
+            # switch or two under gthread, and with one event loop a process the /start requests
+            # in flight share their Redis call (jobs.py's group commit) for next to nothing.
+            "worker_class": cfg.web_worker_class,
+            "threads": cfg.web_threads if cfg.web_worker_class == "gthread" else 1,
             # Under a read-only root filesystem the heartbeat files go to /tmp (an emptyDir in the chart).
             "worker_tmp_dir": os.environ.get("TMPDIR", "/tmp"),
             "graceful_timeout": 20,

@@ -30,6 +30,7 @@ from rq.serializers import JSONSerializer
 from .config import Config
 from .connection import UNAVAILABLE_ERRORS
 from .enqueue_path import Enqueued, Enqueuer, JobSettings
+from .group_commit import GroupCommit
 from .tasks import TASKS, Task, task_name
 
 # JSON on both sides of Redis: a job hash never holds a pickle, and one that does is refused.
@@ -102,6 +103,8 @@ class JobService:
         self.enqueuer = Enqueuer(
             self.queue, JobSettings(cfg.job_timeout, cfg.result_ttl, cfg.failure_ttl, self.retry), TASKS
         )
+        # Concurrent /start requests of this process share one script call (group_commit.py).
+        self._commit: GroupCommit[JobRequest, Enqueued] = GroupCommit(self.enqueuer.enqueue)
         self._backlog, self._backlog_read_at = 0, float("-inf")
 
     def queue_for(self, name: str) -> Queue:
@@ -134,8 +137,7 @@ class JobService:
         """
         if idempotency_key is None:
             self._check_backlog(1)
-            (job,) = self.enqueuer.enqueue([req])
-            return job, True
+            return self._commit.submit(req), True
         key = IDEMPOTENCY_PREFIX + idempotency_key
         deadline = time.monotonic() + IDEMPOTENCY_WAIT
         while True:

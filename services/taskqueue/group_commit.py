@@ -1,0 +1,91 @@
+"""Group commit: concurrent callers' items go to Redis together, in one call, with no added wait.
+
+A Redis round trip costs a gunicorn process ~400 µs of CPU on the bench machine (the system calls
+and wake-ups around it), more than Flask and gunicorn together spend on a request, and Redis ~100 µs
+more. :class:`GroupCommit` lets the threads of one process share it: the first caller sends its item
+at once; callers that arrive while a call is in flight queue up, and when it returns the next one in
+line sends everything queued in one call. Nobody waits for a timer, so a lone request takes one
+round trip as before, and under load the calls carry several items each.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _Slot(Generic[T, R]):
+    """One caller's item, and the lock it sleeps on until its result (or its turn to send) is in."""
+
+    __slots__ = ("error", "item", "lead", "result", "wake")
+
+    def __init__(self, item: T):
+        self.item = item
+        self.result: R | None = None
+        self.error: BaseException | None = None
+        self.lead = False
+        self.wake = threading.Lock()  # a lock as a one-shot event: cheaper than threading.Event
+        self.wake.acquire()
+
+
+class GroupCommit(Generic[T, R]):
+    """Send each caller's item through ``send(items) -> results`` (one result per item, in order),
+    batching the items of callers that arrive while a call is in flight (at most ``max_batch``)."""
+
+    def __init__(self, send: Callable[[Sequence[T]], Sequence[R]], max_batch: int = 1000):
+        self._send = send
+        self._max_batch = max_batch
+        self._lock = threading.Lock()
+        self._waiting: list[_Slot[T, R]] = []
+        self._busy = False  # a caller is sending; invariant: _waiting is empty unless _busy
+
+    def submit(self, item: T) -> R:
+        """The result of ``send`` for ``item``; raises what ``send`` raised for its batch."""
+        slot: _Slot[T, R] = _Slot(item)
+        with self._lock:
+            self._waiting.append(slot)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            slot.wake.acquire()  # until the result is in, or it is this caller's turn to send
+            lead = slot.lead
+        if lead:
+            self._send_waiting()
+        if slot.error is not None:
+            if lead:
+                raise slot.error
+            # Every caller of the batch fails; each raises its own copy (a traceback is per raise).
+            if not isinstance(slot.error, Exception):  # the sender was interrupted (SystemExit...)
+                raise RuntimeError("the call carrying this item was interrupted") from slot.error
+            raise copy.copy(slot.error) from slot.error
+        return slot.result  # type: ignore[return-value]
+
+    def _send_waiting(self) -> None:
+        """Send what is waiting (this caller's item first), then pass the turn on or end it."""
+        with self._lock:
+            batch, self._waiting = self._waiting[: self._max_batch], self._waiting[self._max_batch :]
+        try:
+            results = self._send([s.item for s in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"send returned {len(results)} results for {len(batch)} items")
+            for s, r in zip(batch, results, strict=True):
+                s.result = r
+        except BaseException as exc:  # every caller of the batch gets it, the sender included
+            for s in batch:
+                s.error = exc
+        with self._lock:
+            if self._waiting:
+                nxt = self._waiting[0]
+                nxt.lead = True
+            else:
+                nxt = None
+                self._busy = False
+        for s in batch[1:]:
+            s.wake.release()
+        if nxt is not None:
+            nxt.wake.release()

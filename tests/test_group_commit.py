@@ -1,0 +1,204 @@
+"""Group commit: concurrent enqueues share a Redis call, each caller gets its own job or error.
+
+The first tests drive :class:`GroupCommit` with real threads and a send function that records its
+calls (it is our own concurrency code, so nothing is mocked); the last ones go through gunicorn's
+gevent workers and a real Redis, paused with CLIENT PAUSE so that requests pile up behind a call.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+
+import pytest
+import requests
+
+from taskqueue.group_commit import GroupCommit
+from tests.support import Generator, wait_for
+
+
+class Recorder:
+    """A send function: records each call's items; the first call waits for ``gate`` if given."""
+
+    def __init__(self, gate: threading.Event | None = None, fail_on: object = None):
+        self.calls: list[list] = []
+        self.gate = gate
+        self.fail_on = fail_on
+        self.in_call = threading.Event()
+
+    def __call__(self, items):
+        self.calls.append(list(items))
+        self.in_call.set()
+        if self.gate is not None and len(self.calls) == 1:
+            assert self.gate.wait(10)
+        if self.fail_on in items:
+            raise ConnectionError(f"lost the connection carrying {self.fail_on}")
+        return [f"result-{item}" for item in items]
+
+
+def _queued(commit: GroupCommit, n: int) -> None:
+    """Wait until ``n`` callers are queued behind the call in flight."""
+    wait_for(lambda: len(commit._waiting) >= n, timeout=5, what=f"{n} waiting callers")
+
+
+def test_a_lone_caller_sends_at_once_and_gets_its_result():
+    send = Recorder()
+    commit = GroupCommit(send)
+    assert commit.submit("a") == "result-a"
+    assert commit.submit("b") == "result-b"
+    assert send.calls == [["a"], ["b"]]
+
+
+def test_callers_arriving_during_a_call_go_together_in_the_next_in_arrival_order():
+    gate = threading.Event()
+    send = Recorder(gate)
+    commit = GroupCommit(send)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        first = pool.submit(commit.submit, 0)
+        assert send.in_call.wait(5)
+        rest = []
+        for i in range(1, 6):
+            rest.append(pool.submit(commit.submit, i))
+            _queued(commit, i)  # one at a time, so the arrival order is known
+        gate.set()
+        assert first.result(5) == "result-0"
+        assert [f.result(5) for f in rest] == [f"result-{i}" for i in range(1, 6)]
+    assert send.calls == [[0], [1, 2, 3, 4, 5]]
+
+
+def test_every_caller_of_a_failed_batch_gets_the_error_and_the_next_batch_still_goes():
+    gate = threading.Event()
+    send = Recorder(gate, fail_on="bad")
+    commit = GroupCommit(send)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        first = pool.submit(commit.submit, "first")
+        assert send.in_call.wait(5)
+        batch = [pool.submit(commit.submit, item) for item in ("x", "bad", "y")]
+        _queued(commit, 3)
+        gate.set()
+        assert first.result(5) == "result-first"
+        for f in batch:
+            with pytest.raises(ConnectionError, match="carrying bad"):
+                f.result(5)
+    assert commit.submit("after") == "result-after"  # the turn was passed on, not left taken
+    assert send.calls[-1] == ["after"]
+
+
+def test_a_batch_is_at_most_max_batch_items():
+    gate = threading.Event()
+    send = Recorder(gate)
+    commit = GroupCommit(send, max_batch=2)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(commit.submit, 0)]
+        assert send.in_call.wait(5)
+        for i in range(1, 6):
+            futures.append(pool.submit(commit.submit, i))
+            _queued(commit, i)
+        gate.set()
+        assert [f.result(5) for f in futures] == [f"result-{i}" for i in range(6)]
+    assert send.calls == [[0], [1, 2], [3, 4], [5]]
+
+
+def test_a_sender_interrupted_by_a_base_exception_keeps_it_and_its_batch_gets_an_error():
+    entered, gate = threading.Event(), threading.Event()
+
+    def send(items):
+        if items == ["leader"]:
+            entered.set()
+            assert gate.wait(5)
+            raise KeyboardInterrupt  # e.g. a signal landing in the sending thread
+        return [f"result-{item}" for item in items]
+
+    commit = GroupCommit(send)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        leader = pool.submit(commit.submit, "leader")
+        assert entered.wait(5)
+        follower = pool.submit(commit.submit, "follower")
+        _queued(commit, 1)
+        gate.set()
+        with pytest.raises(KeyboardInterrupt):
+            leader.result(5)
+        assert follower.result(5) == "result-follower"  # it was in the next batch, which went fine
+
+
+def test_a_follower_in_an_interrupted_batch_gets_a_runtime_error():
+    gate = threading.Event()
+    calls: list[list] = []
+
+    def send(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            assert gate.wait(5)
+            return ["result-first"]
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return [f"result-{item}" for item in items]
+
+    commit = GroupCommit(send)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        first = pool.submit(commit.submit, "first")
+        wait_for(lambda: calls, timeout=5, what="the first call")
+        second = pool.submit(commit.submit, "second")
+        _queued(commit, 1)
+        third = pool.submit(commit.submit, "third")
+        _queued(commit, 2)
+        gate.set()
+        assert first.result(5) == "result-first"
+        with pytest.raises(KeyboardInterrupt):
+            second.result(5)  # the sender of batch 2 keeps its interrupt
+        with pytest.raises(RuntimeError, match="interrupted"):
+            third.result(5)
+    assert calls[1] == ["second", "third"]
+
+
+# -- through gunicorn (gevent) and a real Redis -----------------------------------------------------
+
+
+def _evalsha_calls(client) -> int:
+    return client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+
+def test_concurrent_starts_share_redis_calls_and_each_gets_its_own_job(app_env, tmp_path, redis_client):
+    gen = Generator({**app_env, "TASKQUEUE_MAX_BACKLOG": "0"}, tmp_path, web_workers=1).start()
+    try:
+        requests.get(gen.base + "/start?delay=1", timeout=5).raise_for_status()  # the script is loaded
+        redis_client.config_resetstat()
+        n = 30
+        # Redis holds writes for 0.5 s (under the client's 1 s timeout): the first request's script
+        # call waits, the others queue up behind it.
+        redis_client.execute_command("CLIENT", "PAUSE", 500, "WRITE")
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            replies = list(pool.map(lambda _: requests.get(gen.base + "/start?delay=1", timeout=10), range(n)))
+        assert [r.status_code for r in replies] == [200] * n
+        ids = [r.json()["jobId"] for r in replies]
+        assert len(set(ids)) == n
+        queued = {i.decode() for i in redis_client.lrange("rq:queue:default", 0, -1)}
+        assert set(ids) <= queued
+        for job_id in ids:
+            assert redis_client.hget(f"rq:job:{job_id}", "status") == b"queued"
+        calls = _evalsha_calls(redis_client)
+        assert 2 <= calls <= n // 3, f"{calls} script calls for {n} concurrent requests"
+    finally:
+        gen.stop()
+    assert "Using worker: gevent" in gen.log()  # the default
+
+
+def test_a_redis_outage_answers_every_waiting_request_with_503(app_env, tmp_path, redis_server, redis_client):
+    gen = Generator({**app_env, "TASKQUEUE_REDIS_TIMEOUT": "0.5"}, tmp_path, web_workers=1).start()
+    try:
+        requests.get(gen.base + "/start?delay=1", timeout=5).raise_for_status()
+        # Writes held for longer than the client's timeout and its retries, for two batches in a row.
+        redis_client.execute_command("CLIENT", "PAUSE", 6000, "WRITE")
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            replies = list(pool.map(lambda _: requests.get(gen.base + "/start?delay=1", timeout=15), range(10)))
+        assert {r.status_code for r in replies} == {503}, [r.text for r in replies]
+        assert all(r.json()["error"]["code"] == "redis_unavailable" for r in replies)
+        assert time.monotonic() - t0 < 10
+        redis_client.execute_command("CLIENT", "UNPAUSE")
+        wait_for(lambda: requests.get(gen.base + "/start?delay=1", timeout=5).status_code == 200, timeout=10,
+                 what="enqueue after the outage")  # fmt: skip
+    finally:
+        redis_client.execute_command("CLIENT", "UNPAUSE")
+        gen.stop()
