@@ -108,3 +108,15 @@ def test_enqueue_works_after_redis_forgets_its_scripts(service, redis_client):
     redis_client.script_flush()
     job, _ = service.enqueue(requests()[2])
     assert redis_client.llen(service.queue.key) == 2 and redis_client.exists(Job.key_for(job.id))
+
+
+def test_the_same_call_sent_twice_queues_its_jobs_once(service, redis_client):
+    """redis-py re-sends a command whose reply it lost (its Retry, on timeouts and dropped
+    connections); the script must not queue the jobs again when the first send had run."""
+    reqs = requests()
+    ids = [f"retried-{i}" for i in range(len(reqs))]
+    service.enqueuer.enqueue(reqs, ids)
+    before = {i: redis_client.hgetall(Job.key_for(i)) for i in ids}
+    service.enqueuer.enqueue(reqs, ids)  # what the retry sends: the same ids and arguments
+    assert redis_client.lrange(service.queue.key, 0, -1) == [i.encode() for i in ids]
+    assert {i: redis_client.hgetall(Job.key_for(i)) for i in ids} == before

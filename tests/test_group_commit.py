@@ -8,6 +8,8 @@ gevent workers and a real Redis, paused with CLIENT PAUSE so that requests pile 
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
 import threading
 import time
 
@@ -152,6 +154,75 @@ def test_a_follower_in_an_interrupted_batch_gets_a_runtime_error():
     assert calls[1] == ["second", "third"]
 
 
+class Uncopyable(Exception):
+    """An exception whose __init__ does not take its own args: copy.copy() cannot rebuild it."""
+
+    def __init__(self, message: str, *, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def test_an_error_that_cannot_be_copied_reaches_every_caller_as_it_is():
+    gate = threading.Event()
+    calls: list[list] = []
+
+    def send(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            assert gate.wait(5)
+            return ["result-first"]
+        raise Uncopyable("bad reply", code=7)
+
+    commit = GroupCommit(send)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        first = pool.submit(commit.submit, "first")
+        wait_for(lambda: calls, timeout=5, what="the first call")
+        batch = [pool.submit(commit.submit, item) for item in ("a", "b")]
+        _queued(commit, 2)
+        gate.set()
+        assert first.result(5) == "result-first"
+        for f in batch:
+            with pytest.raises(Uncopyable, match="bad reply"):
+                f.result(5)
+
+
+# A gevent program (as in gunicorn's gevent workers): a caller waiting in line is killed, once while
+# it waits and once after it was given the turn to send; the others still get their results and
+# the next call goes out. Before the fix, a killed caller that had been given the turn kept it forever.
+GEVENT_KILLED_WAITER = r"""
+from gevent import monkey; monkey.patch_all()
+import gevent, gevent.event
+from taskqueue.group_commit import GroupCommit
+
+gate, calls = gevent.event.Event(), []
+def send(items):
+    calls.append(list(items))
+    if len(calls) == 1:
+        gate.wait()
+    return [f"r-{i}" for i in items]
+
+commit = GroupCommit(send)
+leader = gevent.spawn(commit.submit, "leader"); gevent.sleep(0.05)
+killed_in_line = gevent.spawn(commit.submit, "killed-in-line"); gevent.sleep(0.01)
+next_sender = gevent.spawn(commit.submit, "next-sender"); gevent.sleep(0.01)
+killed_in_line.kill()
+# The hub resumes the leader first (callbacks run in order): it hands the turn to next-sender,
+# then the kill lands in next-sender before it wakes up.
+gate.set()
+next_sender.kill(block=False)
+assert leader.get(timeout=5) == "r-leader"
+with gevent.Timeout(5):
+    assert commit.submit("after") == "r-after"
+assert calls == [["leader"], ["after"]], calls
+print("OK", calls)
+"""
+
+
+def test_a_killed_waiting_caller_takes_itself_out_of_line_and_passes_its_turn_on():
+    out = subprocess.run([sys.executable, "-c", GEVENT_KILLED_WAITER], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("OK"), out.stdout + out.stderr
+
+
 # -- through gunicorn (gevent) and a real Redis -----------------------------------------------------
 
 
@@ -160,16 +231,23 @@ def _evalsha_calls(client) -> int:
 
 
 def test_concurrent_starts_share_redis_calls_and_each_gets_its_own_job(app_env, tmp_path, redis_client):
-    gen = Generator({**app_env, "TASKQUEUE_MAX_BACKLOG": "0"}, tmp_path, web_workers=1).start()
+    env = {**app_env, "TASKQUEUE_MAX_BACKLOG": "0", "TASKQUEUE_REDIS_TIMEOUT": "10"}
+    gen = Generator(env, tmp_path, web_workers=1).start()
     try:
         requests.get(gen.base + "/start?delay=1", timeout=5).raise_for_status()  # the script is loaded
         redis_client.config_resetstat()
         n = 30
-        # Redis holds writes for 0.5 s (under the client's 1 s timeout): the first request's script
-        # call waits, the others queue up behind it.
-        redis_client.execute_command("CLIENT", "PAUSE", 500, "WRITE")
-        with concurrent.futures.ThreadPoolExecutor(n) as pool:
-            replies = list(pool.map(lambda _: requests.get(gen.base + "/start?delay=1", timeout=10), range(n)))
+        # Redis holds writes (well within the client's timeout) until every request has been sent:
+        # the first request's script call waits, the others queue up behind it.
+        redis_client.execute_command("CLIENT", "PAUSE", 8000, "WRITE")
+        try:
+            with concurrent.futures.ThreadPoolExecutor(n) as pool:
+                futures = [pool.submit(requests.get, gen.base + "/start?delay=1", timeout=20) for _ in range(n)]
+                time.sleep(2)
+                redis_client.execute_command("CLIENT", "UNPAUSE")
+                replies = [f.result() for f in futures]
+        finally:
+            redis_client.execute_command("CLIENT", "UNPAUSE")
         assert [r.status_code for r in replies] == [200] * n
         ids = [r.json()["jobId"] for r in replies]
         assert len(set(ids)) == n

@@ -93,11 +93,18 @@ SETTINGS: tuple[Setting, ...] = (
         "web_worker_class",
         "gevent",
         str,
-        "gunicorn worker class of the generator: `gevent` (one event loop a process, concurrent "
-        "`/start`s share a Redis call), `gthread` (`web_threads` threads a process) or `sync`.",
+        "gunicorn worker class of the generator: `gevent` (one event loop a process; enqueues in flight "
+        "share a Redis call), `gthread` (`web_threads` threads a process) or `sync`.",
         (G,),
     ),
     Setting("web_threads", "4", int, "Threads per gunicorn worker process (`gthread` only).", (G,)),
+    Setting(
+        "web_connections",
+        "100",
+        int,
+        "Concurrent connections per gunicorn worker process (`gevent` only); more wait to be accepted.",
+        (G,),
+    ),
     Setting("metrics_host", "0.0.0.0", str, "Address the `/metrics` endpoint listens on."),
     Setting(
         "metrics_port",
@@ -186,6 +193,7 @@ class Config:
     web_workers: int
     web_worker_class: str
     web_threads: int
+    web_connections: int
     metrics_host: str
     metrics_port: int
     metrics_enabled: bool
@@ -226,6 +234,7 @@ def _validate(cfg: Config) -> None:
         "job_timeout",
         "web_workers",
         "web_threads",
+        "web_connections",
         "worker_processes",
         "maintenance_interval",
         "cleanup_interval",

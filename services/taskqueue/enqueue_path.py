@@ -38,8 +38,11 @@ DESCRIPTION_MAX_ARG = 75  # RQ's Job.get_call_string truncates each argument's r
 # The script's text: the tasks' templates as a Lua table, then this. KEYS: the queue's list, RQ's
 # set of queues, an idempotency key ('' for none), one job hash per job. ARGV: the idempotency key's
 # TTL (0: none), then per job its task, id, timestamp, data and description. Jobs go on the queue in
-# the order given. Returns the number of jobs written.
+# the order given. Returns the number of jobs written: 0 when the first job exists already, i.e.
+# when this is redis-py retrying a call whose reply was lost (job ids are fresh uuid4s, and a script
+# runs whole), so a retry never queues the jobs twice.
 ENQUEUE = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 local ttl, ids = tonumber(ARGV[1]), {}
 for j = 4, #KEYS do
     local a = 2 + (j - 4) * 5
@@ -149,5 +152,5 @@ class Enqueuer:
             data = zlib.compress(dumps((func_name, None, req.args, {})))
             description = req.description or get_call_string(func_name, req.args, {}, DESCRIPTION_MAX_ARG)
             args += (name, job_id, stamp, data, description)
-        self._script(keys=keys, args=args)
+        self._script(keys=keys, args=args)  # 0 written on a retry of a call that had landed: as asked
         return [Enqueued(job_id, req.task.name, req.args, enqueued_at) for job_id, req in zip(ids, reqs, strict=True)]

@@ -71,11 +71,14 @@ class GeneratorServer(BaseApplication):
         settings = {
             "bind": [f"{cfg.http_host}:{cfg.http_port}"],
             "workers": cfg.web_workers,
-            # gevent by measurement (docs/performance.md): a round trip to Redis costs a thread
-            # switch or two under gthread, and with one event loop a process the /start requests
-            # in flight share their Redis call (jobs.py's group commit) for next to nothing.
+            # gevent by measurement (docs/performance.md, change 9): a round trip to Redis costs a
+            # thread switch or two under gthread, and with one event loop a process the enqueues in
+            # flight share their Redis call (group_commit.py) for next to nothing.
             "worker_class": cfg.web_worker_class,
             "threads": cfg.web_threads if cfg.web_worker_class == "gthread" else 1,
+            # A bound on the requests a gevent process holds at once, and so on its Redis
+            # connections (redis-py's pool grows with them); the rest wait in the listen backlog.
+            "worker_connections": cfg.web_connections,
             # Under a read-only root filesystem the heartbeat files go to /tmp (an emptyDir in the chart).
             "worker_tmp_dir": os.environ.get("TMPDIR", "/tmp"),
             "graceful_timeout": 20,

@@ -52,7 +52,11 @@ class GroupCommit(Generic[T, R]):
             lead = not self._busy
             self._busy = True
         if not lead:
-            slot.wake.acquire()  # until the result is in, or it is this caller's turn to send
+            try:
+                slot.wake.acquire()  # until the result is in, or it is this caller's turn to send
+            except BaseException:  # killed or timed out while in line (gevent): leave the line
+                self._leave(slot)
+                raise
             lead = slot.lead
         if lead:
             self._send_waiting()
@@ -62,7 +66,11 @@ class GroupCommit(Generic[T, R]):
             # Every caller of the batch fails; each raises its own copy (a traceback is per raise).
             if not isinstance(slot.error, Exception):  # the sender was interrupted (SystemExit...)
                 raise RuntimeError("the call carrying this item was interrupted") from slot.error
-            raise copy.copy(slot.error) from slot.error
+            try:
+                error = copy.copy(slot.error)
+            except Exception:  # an exception type that cannot be rebuilt from its args
+                raise slot.error from None
+            raise error from slot.error
         return slot.result  # type: ignore[return-value]
 
     def _send_waiting(self) -> None:
@@ -78,14 +86,27 @@ class GroupCommit(Generic[T, R]):
         except BaseException as exc:  # every caller of the batch gets it, the sender included
             for s in batch:
                 s.error = exc
+        finally:
+            for s in batch[1:]:
+                s.wake.release()
+            self._pass_turn()
+
+    def _pass_turn(self) -> None:
+        """Give the turn to the first caller in line, or end it if nobody waits."""
         with self._lock:
-            if self._waiting:
-                nxt = self._waiting[0]
-                nxt.lead = True
-            else:
-                nxt = None
+            if not self._waiting:
                 self._busy = False
-        for s in batch[1:]:
-            s.wake.release()
-        if nxt is not None:
-            nxt.wake.release()
+                return
+            nxt = self._waiting[0]
+            nxt.lead = True
+        nxt.wake.release()
+
+    def _leave(self, slot: _Slot[T, R]) -> None:
+        """A caller interrupted in line: out of it, and its turn (if it was given one) to the next."""
+        with self._lock:
+            if slot not in self._waiting:
+                return  # already in a batch being sent: its result is set and dropped
+            self._waiting.remove(slot)
+            had_turn = slot.lead
+        if had_turn:
+            self._pass_turn()

@@ -171,9 +171,11 @@ class Batched:
 
     def _start(self) -> None:
         with self._lock:
-            if not self._flushing:
-                self._flushing = True
-                threading.Thread(target=self._run, name="metrics-flush", daemon=True).start()
+            if self._flushing:
+                return
+            self._flushing = True
+        # Outside the lock: under gevent, Thread.start() yields, and the lock is a real one.
+        threading.Thread(target=self._run, name="metrics-flush", daemon=True).start()
 
     def _forked(self) -> None:
         """In a new child process: the parent's queued updates are the parent's to flush."""
