@@ -23,10 +23,11 @@ from tests.support import Generator, wait_for
 class Recorder:
     """A send function: records each call's items; the first call waits for ``gate`` if given."""
 
-    def __init__(self, gate: threading.Event | None = None, fail_on: object = None):
+    def __init__(self, gate: threading.Event | None = None, fail_on: object = None, error: Exception | None = None):
         self.calls: list[list] = []
         self.gate = gate
         self.fail_on = fail_on
+        self.error = error
         self.in_call = threading.Event()
 
     def __call__(self, items):
@@ -35,7 +36,7 @@ class Recorder:
         if self.gate is not None and len(self.calls) == 1:
             assert self.gate.wait(10)
         if self.fail_on in items:
-            raise ConnectionError(f"lost the connection carrying {self.fail_on}")
+            raise self.error or ConnectionError(f"lost the connection carrying {self.fail_on}")
         return [f"result-{item}" for item in items]
 
 
@@ -69,9 +70,24 @@ def test_callers_arriving_during_a_call_go_together_in_the_next_in_arrival_order
     assert send.calls == [[0], [1, 2, 3, 4, 5]]
 
 
-def test_every_caller_of_a_failed_batch_gets_the_error_and_the_next_batch_still_goes():
+class Uncopyable(Exception):
+    """An exception whose __init__ does not take its own args: copy.copy() cannot rebuild it."""
+
+    def __init__(self, message: str, *, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+@pytest.mark.parametrize(
+    ("error", "raised", "match"),
+    [
+        (None, ConnectionError, "carrying bad"),
+        (Uncopyable("bad reply", code=7), Uncopyable, "bad reply"),  # reaches every caller as it is
+    ],
+)
+def test_every_caller_of_a_failed_batch_gets_the_error_and_the_next_batch_still_goes(error, raised, match):
     gate = threading.Event()
-    send = Recorder(gate, fail_on="bad")
+    send = Recorder(gate, fail_on="bad", error=error)
     commit = GroupCommit(send)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         first = pool.submit(commit.submit, "first")
@@ -81,7 +97,7 @@ def test_every_caller_of_a_failed_batch_gets_the_error_and_the_next_batch_still_
         gate.set()
         assert first.result(5) == "result-first"
         for f in batch:
-            with pytest.raises(ConnectionError, match="carrying bad"):
+            with pytest.raises(raised, match=match):
                 f.result(5)
     assert commit.submit("after") == "result-after"  # the turn was passed on, not left taken
     assert send.calls[-1] == ["after"]
@@ -124,9 +140,8 @@ def test_a_sender_interrupted_by_a_base_exception_keeps_it_and_its_batch_gets_an
         assert follower.result(5) == "result-follower"  # it was in the next batch, which went fine
 
 
-def test_a_follower_in_an_interrupted_batch_gets_a_runtime_error():
-    gate = threading.Event()
-    calls: list[list] = []
+def second_call_raises(error: BaseException, gate: threading.Event, calls: list[list]):
+    """A send function: its first call waits for ``gate``, its second raises ``error``."""
 
     def send(items):
         calls.append(list(items))
@@ -134,10 +149,15 @@ def test_a_follower_in_an_interrupted_batch_gets_a_runtime_error():
             assert gate.wait(5)
             return ["result-first"]
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            raise error
         return [f"result-{item}" for item in items]
 
-    commit = GroupCommit(send)
+    return send
+
+
+def test_a_follower_in_an_interrupted_batch_gets_a_runtime_error():
+    gate, calls = threading.Event(), []
+    commit = GroupCommit(second_call_raises(KeyboardInterrupt(), gate, calls))
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         first = pool.submit(commit.submit, "first")
         wait_for(lambda: calls, timeout=5, what="the first call")
@@ -152,38 +172,6 @@ def test_a_follower_in_an_interrupted_batch_gets_a_runtime_error():
         with pytest.raises(RuntimeError, match="interrupted"):
             third.result(5)
     assert calls[1] == ["second", "third"]
-
-
-class Uncopyable(Exception):
-    """An exception whose __init__ does not take its own args: copy.copy() cannot rebuild it."""
-
-    def __init__(self, message: str, *, code: int):
-        super().__init__(message)
-        self.code = code
-
-
-def test_an_error_that_cannot_be_copied_reaches_every_caller_as_it_is():
-    gate = threading.Event()
-    calls: list[list] = []
-
-    def send(items):
-        calls.append(list(items))
-        if len(calls) == 1:
-            assert gate.wait(5)
-            return ["result-first"]
-        raise Uncopyable("bad reply", code=7)
-
-    commit = GroupCommit(send)
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        first = pool.submit(commit.submit, "first")
-        wait_for(lambda: calls, timeout=5, what="the first call")
-        batch = [pool.submit(commit.submit, item) for item in ("a", "b")]
-        _queued(commit, 2)
-        gate.set()
-        assert first.result(5) == "result-first"
-        for f in batch:
-            with pytest.raises(Uncopyable, match="bad reply"):
-                f.result(5)
 
 
 # A gevent program (as in gunicorn's gevent workers): a caller waiting in line is killed, once while
