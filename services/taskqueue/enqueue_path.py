@@ -152,5 +152,5 @@ class Enqueuer:
             data = zlib.compress(dumps((func_name, None, req.args, {})))
             description = req.description or get_call_string(func_name, req.args, {}, DESCRIPTION_MAX_ARG)
             args += (name, job_id, stamp, data, description)
-        self._script(keys=keys, args=args)  # 0 written on a retry of a call that had landed: as asked
+        self._script(keys=keys, args=args)  # returns 0 for a retry of a call that had run: the jobs exist
         return [Enqueued(job_id, req.task.name, req.args, enqueued_at) for job_id, req in zip(ids, reqs, strict=True)]

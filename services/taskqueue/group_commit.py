@@ -78,10 +78,7 @@ class GroupCommit(Generic[T, R]):
         with self._lock:
             batch, self._waiting = self._waiting[: self._max_batch], self._waiting[self._max_batch :]
         try:
-            results = self._send([s.item for s in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"send returned {len(results)} results for {len(batch)} items")
-            for s, r in zip(batch, results, strict=True):
+            for s, r in zip(batch, self._send([s.item for s in batch]), strict=True):  # one result an item
                 s.result = r
         except BaseException as exc:  # every caller of the batch gets it, the sender included
             for s in batch:

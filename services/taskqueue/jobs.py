@@ -103,7 +103,7 @@ class JobService:
         self.enqueuer = Enqueuer(
             self.queue, JobSettings(cfg.job_timeout, cfg.result_ttl, cfg.failure_ttl, self.retry), TASKS
         )
-        # Concurrent /start requests of this process share one script call (group_commit.py).
+        # Concurrent enqueues without an Idempotency-Key share one script call (group_commit.py).
         self._commit: GroupCommit[JobRequest, Enqueued] = GroupCommit(self.enqueuer.enqueue)
         self._backlog, self._backlog_read_at = 0, float("-inf")
 
