@@ -247,7 +247,7 @@ def test_concurrent_starts_share_redis_calls_and_each_gets_its_own_job(app_env, 
         assert 2 <= calls <= n // 3, f"{calls} script calls for {n} concurrent requests"
     finally:
         gen.stop()
-    assert "Using worker: gevent" in gen.log()  # the default
+    assert "Using worker: taskqueue.gevent_worker.FairGeventWorker" in gen.log()  # the default, gevent
 
 
 def test_a_redis_outage_answers_every_waiting_request_with_503(app_env, tmp_path, redis_server, redis_client):

@@ -166,7 +166,9 @@ ROLE_METRICS_PORT = {G: 9100, W: 9200, E: 9300}
 
 VALID_WORKER_CLASSES = ("simple", "fork")
 VALID_LOG_FORMATS = ("json", "text")
-VALID_WEB_WORKER_CLASSES = ("gevent", "gthread", "sync")
+# TASKQUEUE_WEB_WORKER_CLASS -> gunicorn's worker_class (ours for gevent: it takes turns between connections).
+WEB_WORKER_CLASSES = {"gevent": "taskqueue.gevent_worker.FairGeventWorker", "gthread": "gthread", "sync": "sync"}
+VALID_WEB_WORKER_CLASSES = tuple(WEB_WORKER_CLASSES)
 VALID_SHUTDOWN_MODES = ("finish", "requeue")
 
 

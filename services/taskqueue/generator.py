@@ -74,7 +74,7 @@ class GeneratorServer(BaseApplication):
             # gevent by measurement (docs/performance.md, change 9): a round trip to Redis costs a
             # thread switch or two under gthread, and with one event loop a process the enqueues in
             # flight share their Redis call (group_commit.py) for next to nothing.
-            "worker_class": cfg.web_worker_class,
+            "worker_class": config_module.WEB_WORKER_CLASSES[cfg.web_worker_class],
             "threads": cfg.web_threads if cfg.web_worker_class == "gthread" else 1,
             # A bound on the requests a gevent process holds at once, and so on its Redis
             # connections (redis-py's pool grows with them); the rest wait in the listen backlog.
