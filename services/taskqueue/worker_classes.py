@@ -81,7 +81,7 @@ class TaskqueueWorkerMixin:
         super().__init__(*args, **kwargs)
         if not log_job_lines:
             self.log_result_lifespan = False
-            logs.quiet_per_job_lines(self.log)
+            self.log = logs.WithoutPerJobLines(self.log)
         if metrics_enabled:
             metrics.init_worker_series((q.name for q in self.queues), TASKS)
             # 1 while a job runs, read every 0.5 s rather than set twice a job
