@@ -237,12 +237,23 @@ def test_a_worker_on_two_queues_takes_jobs_from_both(cfg, redis_client):
     assert redis_client.keys("rq:execution:*") == []
 
 
-def test_per_job_log_lines_are_off_by_default_and_on_when_asked(app_env, tmp_path, service):
+def test_a_worker_with_quiet_job_lines_starts_rq_scheduler_from_its_logger_level(cfg, redis_client):
+    """RQ's ``work(with_scheduler=True)`` without a logging level reads ``worker.log.level``."""
+    job = Queue(connection=redis_client, serializer=SERIALIZER).enqueue(noop)
+    worker = make_worker(cfg)
+    assert not worker.log_job_lines  # the logger is the per-job-line-dropping adapter
+    worker.work(burst=True, with_scheduler=True)
+    assert job.get_status() == "finished"
+
+
+@pytest.mark.parametrize("worker_class", ["simple", "fork"])
+def test_per_job_log_lines_are_off_by_default_and_on_when_asked(worker_class, app_env, tmp_path, service):
+    """Off in the forking worker's work horse too (RQ gives the horse its own logger)."""
     for on in (False, True):
         env = {**app_env, "TASKQUEUE_LOG_JOB_LINES": str(on).lower()}
         job = enqueue_job(service, NOOP)
         (tmp_path / str(on)).mkdir()
-        w = WorkerProc(env, tmp_path / str(on), ["--burst"]).start(wait=False)
+        w = WorkerProc(env, tmp_path / str(on), ["--burst", "--worker-class", worker_class]).start(wait=False)
         assert w.proc.wait(timeout=30) == 0
         log = w.log()
         assert ("Job OK" in log) is on and (job.id in log) is on

@@ -63,6 +63,11 @@ class WithoutPerJobLines(logging.LoggerAdapter):
         if msg not in PER_JOB_TEMPLATES:
             self.logger.info(msg, *args, stacklevel=2, **kwargs)
 
+    @property
+    def level(self) -> int:
+        """RQ reads its worker's logger level for the scheduler it starts (``work(with_scheduler=True)``)."""
+        return self.logger.level
+
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [job=%(job_id)s] %(message)s"
 

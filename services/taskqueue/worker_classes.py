@@ -15,6 +15,7 @@ results and registries work unchanged.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -81,11 +82,23 @@ class TaskqueueWorkerMixin:
         super().__init__(*args, **kwargs)
         if not log_job_lines:
             self.log_result_lifespan = False
-            self.log = logs.WithoutPerJobLines(self.log)
         if metrics_enabled:
             metrics.init_worker_series((q.name for q in self.queues), TASKS)
             # 1 while a job runs, read every 0.5 s rather than set twice a job
             metrics.BATCHED.sample(metrics.worker_gauges()[0], lambda: 1.0 if self.executions else 0.0)
+
+    @property
+    def log(self) -> logging.Logger | logs.WithoutPerJobLines:
+        return self._log
+
+    @log.setter
+    def log(self, logger: logging.Logger | logs.WithoutPerJobLines) -> None:
+        """RQ sets ``self.log`` in ``__init__`` and again in a forked work horse; both get the adapter
+        that drops the per-job lines, unless they are asked for."""
+        if self.log_job_lines or isinstance(logger, logs.WithoutPerJobLines):
+            self._log = logger
+        else:
+            self._log = logs.WithoutPerJobLines(logger)
 
     def clean_registries(self):
         """RQ's registry maintenance, unless the exporter owns it (TASKQUEUE_WORKER_MAINTENANCE=false).
