@@ -39,7 +39,7 @@ class JsonFormatter(logging.Formatter):
 
 
 # rq 3.0.0's format strings of the INFO lines its worker writes for every job: taken, OK, completed
-# in, result kept (pinned; tests/test_worker.py checks that none of these lines appear).
+# in, result kept (pinned; tests/test_job_path.py checks that none of these lines appear).
 PER_JOB_TEMPLATES = frozenset(
     {
         "Worker %s: %s: %s (%s)",
