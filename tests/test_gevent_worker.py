@@ -1,16 +1,27 @@
-"""The generator's gevent worker takes turns between connections (services/taskqueue/gevent_worker.py)."""
+"""The generator's gevent worker takes turns between connections and answers in one send
+(services/taskqueue/gevent_worker.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 
+import pytest
+from gunicorn.config import Config
+from gunicorn.http.parser import RequestParser
+from gunicorn.http.wsgi import Response
+
+from taskqueue.gevent_worker import HeadersWithBody
 from tests.support import Generator
 
 PIPELINED = 400
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
 STATUS_LINE = b"HTTP/1.1 200 "
+DATE = re.compile(rb"Date: [^\r]*\r\n")
 
 
 def _count_responses(sock: socket.socket, want: int, seen: list[int]) -> None:
@@ -50,3 +61,119 @@ def test_a_client_pipelining_requests_does_not_hold_up_another_connection(app_en
         busy.close()
         other.close()
         gen.stop()
+
+
+# -- one send a response: gunicorn's own Response writing to a socket that keeps message boundaries --
+
+
+@contextlib.contextmanager
+def _response_to(method: str, wrap: Callable[[socket.socket], object]) -> Iterator[tuple[Response, socket.socket]]:
+    """gunicorn's Response for a real ``method /`` request, writing to ``wrap(sock)``, where ``sock``
+    is a SOCK_SEQPACKET socket: every send arrives as one message at the peer it yields."""
+    cfg = Config()
+    client, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    out, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        client.sendall(f"{method} / HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        req = next(iter(RequestParser(cfg, server, ("127.0.0.1", 1))))
+        yield Response(req, wrap(out), cfg), peer
+    finally:
+        for s in (client, server, out, peer):
+            s.close()
+
+
+def _messages(peer: socket.socket) -> list[bytes]:
+    """Every message the peer has been sent so far (the Date header's value blanked: runs differ in it)."""
+    peer.settimeout(0.2)
+    got = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            got.append(DATE.sub(b"Date: -\r\n", peer.recv(1 << 20)))
+    return got
+
+
+def _respond(resp: Response, body: list[bytes], length: bool = True) -> None:
+    headers = [("Content-Type", "application/json")]
+    if length:
+        headers.append(("Content-Length", str(sum(map(len, body)))))
+    resp.start_response("200 OK", headers)
+    for chunk in body:
+        resp.write(chunk)
+    resp.close()
+
+
+def test_headers_and_body_leave_in_one_send_where_gunicorn_makes_two():
+    body = [b'{"jobId": "x"}\n']
+    with _response_to("GET", lambda s: s) as (resp, peer):
+        _respond(resp, body)
+        stock = _messages(peer)
+    with _response_to("GET", HeadersWithBody) as (resp, peer):
+        _respond(resp, body)
+        resp.sock.flush()
+        ours = _messages(peer)
+    assert len(stock) == 2, stock  # what the wrapper is for: status line and headers, then the body
+    assert ours == [b"".join(stock)]
+    assert ours[0].startswith(b"HTTP/1.1 200 OK\r\n") and ours[0].endswith(b"\r\n\r\n" + body[0])
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+def test_a_response_without_body_bytes_is_sent_whole_at_its_end(method):
+    """HEAD (gunicorn drops the body) and an empty body: the held headers go out when the worker
+    flushes after the request, once."""
+    with _response_to(method, HeadersWithBody) as (resp, peer):
+        _respond(resp, [b"ignored"] if method == "HEAD" else [])
+        before = _messages(peer)
+        resp.sock.flush()
+        after = _messages(peer)
+        resp.sock.flush()
+        again = _messages(peer)
+    assert before == [] or method == "GET"  # an empty body is written (b""), which sends the headers
+    sent = before + after
+    assert len(sent) == 1 and sent[0].startswith(b"HTTP/1.1 200 OK\r\n") and sent[0].endswith(b"\r\n\r\n")
+    assert again == []
+
+
+def test_a_streamed_response_sends_its_headers_with_the_first_chunk_and_the_rest_as_written():
+    chunks = [b"first", b"second", b"third"]
+    with _response_to("GET", lambda s: s) as (resp, peer):
+        _respond(resp, chunks, length=False)  # no length: gunicorn sends it chunked
+        stock = _messages(peer)
+    with _response_to("GET", HeadersWithBody) as (resp, peer):
+        _respond(resp, chunks, length=False)
+        resp.sock.flush()
+        ours = _messages(peer)
+    assert b"".join(ours) == b"".join(stock)
+    assert len(ours) == len(stock) - 1 and ours[0] == stock[0] + stock[1]
+
+
+def test_any_other_use_of_the_socket_sends_the_held_headers_first():
+    """gunicorn's sendfile path (and anything else reaching for the raw socket) keeps the byte order."""
+    with _response_to("GET", HeadersWithBody) as (resp, peer):
+        resp.start_response("200 OK", [("Content-Length", "4")])
+        resp.send_headers()
+        assert _messages(peer) == []
+        resp.sock.send(b"body")  # not sendall: the raw socket's own method
+        sent = _messages(peer)
+    assert len(sent) == 2 and sent[0].endswith(b"\r\n\r\n") and sent[1] == b"body"
+
+
+def test_the_generator_answers_pipelined_get_and_head_requests_whole(app_env, tmp_path):
+    """Through gunicorn and the gevent worker: keep-alive answers of both kinds, each complete, in order."""
+    gen = Generator(app_env, tmp_path, web_workers=1).start()
+    conn = socket.create_connection(("127.0.0.1", gen.port), timeout=10)
+    try:
+        head = b"HEAD /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+        conn.sendall(REQUEST + head + REQUEST + b"GET /list HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    finally:
+        conn.close()
+        gen.stop()
+    answers = [b"HTTP/1.1 " + a for a in data.split(b"HTTP/1.1 ")[1:]]
+    assert [a[9:12] for a in answers] == [b"200"] * 4, data
+    healthz = answers[0].partition(b"\r\n\r\n")
+    length = int(next(h for h in healthz[0].split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
+    assert len(healthz[2]) == length > 0  # GET: its body, whole
+    assert answers[1].endswith(b"\r\n\r\n") and answers[1].partition(b"\r\n\r\n")[2] == b""  # HEAD: none
+    assert b'"jobs"' in answers[3] or b"[" in answers[3]
