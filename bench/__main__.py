@@ -78,12 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, help="repeats (default 3, quick 1)")
     p.add_argument("--duration", type=float, help="seconds of wrk load per run (default 5, quick 2)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections for /start (default 16)")
+    p.add_argument("--latency-connections", type=int, default=6,
+                   help="wrk connections of /start's second load, seed and ours only (default 6, 0: skip)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="wrk threads for /start (default 1)")
     a = p.parse_args(argv)
     unknown = sorted(set(a.names) - set(names))
     if unknown:
         p.error(f"unknown benchmark(s): {', '.join(unknown)}")
-    opts = Opts.make(a.quick, a.repeats, a.duration, threads=a.threads, connections=a.connections)
+    opts = Opts.make(
+        a.quick,
+        a.repeats,
+        a.duration,
+        threads=a.threads,
+        connections=a.connections,
+        latency_connections=a.latency_connections,
+    )
     table = benchmarks()
     for name in a.names or names:
         t0 = time.monotonic()

@@ -23,6 +23,7 @@ RESULTS = BENCH / "results"
 BIN = Path(sys.executable).parent
 WRK_REPORT = BENCH / "wrk_report.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SEED = "seed: Flask dev server"  # the baseline of the /start benchmark
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Opts:
     duration: float = 5.0  # seconds of wrk load per run
     threads: int = 1  # wrk threads
     connections: int = 16  # wrk connections
+    latency_connections: int = 6  # wrk connections of /start's second, lighter load (0: none)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
