@@ -105,7 +105,7 @@ def profile_start(exe: Path, seconds: float, rate: int) -> dict:
         time.sleep(0.5)
         wrk(gen.base + "/start", Opts(duration=seconds - 1))
         spy.wait(timeout=seconds + 60)
-    return summarize(out, "ThreadWorker.handle ")
+    return summarize(out, "AsyncWorker.handle ")  # gunicorn's gevent worker (the default) serving a connection
 
 
 def main() -> int:
