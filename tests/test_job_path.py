@@ -15,13 +15,15 @@ import redis
 from redis.connection import AbstractConnection
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
-from rq.registry import FinishedJobRegistry, StartedJobRegistry
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.suspension import resume, suspend
 
+from taskqueue import job_path
 from taskqueue.connection import connect
+from taskqueue.job_path import LeanJob
 from taskqueue.jobs import SERIALIZER, JobRequest, JobService
 from taskqueue.tasks import TASKS, noop
-from taskqueue.worker_classes import InProcessWorker
+from taskqueue.worker_classes import ForkingWorker, InProcessWorker
 from tests.support import WorkerProc, wait_for
 
 NOOP = JobRequest(TASKS["noop"], [])
@@ -120,6 +122,47 @@ def test_job_hash_and_result_match_stock_rq(cfg, service, redis_client):
     stock_result, ours_result = (redis_client.xrange(f"rq:results:{j.id}") for j in (stock_job, ours_job))
     assert set(stock_result[0][1]) == set(ours_result[0][1])
     assert 0 < redis_client.ttl(Job.key_for(ours_job.id)) <= cfg.result_ttl
+
+
+REGISTRIES = {
+    "started_job_registry": StartedJobRegistry,
+    "finished_job_registry": FinishedJobRegistry,
+    "failed_job_registry": FailedJobRegistry,
+}
+
+
+@pytest.mark.parametrize("prop", sorted(REGISTRIES))
+def test_lean_jobs_registries_are_the_ones_rq_builds(prop, service, redis_client):
+    """``LeanJob``'s registry properties (from a kept Queue) give what RQ's own give a Job."""
+    job = LeanJob.fetch(service.enqueue(NOOP)[0].id, connection=redis_client, serializer=SERIALIZER)
+    ours, rqs = getattr(job, prop), getattr(Job, prop).fget(job)
+    assert type(ours) is type(rqs) is REGISTRIES[prop]
+    assert (ours.name, ours.key, ours.serializer, ours.job_class) == (rqs.name, rqs.key, rqs.serializer, LeanJob)
+    assert ours.connection is rqs.connection is redis_client
+    kept = dict(job_path._ORIGIN_QUEUES)
+    assert getattr(job, prop).connection is redis_client and kept == job_path._ORIGIN_QUEUES  # reused, not rebuilt
+
+
+def test_lean_job_keeps_a_bounded_number_of_queues(redis_client):
+    jobs = [LeanJob(connection=redis_client, serializer=SERIALIZER) for _ in range(job_path.ORIGIN_QUEUES_MAX + 5)]
+    for i, job in enumerate(jobs):
+        job.origin = f"q{i}"
+        assert job.started_job_registry.name == f"q{i}"
+    assert 0 < len(job_path._ORIGIN_QUEUES) <= job_path.ORIGIN_QUEUES_MAX
+    other = redis.Redis(connection_pool=redis_client.connection_pool)
+    job = LeanJob(connection=other, serializer=SERIALIZER)
+    job.origin = "q0"
+    assert job.finished_job_registry.connection is other  # another connection: its own Queue
+
+
+@pytest.mark.parametrize("worker_class", [InProcessWorker, ForkingWorker])
+def test_both_worker_classes_run_lean_jobs(worker_class, cfg, service, redis_client):
+    job_id = service.enqueue(NOOP)[0].id
+    w = worker_class(["default"], connection=connect(cfg, retries=0), serializer=SERIALIZER)
+    assert w.job_class is LeanJob
+    w.work(burst=True)
+    assert Job.fetch(job_id, connection=redis_client, serializer=SERIALIZER).get_status() == "finished"
+    assert job_id in FinishedJobRegistry("default", connection=redis_client).get_job_ids()
 
 
 def test_worker_state_and_counters_while_it_runs(cfg, service, redis_client):

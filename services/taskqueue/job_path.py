@@ -19,6 +19,9 @@ methods so that the same records are written, in RQ's order, in fewer and merged
 - **worker bookkeeping**: job counters ride with the worker heartbeat every few seconds; the state
   is written when it changes, so a worker is ``idle`` only when its queue is empty.
 
+- **the job class**: :class:`LeanJob` builds the job's registries from a Queue kept per queue name,
+  instead of re-checking the serializer against RQ's protocol three times a job.
+
 Everything else is RQ's own code: the job runs inside ``perform_job`` under RQ's death penalty
 (timeouts), failures go through RQ's ``handle_job_failure`` (retries, failed registry, results),
 jobs with a repeat, a rate limit, ``result_ttl=0`` or callbacks take RQ's stock methods, and a
@@ -36,6 +39,7 @@ import redis
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.suspension import is_suspended
 from rq.utils import as_text, now, utcformat
@@ -49,6 +53,44 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
 end
 return 0
 """
+
+
+ORIGIN_QUEUES_MAX = 64  # (queue, connection, serializer) triples a process keeps Queue objects for
+# LeanJob's Queues, by (queue name, id of the connection, id of the serializer); a Queue holds its
+# connection, so the id is not reused while the entry lives.
+_ORIGIN_QUEUES: dict[tuple[str, int, int], Queue] = {}
+
+
+class LeanJob(Job):
+    """RQ's Job whose registry properties build the registry from a Queue kept for the job's queue.
+
+    RQ builds ``job.started_job_registry`` (read twice a job: the Execution's start and its cleanup)
+    and ``job.finished_job_registry`` from the job's serializer, which RQ checks against its
+    ``Serializer`` protocol each time: a ``typing.Protocol`` ``isinstance``, ~17 µs on Python 3.11,
+    of the ~22 µs a property costs. Built from a Queue, a registry takes the queue's checked
+    serializer: the same registry (name, key, connection, serializer, job class) for ~5 µs.
+    """
+
+    def _origin_queue(self) -> Queue:
+        key = (self.origin, id(self.connection), id(self.serializer))
+        queue = _ORIGIN_QUEUES.get(key)
+        if queue is None:
+            if len(_ORIGIN_QUEUES) >= ORIGIN_QUEUES_MAX:
+                _ORIGIN_QUEUES.clear()
+            queue = _ORIGIN_QUEUES[key] = Queue(self.origin, connection=self.connection, serializer=self.serializer)
+        return queue
+
+    @property
+    def started_job_registry(self) -> StartedJobRegistry:
+        return StartedJobRegistry(queue=self._origin_queue(), job_class=type(self))
+
+    @property
+    def finished_job_registry(self) -> FinishedJobRegistry:
+        return FinishedJobRegistry(queue=self._origin_queue(), job_class=type(self))
+
+    @property
+    def failed_job_registry(self) -> FailedJobRegistry:
+        return FailedJobRegistry(queue=self._origin_queue(), job_class=type(self))
 
 
 class LeanJobPath:

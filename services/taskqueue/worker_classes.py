@@ -29,7 +29,7 @@ from rq.timeouts import UnixSignalDeathPenalty
 from rq.utils import now
 
 from . import logs, metrics
-from .job_path import LeanJobPath
+from .job_path import LeanJob, LeanJobPath
 from .logs import current_job_id
 from .tasks import TASKS, task_name
 
@@ -56,6 +56,7 @@ class TaskqueueWorkerMixin:
     """What both worker classes add to RQ's (see the module docstring)."""
 
     refresh_status_after_job = True
+    job_class = LeanJob  # RQ's Job, with cheaper registry properties (job_path.py)
     # RQ waits up to 60 s between reconnect attempts by default; a queue should come back sooner.
     max_connection_wait_time = 5.0
 
