@@ -5,7 +5,7 @@ BENCH_ARGS ?=
 
 .PHONY: bench bench-quick bench-profile
 
-bench: venv ## Run every benchmark (3 repeats, wrk -t1 -c16 -d5s; ~15 min on 2 cores): `make bench BENCH_ARGS="start worker"`
+bench: venv ## Run every benchmark (3 repeats; /start at wrk -t1 -c16 and -c6, 5 s each; ~11 min on 2 cores): `make bench BENCH_ARGS="start worker"`
 	$(PY) -m bench $(BENCH_ARGS)
 
 bench-quick: venv ## Smoke-run every benchmark (1 repeat, 2 s loads, small N; ~2 min)

@@ -94,7 +94,8 @@ SETTINGS: tuple[Setting, ...] = (
         "gevent",
         str,
         "gunicorn worker class of the generator: `gevent` (one event loop a process that takes turns between "
-        "connections; enqueues in flight share a Redis call), `gthread` (`web_threads` threads a process) or `sync`.",
+        "connections and sends each response in one write; enqueues in flight share a Redis call), `gthread` "
+        "(`web_threads` threads a process) or `sync`.",
         (G,),
     ),
     Setting("web_threads", "4", int, "Threads per gunicorn worker process (`gthread` only).", (G,)),
