@@ -39,6 +39,13 @@ def sleep(seconds: int) -> JobRequest:
 
 
 @pytest.fixture(autouse=True)
+def drop_lean_job_queues():
+    """LeanJob keeps a Queue (and so a client) per connection: not across tests, whose clients differ."""
+    yield
+    job_path._ORIGIN_QUEUES.clear()
+
+
+@pytest.fixture(autouse=True)
 def keep_signal_handlers():
     """RQ's work() installs SIGINT/SIGTERM handlers in this process: put pytest's back."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
@@ -139,8 +146,8 @@ def test_lean_jobs_registries_are_the_ones_rq_builds(prop, service, redis_client
     assert type(ours) is type(rqs) is REGISTRIES[prop]
     assert (ours.name, ours.key, ours.serializer, ours.job_class) == (rqs.name, rqs.key, rqs.serializer, LeanJob)
     assert ours.connection is rqs.connection is redis_client
-    kept = dict(job_path._ORIGIN_QUEUES)
-    assert getattr(job, prop).connection is redis_client and kept == job_path._ORIGIN_QUEUES  # reused, not rebuilt
+    kept = job._origin_queue()
+    assert kept is job._origin_queue() and getattr(job, prop).connection is kept.connection  # reused, not rebuilt
 
 
 def test_lean_job_keeps_a_bounded_number_of_queues(redis_client):
