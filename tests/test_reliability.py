@@ -152,6 +152,24 @@ def test_worker_waits_out_a_redis_outage_and_recovers(tmp_path):
         server.cleanup()
 
 
+def test_a_worker_told_to_stop_during_a_redis_outage_stops(tmp_path):
+    """SIGTERM while Redis is down: the warm shutdown cannot say goodbye to Redis, and the worker
+    exits rather than starting a new worker and waiting for Redis until it is killed."""
+    server = RedisServer().start()
+    env = {**server.env(), "TASKQUEUE_REDIS_TIMEOUT": "0.5"}
+    w = WorkerProc(env, tmp_path).start()
+    try:
+        server.stop()
+        time.sleep(2)  # the worker notices and waits for Redis
+        assert w.proc.poll() is None
+        w.signal(signal.SIGTERM)
+        assert w.proc.wait(timeout=15) == 0
+        assert "redis unavailable during shutdown" in w.log()
+    finally:
+        w.stop()
+        server.cleanup()
+
+
 @pytest.mark.parametrize("worker_class", ["simple", "fork"])
 def test_requeue_shutdown_mode_puts_the_running_job_back_at_once(generator, app_env, tmp_path, worker_class):
     args = ["--worker-class", worker_class, "--shutdown-mode", "requeue"]

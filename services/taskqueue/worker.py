@@ -49,6 +49,7 @@ def run_worker(cfg: config_module.Config, *, serve_metrics: bool, burst: bool = 
     backoff = 1.0
     while True:
         started = time.monotonic()
+        worker = None
         try:
             # No retries in the client: RQ's own loop waits and reconnects with backoff.
             worker = cls(
@@ -69,6 +70,9 @@ def run_worker(cfg: config_module.Config, *, serve_metrics: bool, burst: bool = 
                 return 0
             log.warning("worker loop ended without a stop request (Redis lost?)")
         except UNAVAILABLE_ERRORS as exc:
+            if worker is not None and worker.stop_requested:  # told to stop; its goodbye to Redis failed
+                log.warning("redis unavailable during shutdown: %s; stopping", exc)
+                return 0
             log.warning("redis unavailable: %s", exc)
         if time.monotonic() - started > RESTART_BACKOFF_MAX:
             backoff = 1.0
