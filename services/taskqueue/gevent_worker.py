@@ -79,12 +79,15 @@ class FairGeventWorker(GeventWorker):
         try:
             super().handle_request(listener_name, req, out, addr)  # StopIteration: the connection is done
         finally:
-            try:
-                out.flush()  # a response without body bytes (HEAD, 204, 304), or one cut short by an error
-            except (gevent.GreenletExit, SystemExit):  # killed mid-send (shutdown): close, no 500 after headers
-                raise StopIteration from None
+            _closing_if_killed(out.flush)  # a response without body bytes (HEAD, 204, 304), or cut short
         if loop.iteration == turns:
-            try:
-                gevent.sleep(NEXT_TURN)
-            except (gevent.GreenletExit, SystemExit):  # killed while in line (shutdown): close, no error
-                raise StopIteration from None
+            _closing_if_killed(gevent.sleep, NEXT_TURN)
+
+
+def _closing_if_killed(step, *args) -> None:
+    """Run a step the worker adds after gunicorn's handling; killed in it (shutdown), the connection is
+    closed (StopIteration), where gunicorn would log an error or write a 500 after the headers."""
+    try:
+        step(*args)
+    except (gevent.GreenletExit, SystemExit):
+        raise StopIteration from None
