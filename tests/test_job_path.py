@@ -18,7 +18,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.suspension import resume, suspend
 
-from taskqueue import job_path
+from taskqueue import job_path, redis_pipeline
 from taskqueue.connection import connect
 from taskqueue.job_path import LeanJob
 from taskqueue.jobs import SERIALIZER, JobRequest, JobService
@@ -331,26 +331,24 @@ def test_a_start_interrupted_by_redis_is_sorted_out_and_the_job_runs_once(cfg, s
     """Redis drops the connection during the start's pipeline: the worker finds out whether the start
     landed (the LREM is its last command) and runs the job once, leaving no stray Execution.
 
-    A real Redis cannot drop one chosen reply on demand, so the failure is injected by wrapping
-    ``Pipeline.execute`` once (the pipeline itself runs against the real server, or not at all)."""
-    from redis.client import Pipeline
-
+    A real Redis cannot drop one chosen reply on demand, so the failure is injected by wrapping the
+    worker's pipeline send once (the pipeline itself runs against the real server, or not at all)."""
     job = enqueue_job(service, NOOP)
-    real_execute = Pipeline.execute
+    real_send = redis_pipeline.send
     failed = []
 
-    def flaky_execute(pipe, *args, **kwargs):
+    def flaky_send(pipe, *args, **kwargs):
         if not failed and any(c[0][0] == "LREM" for c in pipe.command_stack):
             failed.append(1)
             if landed:
-                real_execute(pipe, *args, **kwargs)
+                real_send(pipe, *args, **kwargs)
             pipe.reset()
             raise redis.exceptions.ConnectionError("injected: connection lost")
-        return real_execute(pipe, *args, **kwargs)
+        return real_send(pipe, *args, **kwargs)
 
     w = make_worker(cfg)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Pipeline, "execute", flaky_execute)
+        mp.setattr(redis_pipeline, "send", flaky_send)
         w.work(burst=True)
     assert failed
     assert job.get_status() == "finished" and len(job.results()) == 1

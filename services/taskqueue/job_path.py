@@ -20,7 +20,8 @@ methods so that the same records are written, in RQ's order, in fewer and merged
   is written when it changes, so a worker is ``idle`` only when its queue is empty.
 
 - **the job class**: :class:`LeanJob` builds the job's registries from a Queue kept per queue name,
-  instead of re-checking the serializer against RQ's protocol three times a job.
+  instead of re-checking the serializer against RQ's protocol three times a job;
+- **the pipelines** go out through :func:`taskqueue.redis_pipeline.send`, without redis-py's per-call layers.
 
 Everything else is RQ's own code: the job runs inside ``perform_job`` under RQ's death penalty
 (timeouts), failures go through RQ's ``handle_job_failure`` (retries, failed registry, results),
@@ -44,6 +45,8 @@ from rq.results import Result
 from rq.suspension import is_suspended
 from rq.utils import as_text, now, utcformat
 from rq.worker import WorkerStatus
+
+from . import redis_pipeline
 
 JOB_FINISH_FIELDS = ("status", "ended_at", "last_heartbeat")
 # Put a popped job back at the front of its queue, if it is still in the intermediate list.
@@ -229,7 +232,7 @@ class LeanJobPath:
             pipe.persist(job.key)  # a running job must not expire (a requeued failed job has a TTL)
             pipe.lrem(queue.intermediate_queue_key, 1, job_id)
             try:
-                replies = pipe.execute()
+                replies = redis_pipeline.send(pipe)
             except redis.exceptions.RedisError:
                 self._interrupted = (job, execution)  # sorted out when Redis answers again
                 raise
@@ -377,7 +380,7 @@ class LeanJobPath:
             prefetch = len(self.queues) == 1 and not self._stop_requested and not self.should_run_maintenance_tasks
             if prefetch:  # the next job, popped in the same round trip; taken by the next dequeue
                 pipe.lmove(self.queues[0].key, self.queues[0].intermediate_queue_key)
-            replies = pipe.execute()
+            replies = redis_pipeline.send(pipe)
         if prefetch:
             next_id = replies.pop()
             self._prefetched = as_text(next_id) if next_id is not None else None
