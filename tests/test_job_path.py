@@ -6,6 +6,8 @@ signal-based timeouts need the main thread) or through ``taskqueue-worker``.
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 import threading
 import time
@@ -16,11 +18,12 @@ from redis.connection import AbstractConnection
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.results import Result
 from rq.suspension import resume, suspend
 
 from taskqueue import job_path, redis_pipeline
 from taskqueue.connection import connect
-from taskqueue.job_path import LeanJob
+from taskqueue.job_path import LeanJob, LeanResult
 from taskqueue.jobs import SERIALIZER, JobRequest, JobService
 from taskqueue.tasks import TASKS, noop
 from taskqueue.worker_classes import ForkingWorker, InProcessWorker
@@ -160,6 +163,43 @@ def test_lean_job_keeps_a_bounded_number_of_queues(redis_client):
     job = LeanJob(connection=other, serializer=SERIALIZER)
     job.origin = "q0"
     assert job.finished_job_registry.connection is other  # another connection: its own Queue
+
+
+@pytest.mark.parametrize("serializer", [SERIALIZER, "json", "rq.serializers.JSONSerializer", None])
+def test_lean_job_and_result_take_the_serializer_rq_gives_them(serializer, redis_client):
+    """RQ's serializer resolution (aliases, dotted paths, pickle when none is given), checked once."""
+    for _ in range(3):
+        assert LeanJob(connection=redis_client, serializer=serializer).serializer is (
+            Job(connection=redis_client, serializer=serializer).serializer
+        )
+        ours = LeanResult("j", Result.Type.SUCCESSFUL, redis_client, serializer=serializer, return_value=[1])
+        rqs = Result("j", Result.Type.SUCCESSFUL, redis_client, serializer=serializer, return_value=[1])
+        assert ours.serializer is rqs.serializer and ours.serialize() == rqs.serialize()
+    before = job_path._resolve_serializer.cache_info()
+    LeanJob(connection=redis_client, serializer=serializer)
+    after = job_path._resolve_serializer.cache_info()
+    assert (after.hits, after.misses) == (before.hits + 1, before.misses)  # not checked again
+
+
+def test_lean_job_and_result_refuse_what_rq_refuses(redis_client):
+    with pytest.raises(NotImplementedError):
+        LeanJob(connection=redis_client, serializer=object())
+    with pytest.raises(NotImplementedError):
+        LeanResult("j", Result.Type.SUCCESSFUL, redis_client, serializer=object())
+    with pytest.raises(TypeError):  # a serializer passed by position would be lost: refused instead
+        LeanResult("j", Result.Type.SUCCESSFUL, redis_client, None, None, None, "", SERIALIZER)
+
+
+def test_a_result_is_written_with_the_jobs_serializer(cfg, service, redis_client):
+    """The finished job's return value goes to Redis as JSON (no pickle across the Redis boundary)."""
+    job = enqueue_job(service, sleep(1))
+    make_worker(cfg).work(burst=True)
+    ((_, fields),) = redis_client.xrange(f"rq:results:{job.id}")
+    assert (
+        json.loads(base64.b64decode(fields[b"return_value"]))
+        == "Processed message generating task with delay: 1 after 1 seconds"
+    )
+    assert job.latest_result().return_value == "Processed message generating task with delay: 1 after 1 seconds"
 
 
 @pytest.mark.parametrize("worker_class", [InProcessWorker, ForkingWorker])
