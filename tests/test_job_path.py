@@ -90,15 +90,25 @@ def test_a_job_costs_two_round_trips_and_leaves_rqs_records(cfg, service, redis_
             sent.append(1)
             return real_send(conn, *args, **kwargs)
 
+        real_pipeline_send = redis_pipeline.send
+
+        def counting_pipeline_send(pipe, *args, **kwargs):  # both pipelines a job go through send
+            kinds.append("finish" if any(c[0][0] == "XADD" for c in pipe.command_stack) else "other")
+            return real_pipeline_send(pipe, *args, **kwargs)
+
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(AbstractConnection, "send_packed_command", counting_send)
+            mp.setattr(redis_pipeline, "send", counting_pipeline_send)
             w.work(burst=True)
         calls = commands(redis_client)
         return sum(calls.values()) - calls.get("config|resetstat", 0) - calls.get("info", 0), len(sent), w
 
+    kinds: list[str] = []
     idle_cmds, idle_trips, _ = burst()
     ids = [j.id for j in service.enqueue_batch([NOOP] * n)]
+    kinds.clear()
     cmds, trips, w = burst()
+    assert kinds.count("finish") == n and kinds.count("other") >= n  # the finish, and the take
     # Beyond 24 a job: the busy and idle state writes and a heartbeat every 5 s.
     assert cmds - idle_cmds <= 24 * n + 10
     assert trips - idle_trips <= 2 * n + 5
@@ -165,20 +175,46 @@ def test_lean_job_keeps_a_bounded_number_of_queues(redis_client):
     assert job.finished_job_registry.connection is other  # another connection: its own Queue
 
 
-@pytest.mark.parametrize("serializer", [SERIALIZER, "json", "rq.serializers.JSONSerializer", None])
-def test_lean_job_and_result_take_the_serializer_rq_gives_them(serializer, redis_client):
-    """RQ's serializer resolution (aliases, dotted paths, pickle when none is given), checked once."""
+class UnhashableJSON:
+    """A serializer object that cannot be a dict key (it defines __eq__ without __hash__)."""
+
+    dumps = staticmethod(SERIALIZER.dumps)
+    loads = staticmethod(SERIALIZER.loads)
+
+    def __eq__(self, other):
+        return isinstance(other, UnhashableJSON)
+
+
+@pytest.mark.parametrize(
+    "serializer",
+    [SERIALIZER, "json", "rq.serializers.JSONSerializer", UnhashableJSON(), None],
+    ids=["class", "alias", "dotted-path", "unhashable-object", "none"],
+)
+def test_lean_job_and_result_take_the_serializer_rq_gives_them(serializer, redis_client, monkeypatch):
+    """RQ's serializer resolution (aliases, dotted paths, pickle when none is given), RQ's check run
+    once per serializer: counted through wrappers of RQ's own function, where its classes call it."""
+    import rq.job
+    import rq.results
+
+    job_path._CHECKED.clear()
+    checks: list[object] = []
+    real = rq.serializers.resolve_serializer
+
+    def counted(s=None):
+        if s is not None:  # RQ's no-serializer shortcut (pickle) costs nothing
+            checks.append(s)
+        return real(s)
+
+    for module in (rq.job, rq.results, job_path):
+        monkeypatch.setattr(module, "resolve_serializer", counted)
     for _ in range(3):
-        assert LeanJob(connection=redis_client, serializer=serializer).serializer is (
-            Job(connection=redis_client, serializer=serializer).serializer
-        )
+        job = LeanJob(connection=redis_client, serializer=serializer)
+        assert job.serializer is real(serializer)
         ours = LeanResult("j", Result.Type.SUCCESSFUL, redis_client, serializer=serializer, return_value=[1])
         rqs = Result("j", Result.Type.SUCCESSFUL, redis_client, serializer=serializer, return_value=[1])
         assert ours.serializer is rqs.serializer and ours.serialize() == rqs.serialize()
-    before = job_path._resolve_serializer.cache_info()
-    LeanJob(connection=redis_client, serializer=serializer)
-    after = job_path._resolve_serializer.cache_info()
-    assert (after.hits, after.misses) == (before.hits + 1, before.misses)  # not checked again
+    stock = 3 if serializer is not None else 0  # the three plain Results above
+    assert len(checks) == stock + (1 if serializer is not None else 0)
 
 
 def test_lean_job_and_result_refuse_what_rq_refuses(redis_client):
@@ -186,8 +222,8 @@ def test_lean_job_and_result_refuse_what_rq_refuses(redis_client):
         LeanJob(connection=redis_client, serializer=object())
     with pytest.raises(NotImplementedError):
         LeanResult("j", Result.Type.SUCCESSFUL, redis_client, serializer=object())
-    with pytest.raises(TypeError):  # a serializer passed by position would be lost: refused instead
-        LeanResult("j", Result.Type.SUCCESSFUL, redis_client, None, None, None, "", SERIALIZER)
+    with pytest.raises(TypeError):  # the serializer in its place by position would be lost: refused instead
+        LeanResult("j", Result.Type.SUCCESSFUL, redis_client, None, None, None, None, "", SERIALIZER)
 
 
 def test_a_result_is_written_with_the_jobs_serializer(cfg, service, redis_client):

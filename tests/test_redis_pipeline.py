@@ -9,6 +9,8 @@ import threading
 
 import pytest
 import redis
+import redis.backoff
+import redis.retry
 from redis.client import Pipeline
 
 from taskqueue.connection import connect
@@ -21,6 +23,8 @@ def queue_commands(pipe: Pipeline) -> None:
     pipe.hgetall("job")
     pipe.hgetall("missing")
     pipe.zadd("registry", {"job": 12.5})
+    pipe.zadd("registry", {"job": 1}, incr=True)  # callbacks that take the command's options
+    pipe.zrange("registry", 0, -1, withscores=True)
     pipe.zscore("registry", "job")
     pipe.sadd("workers", "w1", "w2")
     pipe.smembers("workers")
@@ -54,15 +58,16 @@ def test_the_replies_are_redis_pys(client, redis_client, transaction):
         got = send(pipe)
         assert pipe.command_stack == []  # sent and cleared, as execute leaves it
     assert got == expected
-    assert got[1] == {b"status": b"started", b"worker": b"w1"} and got[2] == {} and got[6] == {b"w1", b"w2"}
-    assert got[11] == b"a" and got[12] is None and got[8] is True
+    assert got[1] == {b"status": b"started", b"worker": b"w1"} and got[2] == {} and got[8] == {b"w1", b"w2"}
+    assert got[4] == 13.5 and got[5] == [(b"job", 13.5)] and got[13] == b"a" and got[14] is None and got[10] is True
 
 
 def run_failing(client, runner, transaction: bool, raise_on_error: bool = True):
-    """SET, a command that fails when it runs (WRONGTYPE), SET: what ``runner`` returns or raises."""
+    """SET, a command that fails when it runs (WRONGTYPE; one redis-py converts the reply of), SET:
+    what ``runner`` returns or raises."""
     with client.pipeline(transaction=transaction) as pipe:
         pipe.set("k", "v")
-        pipe.lpush("k", "x")
+        pipe.hgetall("k")
         pipe.set("after", "1")
         try:
             return runner(pipe, raise_on_error)
@@ -78,13 +83,31 @@ def test_an_error_reply_is_raised_as_redis_py_raises_it_and_the_connection_stays
     redis_client.flushall()
     got = run_failing(client, send, transaction)
     assert type(got) is type(expected) is redis.exceptions.ResponseError
-    assert str(got) == str(expected) and "Command # 2 (LPUSH k x)" in str(got) and "WRONGTYPE" in str(got)
+    assert str(got) == str(expected) and "Command # 2 (HGETALL k)" in str(got) and "WRONGTYPE" in str(got)
     assert redis_client.get("after") == b"1"  # Redis ran the rest, as it does
     assert client.ping() and client.get("k") == b"v"  # every reply was read: the pooled connection is in step
 
     redis_client.flushall()
     replies = run_failing(client, send, transaction, raise_on_error=False)
     assert replies[0] is True and isinstance(replies[1], redis.exceptions.ResponseError) and replies[2] is True
+    redis_client.flushall()
+    assert str(run_failing(client, Pipeline.execute, transaction, raise_on_error=False)[1]) == str(replies[1])
+
+
+def test_an_error_of_another_kind_inside_a_transaction_is_left_in_place(client, redis_client):
+    """A reply that parses to a ConnectionError subclass (a failed AUTH) is neither raised nor converted."""
+
+    def run(runner):
+        redis_client.flushall()
+        with client.pipeline() as pipe:
+            pipe.set("a", "1")
+            pipe.execute_command("AUTH", "nobody", "wrong")
+            pipe.get("a")
+            return runner(pipe)
+
+    expected, got = run(Pipeline.execute), run(send)
+    assert isinstance(got[1], redis.exceptions.AuthenticationError) and type(got[1]) is type(expected[1])
+    assert (got[0], got[2]) == (expected[0], expected[2]) == (True, b"1")
 
 
 def test_a_transaction_redis_refuses_to_queue_runs_nothing(client, redis_client):
@@ -122,6 +145,57 @@ def test_a_connection_lost_mid_call_raises_and_the_next_send_reconnects(client, 
         assert send(pipe) == [True, b"v2"]
 
 
+def test_interrupted_between_replies_the_connection_is_dropped(client, monkeypatch):
+    """A signal's exception between two reads (the second reply unread): the next call must not read
+    it as its own. The interruption is injected by wrapping the module's reply reader."""
+    from taskqueue import redis_pipeline
+
+    client.set("a", "A")
+    client.set("b", "B")
+    real_reply, reads = redis_pipeline._reply, []
+
+    def interrupted(conn):
+        reads.append(1)
+        if len(reads) == 2:
+            raise KeyboardInterrupt
+        return real_reply(conn)
+
+    monkeypatch.setattr(redis_pipeline, "_reply", interrupted)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.get("a")
+        pipe.get("b")
+        with pytest.raises(KeyboardInterrupt):
+            send(pipe)
+    monkeypatch.undo()
+    assert client.get("a") == b"A"
+
+
+@pytest.mark.parametrize("retries", [0, 2], ids=["own-path", "redis-py-path"])
+def test_it_holds_one_connection_and_gives_it_back(redis_server, retries):
+    """On a pool of one connection, calls in a row go through (one that kept its connection, or took a
+    second one, would wait for one and fail)."""
+    pool = redis.BlockingConnectionPool(
+        host="127.0.0.1",
+        port=redis_server.port,
+        password=redis_server.password,
+        max_connections=1,
+        timeout=0.5,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), retries),  # the pool's connections carry it
+    )
+    c = redis.Redis(connection_pool=pool)
+    conn = pool.get_connection()
+    assert conn.retry.get_retries() == retries  # the path under test: send's own, or redis-py's
+    pool.release(conn)
+    try:
+        for transaction in (True, False, True):
+            with c.pipeline(transaction=transaction) as pipe:
+                pipe.set("k", "v")
+                pipe.get("k")
+                assert send(pipe) == [True, b"v"]
+    finally:
+        c.close()
+
+
 def test_what_it_does_not_handle_goes_through_redis_py(cfg, client, redis_client, monkeypatch):
     """A client that retries, WATCH and scripts take ``pipe.execute()`` (counted through a wrapper)."""
     calls = []
@@ -132,15 +206,19 @@ def test_what_it_does_not_handle_goes_through_redis_py(cfg, client, redis_client
         return real_execute(pipe, *args, **kwargs)
 
     monkeypatch.setattr(Pipeline, "execute", counted)
-    with client.pipeline() as pipe:
-        pipe.set("k", "1")
-        assert send(pipe) == [True]
+    for transaction in (True, False):  # the worker's two kinds: its own path
+        with client.pipeline(transaction=transaction) as pipe:
+            pipe.set("k", "1")
+            assert send(pipe) == [True]
     assert calls == []
 
     retrying = connect(cfg)  # the generator's client: redis-py retries, so its loop must run
-    with retrying.pipeline() as pipe:
-        pipe.set("k", "2")
-        assert send(pipe) == [True]
+    try:
+        with retrying.pipeline() as pipe:
+            pipe.set("k", "2")
+            assert send(pipe) == [True]
+    finally:
+        retrying.close()
     assert len(calls) == 1
 
     with client.pipeline() as pipe:

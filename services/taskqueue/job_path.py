@@ -32,7 +32,6 @@ worker on several queues takes jobs with RQ's ``dequeue_any``.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -67,16 +66,24 @@ ORIGIN_QUEUES_MAX = 64  # (queue, connection, serializer) triples a process keep
 _ORIGIN_QUEUES: dict[tuple[str, int, int], Queue] = {}
 
 
-_resolve_serializer = functools.lru_cache(maxsize=16)(resolve_serializer)
+CHECKED_SERIALIZERS_MAX = 16
+# What resolve_serializer gave, by the serializer's identity (a str or None by value); the entry holds
+# the serializer, so its id is not reused while the entry lives.
+_CHECKED: dict[object, tuple[object, Serializer]] = {}
 
 
 def checked_serializer(serializer) -> Serializer:
     """RQ's ``resolve_serializer``, remembered per serializer: its ``typing.Protocol`` ``isinstance``
     costs ~17 µs on Python 3.11 and RQ runs it in every Job and Result constructor."""
-    try:
-        return _resolve_serializer(serializer)
-    except TypeError:  # an unhashable serializer object: checked each time, as RQ does
-        return resolve_serializer(serializer)
+    key = serializer if serializer is None or isinstance(serializer, str) else id(serializer)
+    hit = _CHECKED.get(key)
+    if hit is not None and (hit[0] is serializer or isinstance(serializer, str)):
+        return hit[1]
+    resolved = resolve_serializer(serializer)
+    if len(_CHECKED) >= CHECKED_SERIALIZERS_MAX:
+        _CHECKED.clear()
+    _CHECKED[key] = (serializer, resolved)
+    return resolved
 
 
 class LeanResult(Result):

@@ -5,8 +5,9 @@ write and in-order reads in a retry loop, an HIMPORT pre-flight that scans every
 telemetry hooks: ~100 µs of the ~1,300 µs of CPU a no-op job costs the worker (bench/, docs/performance.md).
 The worker's connection retries nothing (RQ's loop reconnects), and the worker uses neither HIMPORT
 nor redis-py's telemetry, so :func:`send` does the write and the reads itself and gives the same
-replies and errors. Anything else (a client that retries, scripts, WATCH, reply options) goes
-through ``pipe.execute()``.
+replies and errors. Anything else (a client that retries, scripts, WATCH, reply options, HIMPORT)
+goes through ``pipe.execute()``. Interrupted between its write and its last read (a signal, a
+timeout), it drops the connection, so no later call reads a reply meant for this one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE, Pipeline
 from redis.connection import AbstractConnection
-from redis.exceptions import ExecAbortError, ResponseError, WatchError
+from redis.exceptions import ExecAbortError, ResponseError
 
 PLAIN_ONLY = (EMPTY_RESPONSE, NEVER_DECODE)  # command options only redis-py's own path handles
 
@@ -23,32 +24,49 @@ PLAIN_ONLY = (EMPTY_RESPONSE, NEVER_DECODE)  # command options only redis-py's o
 def send(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
     """Send ``pipe``'s queued commands in one write and return their replies, as ``pipe.execute()`` does."""
     stack = pipe.command_stack
-    if not stack or pipe.scripts or pipe.watching or pipe.connection is not None:
-        return pipe.execute(raise_on_error)
-    if any(opt in options for _, options in stack for opt in PLAIN_ONLY):
+    if not _plain(pipe):
         return pipe.execute(raise_on_error)
     pool = pipe.connection_pool
-    conn = pool.get_connection()
+    conn = None
+    delegate = False
     try:
-        if conn.retry.get_retries():  # redis-py's loop retries; keep its semantics
-            return pipe.execute(raise_on_error)
-        commands = [args for args, _ in stack]
-        transaction = pipe.transaction or pipe.explicit_transaction
-        try:
-            if transaction:
-                replies = _transaction(pipe, conn, commands)
-            else:
-                conn.send_packed_command(conn.pack_commands(commands))
-                replies = [_reply(conn) for _ in commands]
-        except ResponseError:
-            raise
-        except BaseException:  # the connection's state is unknown: a fresh one next time, as redis-py does
-            conn.disconnect()
-            raise
+        conn = pool.get_connection()
+        delegate = conn.retry.get_retries() > 0
+        if not delegate:
+            replies = _exchange(pipe, conn, [args for args, _ in stack])
     finally:
-        pool.release(conn)
-        pipe.reset()
+        if conn is not None:
+            pool.release(conn)
+        if not delegate:
+            pipe.reset()
+    if delegate:  # a client whose redis-py loop retries: that loop, on a connection of its own
+        return pipe.execute(raise_on_error)
     return _with_callbacks(pipe, stack, replies, raise_on_error)
+
+
+def _plain(pipe: Pipeline) -> bool:
+    """Queued commands only: no scripts, WATCH, reply options or HIMPORT (redis-py prepares those)."""
+    if not pipe.command_stack or pipe.scripts or pipe.watching or pipe.connection is not None:
+        return False
+    for args, options in pipe.command_stack:
+        name = args[0].decode("latin-1") if isinstance(args[0], bytes | bytearray) else str(args[0])
+        if name.upper().startswith("HIMPORT") or any(opt in options for opt in PLAIN_ONLY):
+            return False
+    return True
+
+
+def _exchange(pipe: Pipeline, conn: AbstractConnection, commands: list[tuple]) -> list[Any]:
+    """One write, then every reply read; interrupted in between, the connection is dropped."""
+    try:
+        if pipe.transaction or pipe.explicit_transaction:
+            return _transaction(pipe, conn, commands)
+        conn.send_packed_command(conn.pack_commands(commands))
+        return [_reply(conn) for _ in commands]
+    except ResponseError:  # raised after every reply was read: the connection is in step
+        raise
+    except BaseException:  # its state is unknown (a reply may be unread): a fresh one next time
+        conn.disconnect()
+        raise
 
 
 def _reply(conn: AbstractConnection) -> Any:
@@ -71,8 +89,6 @@ def _transaction(pipe: Pipeline, conn: AbstractConnection, commands: list[tuple]
                 raise reply
     if isinstance(replies, ResponseError):
         raise replies
-    if replies is None:
-        raise WatchError("Watched variable changed.")
     if len(replies) != len(commands):
         conn.disconnect()
         raise ResponseError("Wrong number of response items from pipeline execution")
@@ -80,12 +96,12 @@ def _transaction(pipe: Pipeline, conn: AbstractConnection, commands: list[tuple]
 
 
 def _with_callbacks(pipe: Pipeline, stack: list, replies: list[Any], raise_on_error: bool) -> list[Any]:
-    """redis-py's reply conversions (HGETALL to a dict, ...), errors raised or left in place."""
+    """redis-py's reply conversions (HGETALL to a dict, ...); an error reply raised or left in place."""
     callbacks = pipe.response_callbacks
     out = []
     for number, (reply, (args, options)) in enumerate(zip(replies, stack, strict=True), start=1):
-        if isinstance(reply, ResponseError):
-            if raise_on_error:
+        if isinstance(reply, Exception):  # not converted; redis-py raises only the ResponseErrors
+            if raise_on_error and isinstance(reply, ResponseError):
                 pipe.annotate_exception(reply, number, args)
                 raise reply
         else:
