@@ -230,8 +230,14 @@ def test_what_it_does_not_handle_goes_through_redis_py(cfg, client, redis_client
             send(pipe)
     assert len(calls) == 2 and redis_client.get("k") == b"changed"
 
+    with client.pipeline() as pipe:  # redis-py's HIMPORT (Redis 8.x) needs its pre-flight; this Redis refuses it
+        pipe.execute_command("himport", "SET", "h", "fields", "1")
+        with pytest.raises(redis.exceptions.ResponseError):
+            send(pipe)
+    assert len(calls) == 3
+
     script = client.register_script("return redis.call('GET', KEYS[1])")
     with client.pipeline() as pipe:
         script(keys=["k"], client=pipe)
         assert send(pipe) == [b"changed"]
-    assert len(calls) == 3
+    assert len(calls) == 4

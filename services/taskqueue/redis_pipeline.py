@@ -49,10 +49,25 @@ def _plain(pipe: Pipeline) -> bool:
     if not pipe.command_stack or pipe.scripts or pipe.watching or pipe.connection is not None:
         return False
     for args, options in pipe.command_stack:
-        name = args[0].decode("latin-1") if isinstance(args[0], bytes | bytearray) else str(args[0])
-        if name.upper().startswith("HIMPORT") or any(opt in options for opt in PLAIN_ONLY):
+        if options and (EMPTY_RESPONSE in options or NEVER_DECODE in options):
+            return False
+        plain = _PLAIN_NAMES.get(args[0])
+        if plain is None:
+            plain = _plain_name(args[0])
+        if not plain:
             return False
     return True
+
+
+_PLAIN_NAMES: dict[object, bool] = {}  # command name -> not HIMPORT: one dict lookup a command
+
+
+def _plain_name(name: object) -> bool:
+    text = name.decode("latin-1") if isinstance(name, bytes | bytearray) else str(name)
+    plain = not text.upper().startswith("HIMPORT")
+    if len(_PLAIN_NAMES) < 256 and isinstance(name, str | bytes):  # a bounded set of hashable names
+        _PLAIN_NAMES[name] = plain
+    return plain
 
 
 def _exchange(pipe: Pipeline, conn: AbstractConnection, commands: list[tuple]) -> list[Any]:
