@@ -12,13 +12,12 @@ timeout), it drops the connection, so no later call reads a reply meant for this
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE, Pipeline
 from redis.connection import AbstractConnection
 from redis.exceptions import ExecAbortError, ResponseError
-
-PLAIN_ONLY = (EMPTY_RESPONSE, NEVER_DECODE)  # command options only redis-py's own path handles
 
 
 def send(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
@@ -51,23 +50,15 @@ def _plain(pipe: Pipeline) -> bool:
     for args, options in pipe.command_stack:
         if options and (EMPTY_RESPONSE in options or NEVER_DECODE in options):
             return False
-        plain = _PLAIN_NAMES.get(args[0])
-        if plain is None:
-            plain = _plain_name(args[0])
-        if not plain:
+        if _is_himport(args[0]):
             return False
     return True
 
 
-_PLAIN_NAMES: dict[object, bool] = {}  # command name -> not HIMPORT: one dict lookup a command
-
-
-def _plain_name(name: object) -> bool:
-    text = name.decode("latin-1") if isinstance(name, bytes | bytearray) else str(name)
-    plain = not text.upper().startswith("HIMPORT")
-    if len(_PLAIN_NAMES) < 256 and isinstance(name, str | bytes):  # a bounded set of hashable names
-        _PLAIN_NAMES[name] = plain
-    return plain
+@functools.lru_cache(maxsize=256)  # the few command names a process sends: one lookup a command
+def _is_himport(name: str | bytes) -> bool:
+    text = name.decode("latin-1") if isinstance(name, bytes) else str(name)
+    return text.upper().startswith("HIMPORT")
 
 
 def _exchange(pipe: Pipeline, conn: AbstractConnection, commands: list[tuple]) -> list[Any]:
@@ -122,6 +113,7 @@ def _with_callbacks(pipe: Pipeline, stack: list, replies: list[Any], raise_on_er
         else:
             callback = callbacks.get(args[0])
             if callback is not None:
-                reply = callback(reply, **{k: v for k, v in options.items() if k != "keys"})
+                options.pop("keys", None)  # as redis-py does: the key list is for its client-side cache
+                reply = callback(reply, **options)
         out.append(reply)
     return out
