@@ -1,20 +1,31 @@
 """taskqueue.redis_pipeline.send gives what redis-py's Pipeline.execute gives: replies, errors, a usable connection.
 
-Real redis-server; each case runs the same commands through ``pipe.execute()`` and through ``send``.
+Real redis-server; each case runs the same commands through ``pipe.execute()`` and through ``send``,
+on the worker's kind of client (hiredis, RESP3: ``send``'s own reads), on hiredis with RESP2, and on
+redis-py's pure-Python parsers (``conn.read_response()`` for every reply).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis
 import redis.backoff
 import redis.retry
+from redis._parsers import _HiredisParser, _RESP3Parser
 from redis.client import Pipeline
 
+from taskqueue import redis_pipeline
 from taskqueue.connection import connect
 from taskqueue.redis_pipeline import send
+
+READERS = {  # connection settings: the worker's (redis-py's defaults), and the other parsers
+    "hiredis-resp3": {},
+    "hiredis-resp2": {"protocol": 2},
+    "python-resp3": {"parser_class": _RESP3Parser},
+}
 
 
 def queue_commands(pipe: Pipeline) -> None:
@@ -39,10 +50,21 @@ def queue_commands(pipe: Pipeline) -> None:
     pipe.delete("job")
 
 
-@pytest.fixture
-def client(cfg):
-    """The worker's kind of client: no retries in redis-py."""
-    c = connect(cfg, retries=0)
+def make_client(cfg, kind: str) -> redis.Redis:
+    """The worker's kind of client (no retries in redis-py), reading replies as ``kind`` says."""
+    pool = connect(cfg, retries=0).connection_pool
+    pool.connection_kwargs.update(READERS[kind])
+    c = redis.Redis(connection_pool=pool)  # its reply callbacks follow the pool's protocol
+    conn = pool.get_connection()
+    assert (type(conn._parser) is _HiredisParser) == kind.startswith("hiredis")
+    assert conn.protocol == int(kind[-1])
+    pool.release(conn)
+    return c
+
+
+@pytest.fixture(params=list(READERS))
+def client(cfg, request):
+    c = make_client(cfg, request.param)
     yield c
     c.close()
 
@@ -60,6 +82,65 @@ def test_the_replies_are_redis_pys(client, redis_client, transaction):
     assert got == expected
     assert got[1] == {b"status": b"started", b"worker": b"w1"} and got[2] == {} and got[8] == {b"w1", b"w2"}
     assert got[4] == 13.5 and got[5] == [(b"job", 13.5)] and got[13] == b"a" and got[14] is None and got[10] is True
+
+
+def test_commands_are_packed_as_redis_py_packs_them(client):
+    """The bytes on the wire: hiredis's packer called directly, and redis-py's where its wrapper does
+    more (a command name it splits into words, bytearray and memoryview arguments)."""
+    commands = [
+        ("HSET", "rq:job:1", "status", "started", "n", 12, "f", 0.25, "neg", -3, "big", 2**70),
+        (b"ZADD", b"reg", 1764000000.5, "é-ünïcode"),
+        ("CLIENT SETNAME", "w1"),
+        (b"CLIENT SETNAME", b"w1"),
+        ("  PING  ",),
+        ("SET", bytearray(b"k"), memoryview(b"v")),
+        ("SET", "k", b""),
+        ("GET\tX",),
+    ]
+    conn = client.connection_pool.get_connection()
+    try:
+        assert redis_pipeline._pack(conn, commands) == [b"".join(conn.pack_commands(commands))]
+        with pytest.raises(redis.exceptions.DataError):  # redis-py's error for what it cannot send
+            redis_pipeline._pack(conn, [("SET", "k", None)])
+    finally:
+        client.connection_pool.release(conn)
+
+
+@pytest.mark.parametrize("kind", ["hiredis-resp3", "python-resp3"])  # RESP2 has no push messages
+def test_a_push_message_among_the_replies_goes_to_redis_pys_handler(cfg, redis_client, kind):
+    """RESP3: an invalidation message (client-side tracking) among a call's replies - the call itself
+    changes a key the connection reads - is handed to the parser's push handler, as redis-py's parser
+    does, and not taken for a reply."""
+    client = make_client(cfg, kind)
+    for runner in (Pipeline.execute, send):
+        redis_client.set("tracked", "old")
+        conn = client.connection_pool.get_connection()
+        pushed = []
+        conn._parser.set_invalidation_push_handler(pushed.append)
+        conn.send_command("CLIENT", "TRACKING", "ON")
+        assert conn.read_response() == b"OK"
+        client.connection_pool.release(conn)
+        with client.pipeline(transaction=False) as pipe:
+            pipe.get("tracked")
+            pipe.set("tracked", "new")  # Redis pushes an invalidation of "tracked" to this connection
+            pipe.get("other")
+            pipe.get("tracked")
+            assert runner(pipe) == [b"old", True, None, b"new"]
+        assert len(pushed) == 1 and pushed[0][1] == [b"tracked"]
+        conn.disconnect()  # tracking off
+    client.close()
+
+
+def test_the_connection_counts_as_checked_after_a_call(client):
+    """redis-py pings a connection idle longer than health_check_interval before using it; a reply
+    read by ``send`` counts as use, as one read by redis-py does."""
+    conn = client.connection_pool.get_connection()
+    conn.next_health_check = 0
+    client.connection_pool.release(conn)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.set("k", "v")
+        send(pipe)
+    assert conn.next_health_check > time.monotonic() + conn.health_check_interval - 5
 
 
 def run_failing(client, runner, transaction: bool, raise_on_error: bool = True):
@@ -94,20 +175,37 @@ def test_an_error_reply_is_raised_as_redis_py_raises_it_and_the_connection_stays
     assert str(run_failing(client, Pipeline.execute, transaction, raise_on_error=False)[1]) == str(replies[1])
 
 
-def test_an_error_of_another_kind_inside_a_transaction_is_left_in_place(client, redis_client):
-    """A reply that parses to a ConnectionError subclass (a failed AUTH) is neither raised nor converted."""
+def test_an_error_of_another_kind_is_left_in_place_or_raised_as_by_redis_py(client, redis_client):
+    """A reply that parses to a ConnectionError subclass (a failed AUTH): inside a transaction, hiredis
+    leaves it in EXEC's replies (neither raised nor converted) unless it is the first of them, and
+    redis-py's Python parser raises it; outside one, it is raised and the connection dropped.
+    ``send`` does what ``execute`` does in each case."""
 
-    def run(runner):
+    def run(runner, transaction, auth_at):
         redis_client.flushall()
-        with client.pipeline() as pipe:
+        with client.pipeline(transaction=transaction) as pipe:
             pipe.set("a", "1")
-            pipe.execute_command("AUTH", "nobody", "wrong")
             pipe.get("a")
-            return runner(pipe)
+            pipe.command_stack.insert(auth_at, (("AUTH", "nobody", "wrong"), {}))
+            try:
+                return runner(pipe)
+            except redis.exceptions.AuthenticationError as exc:
+                return exc
+            finally:
+                assert client.get("a") == b"1" and client.ping()  # Redis ran the rest; the next call is in step
 
-    expected, got = run(Pipeline.execute), run(send)
-    assert isinstance(got[1], redis.exceptions.AuthenticationError) and type(got[1]) is type(expected[1])
-    assert (got[0], got[2]) == (expected[0], expected[2]) == (True, b"1")
+    conn = client.connection_pool.get_connection()
+    python_parser = type(conn._parser) is not _HiredisParser
+    client.connection_pool.release(conn)
+    for transaction in (True, False):
+        for auth_at in (1, 0):
+            expected, got = run(Pipeline.execute, transaction, auth_at), run(send, transaction, auth_at)
+            if transaction and auth_at and not python_parser:
+                assert isinstance(got[1], redis.exceptions.AuthenticationError) and type(got[1]) is type(expected[1])
+                assert (got[0], got[2]) == (expected[0], expected[2]) == (True, b"1")
+            else:
+                assert type(got) is type(expected) is redis.exceptions.AuthenticationError, (transaction, auth_at)
+                assert str(got) == str(expected)
 
 
 def test_a_transaction_redis_refuses_to_queue_runs_nothing(client, redis_client):
@@ -147,20 +245,18 @@ def test_a_connection_lost_mid_call_raises_and_the_next_send_reconnects(client, 
 
 def test_interrupted_between_replies_the_connection_is_dropped(client, monkeypatch):
     """A signal's exception between two reads (the second reply unread): the next call must not read
-    it as its own. The interruption is injected by wrapping the module's reply reader."""
-    from taskqueue import redis_pipeline
-
+    it as its own. The interruption is injected by wrapping the module's reader of replies: it reads
+    the first, then raises."""
     client.set("a", "A")
     client.set("b", "B")
-    real_reply, reads = redis_pipeline._reply, []
+    real_replies = redis_pipeline._replies
 
-    def interrupted(conn):
-        reads.append(1)
-        if len(reads) == 2:
-            raise KeyboardInterrupt
-        return real_reply(conn)
+    def interrupted(conn, n):
+        assert n == 2
+        real_replies(conn, 1)
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(redis_pipeline, "_reply", interrupted)
+    monkeypatch.setattr(redis_pipeline, "_replies", interrupted)
     with client.pipeline(transaction=False) as pipe:
         pipe.get("a")
         pipe.get("b")

@@ -5,9 +5,12 @@ write and in-order reads in a retry loop, an HIMPORT pre-flight that scans every
 telemetry hooks: ~100 µs of the ~1,300 µs of CPU a no-op job costs the worker (bench/, docs/performance.md).
 The worker's connection retries nothing (RQ's loop reconnects), and the worker uses neither HIMPORT
 nor redis-py's telemetry, so :func:`send` does the write and the reads itself and gives the same
-replies and errors. Anything else (a client that retries, scripts, WATCH, reply options, HIMPORT)
-goes through ``pipe.execute()``. Interrupted between its write and its last read (a signal, a
-timeout), it drops the connection, so no later call reads a reply meant for this one.
+replies and errors. With hiredis (the worker's case) it also packs each command with hiredis
+directly and takes the replies a socket read has already buffered from hiredis's reader, without
+redis-py's wrappers around each command and each reply (another ~120 µs a job). Anything else (a
+client that retries, scripts, WATCH, reply options, HIMPORT) goes through ``pipe.execute()``.
+Interrupted between its write and its last read (a signal, a timeout), it drops the connection, so
+no later call reads a reply meant for this one.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import hiredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _HiredisParser
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE, Pipeline
-from redis.connection import AbstractConnection
-from redis.exceptions import ExecAbortError, ResponseError
+from redis.connection import AbstractConnection, HiredisRespSerializer
+from redis.exceptions import ConnectionError, ExecAbortError, ResponseError
 
 
 def send(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
@@ -50,14 +55,14 @@ def _plain(pipe: Pipeline) -> bool:
     for args, options in pipe.command_stack:
         if options and (EMPTY_RESPONSE in options or NEVER_DECODE in options):
             return False
-        if _is_himport(args[0]):
+        if type(args[0]) not in (str, bytes) or _is_himport(args[0]):
             return False
     return True
 
 
 @functools.lru_cache(maxsize=256)  # the few command names a process sends: one lookup a command
 def _is_himport(name: str | bytes) -> bool:
-    text = name.decode("latin-1") if isinstance(name, bytes) else str(name)
+    text = name.decode("latin-1") if isinstance(name, bytes) else name
     return text.upper().startswith("HIMPORT")
 
 
@@ -66,13 +71,69 @@ def _exchange(pipe: Pipeline, conn: AbstractConnection, commands: list[tuple]) -
     try:
         if pipe.transaction or pipe.explicit_transaction:
             return _transaction(pipe, conn, commands)
-        conn.send_packed_command(conn.pack_commands(commands))
-        return [_reply(conn) for _ in commands]
+        conn.send_packed_command(_pack(conn, commands))
+        return _replies(conn, len(commands))
     except ResponseError:  # raised after every reply was read: the connection is in step
         raise
     except BaseException:  # its state is unknown (a reply may be unread): a fresh one next time
         conn.disconnect()
         raise
+
+
+def _pack(conn: AbstractConnection, commands: list[tuple]) -> list[bytes]:
+    """The commands as RESP, as ``conn.pack_commands`` packs them, in one buffer.
+
+    With redis-py's hiredis packer, each command goes to ``hiredis.pack_command`` directly: redis-py's
+    wrapper only splits a command name holding a space and turns bytearray/memoryview arguments into
+    bytes (hiredis refuses them), and those commands take its packer still.
+    """
+    if type(conn._command_packer) is not HiredisRespSerializer:
+        return conn.pack_commands(commands)
+    packed = []
+    for args in commands:
+        if not _splits(args[0]):
+            try:
+                packed.append(hiredis.pack_command(args))
+                continue
+            except TypeError:  # bytearray/memoryview, which redis-py converts, or what it refuses
+                pass
+        packed.extend(conn._command_packer.pack(*args))
+    return [b"".join(packed)]
+
+
+@functools.lru_cache(maxsize=256)
+def _splits(name: str | bytes) -> bool:
+    """Whether redis-py's packer splits this command name into words (``"CLIENT SETNAME"``)."""
+    return name.split() != [name] if isinstance(name, str) else b" " in name
+
+
+def _replies(conn: AbstractConnection, n: int) -> list[Any]:
+    """The next ``n`` replies, each as :func:`_reply` gives it.
+
+    A reply already in the hiredis reader's buffer (after the first, usually all of them: one socket
+    read takes them all) is taken from it directly and treated as redis-py's hiredis parser treats it
+    (a RESP3 push message handed to its handlers, a connection error raised); the rest go through
+    ``conn.read_response()``, with the socket's timeouts and errors.
+    """
+    parser = conn._parser
+    reader = getattr(parser, "_reader", None)
+    if type(parser) is not _HiredisParser or reader is None:
+        return [_reply(conn) for _ in range(n)]
+    push = parser._hiredis_PushNotificationType
+    out: list[Any] = []
+    while len(out) < n:
+        reply = reader.gets()
+        if reply is NOT_ENOUGH_DATA:
+            out.append(_reply(conn))
+        elif isinstance(reply, ConnectionError):
+            raise reply
+        elif push is not None and isinstance(reply, push):
+            parser.handle_push_response(reply)  # not a reply to a command: the next one is
+        elif type(reply) is list and reply and isinstance(reply[0], ConnectionError):
+            raise reply[0]
+        else:
+            out.append(reply)
+    return out
 
 
 def _reply(conn: AbstractConnection) -> Any:
@@ -85,9 +146,8 @@ def _reply(conn: AbstractConnection) -> Any:
 
 def _transaction(pipe: Pipeline, conn: AbstractConnection, commands: list[tuple]) -> list[Any]:
     """MULTI, the commands, EXEC in one write; EXEC's replies, or the first error that aborted it."""
-    conn.send_packed_command(conn.pack_commands([("MULTI",), *commands, ("EXEC",)]))
-    queued = [_reply(conn) for _ in range(len(commands) + 1)]  # OK, then QUEUED or an error each
-    replies = _reply(conn)
+    conn.send_packed_command(_pack(conn, [("MULTI",), *commands, ("EXEC",)]))
+    *queued, replies = _replies(conn, len(commands) + 2)  # OK, then QUEUED or an error each, then EXEC's
     if isinstance(replies, ExecAbortError):
         for number, reply in enumerate(queued[1:], start=1):
             if isinstance(reply, ResponseError):
