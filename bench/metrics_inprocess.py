@@ -50,20 +50,26 @@ def worker_rounds(rounds: int, jobs: int, aa: bool) -> dict[str, list[float]]:
     from taskqueue.worker_classes import InProcessWorker
 
     class Switching(InProcessWorker):
-        """Runs each job with metrics on or off as ``plan`` says, and charges its CPU to that side."""
+        """Runs each job with metrics on or off as ``plan`` says, and charges its CPU to that side:
+        all of the worker's CPU since the previous job ended (taking this job, starting it, running
+        and finishing it), so the share is of what a job costs the worker, not of ``execute_job``."""
 
         def __init__(self, plan: list[str], *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.plan, self.spent = plan, {"on": 0.0, "off": 0.0}
+            self.mark: float | None = None  # CPU time at the end of the previous job
 
         def execute_job(self, job, queue):
             side = self.plan.pop()
             self.metrics_enabled = side == "on" or aa
-            t0 = time.process_time()
+            if self.mark is None:  # the first job: from here (not the worker's start-up)
+                self.mark = time.process_time()
             try:
                 return super().execute_job(job, queue)
             finally:
-                self.spent[side] += time.process_time() - t0
+                now = time.process_time()
+                self.spent[side] += now - self.mark
+                self.mark = now
 
     rng = random.Random(7)
     cpu: dict[str, list[float]] = {"on": [], "off": []}
