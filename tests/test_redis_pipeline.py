@@ -99,9 +99,9 @@ def test_commands_are_packed_as_redis_py_packs_them(client):
     ]
     conn = client.connection_pool.get_connection()
     try:
-        assert redis_pipeline._pack(conn, commands) == [b"".join(conn.pack_commands(commands))]
+        assert redis_pipeline.pack(conn, commands) == [b"".join(conn.pack_commands(commands))]
         with pytest.raises(redis.exceptions.DataError):  # redis-py's error for what it cannot send
-            redis_pipeline._pack(conn, [("SET", "k", None)])
+            redis_pipeline.pack(conn, [("SET", "k", None)])
     finally:
         client.connection_pool.release(conn)
 

@@ -27,6 +27,8 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import get_call_string, now, utcformat
 
+from .script_call import OwnConnectionScript
+
 if TYPE_CHECKING:
     from .jobs import JobRequest
     from .tasks import Task
@@ -124,7 +126,7 @@ class Enqueuer:
             self._func_names[name] = job.func_name
             fields = job.to_dict().items()
             templates[name] = [encode(v) for k, value in fields if k not in PER_JOB_FIELDS for v in (k, value)]
-        self._script = queue.connection.register_script(enqueue_script(templates))
+        self._script = OwnConnectionScript(queue.connection.register_script(enqueue_script(templates)))
 
     def enqueue(
         self,

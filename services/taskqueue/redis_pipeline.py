@@ -71,7 +71,7 @@ def _exchange(pipe: Pipeline, conn: AbstractConnection, commands: list[tuple]) -
     try:
         if pipe.transaction or pipe.explicit_transaction:
             return _transaction(pipe, conn, commands)
-        conn.send_packed_command(_pack(conn, commands))
+        conn.send_packed_command(pack(conn, commands))
         return _replies(conn, len(commands))
     except ResponseError:  # raised after every reply was read: the connection is in step
         raise
@@ -80,7 +80,7 @@ def _exchange(pipe: Pipeline, conn: AbstractConnection, commands: list[tuple]) -
         raise
 
 
-def _pack(conn: AbstractConnection, commands: list[tuple]) -> list[bytes]:
+def pack(conn: AbstractConnection, commands: list[tuple]) -> list[bytes]:
     """The commands as RESP, as ``conn.pack_commands`` packs them, in one buffer.
 
     With redis-py's hiredis packer, each command goes to ``hiredis.pack_command`` directly: redis-py's
@@ -146,7 +146,7 @@ def _reply(conn: AbstractConnection) -> Any:
 
 def _transaction(pipe: Pipeline, conn: AbstractConnection, commands: list[tuple]) -> list[Any]:
     """MULTI, the commands, EXEC in one write; EXEC's replies, or the first error that aborted it."""
-    conn.send_packed_command(_pack(conn, [("MULTI",), *commands, ("EXEC",)]))
+    conn.send_packed_command(pack(conn, [("MULTI",), *commands, ("EXEC",)]))
     *queued, replies = _replies(conn, len(commands) + 2)  # OK, then QUEUED or an error each, then EXEC's
     if isinstance(replies, ExecAbortError):
         for number, reply in enumerate(queued[1:], start=1):

@@ -1,0 +1,63 @@
+"""A Lua script called over a connection of its own: one send and one read, no pool in between.
+
+The generator calls its enqueue script once per group of concurrent enqueues (group_commit.py), from
+one caller at a time per process. Through redis-py, each call takes a pooled connection (under gevent,
+a ``poll`` to check that it holds no stale reply), wraps the send and the read in its retry loop and
+telemetry hooks, and gives the connection back: ~10 % of a ``/start`` request's CPU in py-spy, about
+as much as the call's own system calls (docs/performance.md). :class:`OwnConnectionScript` keeps one
+connection for the script and sends EVALSHA on it directly. Whatever it cannot finish goes to
+redis-py's path, which handles it as before: a second concurrent caller (the connection is busy), a
+Redis that has forgotten the script (NOSCRIPT: redis-py loads it), a lost connection or a timeout
+(redis-py retries as configured). A retry must therefore be safe: the caller's script has to do
+nothing when it has run already, as the enqueue script does.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from redis.commands.core import Script
+from redis.connection import AbstractConnection
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
+
+from .redis_pipeline import pack
+
+
+class OwnConnectionScript:
+    """Call ``script`` as ``script(keys=..., args=...)`` does, on a connection of its own when free."""
+
+    def __init__(self, script: Script):
+        self.script = script
+        self._lock = threading.Lock()  # held by the call on the own connection
+        self._conn: AbstractConnection | None = None
+        self._pid = 0  # the process that made _conn (a forked child makes its own)
+
+    def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        if self._lock.acquire(blocking=False):
+            try:
+                return self._call(keys, args)
+            except (NoScriptError, ConnectionError, TimeoutError):
+                pass  # not run, or not known to have run: redis-py's path below loads, retries
+            finally:
+                self._lock.release()
+        return self.script(keys=keys, args=args)
+
+    def _call(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        conn = self._connection()
+        try:
+            conn.send_packed_command(pack(conn, [("EVALSHA", self.script.sha, len(keys), *keys, *args)]))
+            return conn.read_response()
+        except ResponseError:  # an error reply, read whole: the connection is in step
+            raise
+        except BaseException:  # a reply may be unread (a lost connection, a killed greenlet): start afresh
+            conn.disconnect()
+            raise
+
+    def _connection(self) -> AbstractConnection:
+        if self._conn is None or self._pid != os.getpid():
+            pool = self.script.registered_client.connection_pool
+            self._conn, self._pid = pool.connection_class(**pool.connection_kwargs), os.getpid()
+        return self._conn

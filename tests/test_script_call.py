@@ -1,0 +1,160 @@
+"""taskqueue.script_call.OwnConnectionScript: a script called on a connection of its own, and
+redis-py's path for whatever that connection cannot finish.
+
+Real redis-server, the generator's kind of client (redis-py retries twice). Calls that take redis-py's
+path are counted by wrapping ``Script.__call__``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+from redis.commands.core import Script
+
+from taskqueue.connection import connect
+from taskqueue.script_call import OwnConnectionScript
+
+# Appends its argument to a list and returns the list's length; does nothing when the marker key
+# exists (as the enqueue script does for a job that exists), so a retry of a call that ran is harmless.
+APPEND_ONCE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[2], '1')
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
+
+
+@pytest.fixture
+def client(cfg):
+    c = connect(cfg)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def redis_py_calls(monkeypatch):
+    """The calls that went through redis-py's ``Script.__call__``."""
+    calls = []
+    real = Script.__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("args"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Script, "__call__", counted)
+    return calls
+
+
+def call(script: OwnConnectionScript, n: int):
+    return script(keys=["list", f"marker-{n}"], args=[f"item-{n}"])
+
+
+def test_calls_go_over_its_own_connection_and_give_the_scripts_replies(client, redis_client, redis_py_calls):
+    script = OwnConnectionScript(client.register_script(APPEND_ONCE))
+    assert call(script, 1) == 1
+    assert redis_py_calls == [["item-1"]]  # the script is not in Redis yet (NOSCRIPT): redis-py loads it
+    redis_py_calls.clear()
+    assert [call(script, n) for n in range(2, 6)] == [2, 3, 4, 5]
+    assert redis_py_calls == []
+    assert redis_client.lrange("list", 0, -1) == [f"item-{n}".encode() for n in range(1, 6)]
+    pool = client.connection_pool
+    assert script._conn is not None and script._conn not in pool._available_connections + list(pool._in_use_connections)
+
+
+def test_a_redis_that_forgot_the_script_gets_it_through_redis_py(client, redis_client, redis_py_calls):
+    script = OwnConnectionScript(client.register_script(APPEND_ONCE))
+    assert call(script, 1) == 1
+    redis_py_calls.clear()
+    redis_client.script_flush()  # a restarted Redis
+    assert call(script, 2) == 2
+    assert redis_py_calls == [["item-2"]]  # NOSCRIPT on its own connection: redis-py's path loaded it
+    assert call(script, 3) == 3 and len(redis_py_calls) == 1
+
+
+def test_a_lost_connection_is_retried_by_redis_py_and_runs_the_script_once(client, redis_client, redis_py_calls):
+    script = OwnConnectionScript(client.register_script(APPEND_ONCE))
+    call(script, 1)
+    redis_py_calls.clear()
+    redis_client.client_kill_filter(_type="normal", skipme=True)  # drops its own connection
+    assert call(script, 2) == 2
+    assert redis_py_calls == [["item-2"]] and redis_client.lrange("list", 0, -1) == [b"item-1", b"item-2"]
+    assert call(script, 3) == 3 and len(redis_py_calls) == 1  # reconnected: its own connection again
+
+
+def test_a_call_that_times_out_is_retried_by_redis_py_and_runs_once(client, redis_client, redis_py_calls):
+    """Redis holds writes longer than the client's timeout (1 s): the own connection's call times
+    out, redis-py's path retries until Redis answers; the script runs once."""
+    script = OwnConnectionScript(client.register_script(APPEND_ONCE))
+    call(script, 1)
+    redis_py_calls.clear()
+    redis_client.execute_command("CLIENT", "PAUSE", 1300, "WRITE")
+    started = time.monotonic()
+    assert call(script, 2) == 2
+    assert 1.0 <= time.monotonic() - started < 5
+    assert redis_py_calls == [["item-2"]] and redis_client.lrange("list", 0, -1) == [b"item-1", b"item-2"]
+
+
+def test_a_call_interrupted_before_its_reply_does_not_leave_it_to_the_next(client, redis_client, monkeypatch):
+    """A killed greenlet or a signal between the send and the read: the connection is dropped, so the
+    next call reads its own reply, not the interrupted one's. The interruption is injected into the
+    connection's read."""
+    script = OwnConnectionScript(client.register_script("return ARGV[1]"))
+    assert script(keys=[], args=["warm"]) in (b"warm", "warm")
+    conn = script._conn
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conn, "read_response", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        script(keys=[], args=["first"])
+    monkeypatch.undo()
+    assert script(keys=[], args=["second"]) == b"second"
+
+
+def test_a_second_caller_meanwhile_takes_redis_pys_path(client, redis_client, redis_py_calls):
+    """Calls come one at a time from the group commit, but a call with an Idempotency-Key does not
+    wait for it: while the own connection is busy, redis-py's pooled path serves."""
+    script = OwnConnectionScript(client.register_script(APPEND_ONCE))
+    call(script, 1)
+    redis_py_calls.clear()
+    in_call, release = threading.Event(), threading.Event()
+    conn = script._conn
+    real_read = conn.read_response
+
+    def slow_read(*args, **kwargs):
+        in_call.set()
+        release.wait(5)
+        return real_read(*args, **kwargs)
+
+    conn.read_response = slow_read
+    results = {}
+    first = threading.Thread(target=lambda: results.update(first=call(script, 2)))
+    first.start()
+    assert in_call.wait(5)
+    results["second"] = call(script, 3)  # the own connection is busy
+    release.set()
+    first.join(5)
+    del conn.read_response
+    assert redis_py_calls == [["item-3"]] and sorted(results.values()) == [2, 3]
+    assert sorted(redis_client.lrange("list", 0, -1)) == [b"item-1", b"item-2", b"item-3"]
+
+
+def test_a_forked_process_makes_its_own_connection(client, redis_client):
+    script = OwnConnectionScript(client.register_script(APPEND_ONCE))
+    call(script, 1)
+    parents = script._conn
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a call of its own, on a connection of its own
+        try:
+            ok = call(script, 2) == 2 and script._conn is not parents
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
+    assert call(script, 3) == 3 and script._conn is parents  # the parent's is untouched
