@@ -120,3 +120,20 @@ def test_the_same_call_sent_twice_queues_its_jobs_once(service, redis_client):
     service.enqueuer.enqueue(reqs, ids)  # what the retry sends: the same ids and arguments
     assert redis_client.lrange(service.queue.key, 0, -1) == [i.encode() for i in ids]
     assert {i: redis_client.hgetall(Job.key_for(i)) for i in ids} == before
+
+
+def test_rq_timestamp_is_rqs_utcformat():
+    """The job hash's timestamps: the text RQ's ``utcformat`` gives, without its strftime."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from taskqueue.timestamps import rq_timestamp
+
+    moments = [
+        datetime(2026, 11, 28, 14, 25, 9, 123456, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # no microseconds: isoformat would drop them
+        datetime(2026, 1, 2, 3, 4, 5, 7),  # naive
+        datetime(2026, 6, 1, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),  # fields as they are
+        datetime(1000, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ]
+    assert [rq_timestamp(m) for m in moments] == [utcformat(m) for m in moments]

@@ -103,21 +103,17 @@ def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Enqueued, bo
     return job, created
 
 
-def _message(job: Enqueued) -> str:
+def _message(job: Enqueued, when: str | None) -> str:
     """The seed's message: what was enqueued, its id and when."""
     what = job.args[0] if job.task == "sleep" and job.args else f"task {job.task}"
-    return f"{what} with id: {job.id} added to queue at {iso(job.enqueued_at)}"
+    return f"{what} with id: {job.id} added to queue at {when}"
 
 
 def _accepted(job: Enqueued, created: bool, status: int):
     status_url = _status_prefix() + job.id  # url_for's URL, without its ~30 µs of URL building
+    when = iso(job.enqueued_at)
     response = jsonify(
-        {
-            "jobId": job.id,
-            "timeOfEnqueue": iso(job.enqueued_at),
-            "message": _message(job),
-            "statusUrl": status_url,
-        }
+        {"jobId": job.id, "timeOfEnqueue": when, "message": _message(job, when), "statusUrl": status_url}
     )
     response.status_code = status
     response.headers["Location"] = status_url

@@ -25,9 +25,10 @@ from uuid import uuid4
 
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
-from rq.utils import get_call_string, now, utcformat
+from rq.utils import get_call_string, now
 
 from .script_call import OwnConnectionScript
+from .timestamps import rq_timestamp
 
 if TYPE_CHECKING:
     from .jobs import JobRequest
@@ -142,7 +143,7 @@ class Enqueuer:
             return []
         ids = list(job_ids) if job_ids is not None else [str(uuid4()) for _ in reqs]
         enqueued_at = now()
-        stamp = utcformat(enqueued_at)
+        stamp = rq_timestamp(enqueued_at)
         dumps = self.queue.serializer.dumps
         idem_key, idem_ttl = idempotency if idempotency is not None else ("", 0)
         keys = [self.queue.key, Queue.redis_queues_keys, idem_key]

@@ -45,10 +45,11 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 from rq.results import Result
 from rq.serializers import Serializer, resolve_serializer
 from rq.suspension import is_suspended
-from rq.utils import as_text, now, utcformat
+from rq.utils import as_text, now
 from rq.worker import WorkerStatus
 
 from . import redis_pipeline
+from .timestamps import rq_timestamp
 
 JOB_FINISH_FIELDS = ("status", "ended_at", "last_heartbeat")
 # Put a popped job back at the front of its queue, if it is still in the intermediate list.
@@ -390,8 +391,8 @@ class LeanJobPath:
                 job.key,
                 mapping={
                     "status": JobStatus.FINISHED,
-                    "ended_at": utcformat(job.ended_at),
-                    "last_heartbeat": utcformat(job.last_heartbeat),
+                    "ended_at": rq_timestamp(job.ended_at),
+                    "last_heartbeat": rq_timestamp(job.last_heartbeat),
                 },
             )
             LeanResult.create(
