@@ -8,11 +8,13 @@ path are counted by wrapping ``Script.__call__``.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
 import pytest
 from redis.commands.core import Script
+from redis.exceptions import ConnectionError, TimeoutError
 
 from taskqueue.connection import connect
 from taskqueue.script_call import OwnConnectionScript
@@ -81,6 +83,37 @@ def test_a_lost_connection_is_retried_by_redis_py_and_runs_the_script_once(clien
     assert call(script, 2) == 2
     assert redis_py_calls == [["item-2"]] and redis_client.lrange("list", 0, -1) == [b"item-1", b"item-2"]
     assert call(script, 3) == 3 and len(redis_py_calls) == 1  # reconnected: its own connection again
+
+
+def test_an_unreachable_redis_costs_one_attempt_more_than_redis_pys_retries(redis_py_calls):
+    """Connects time out (a listener whose backlog is full): its own connection tries once, with no
+    retries of its own, then redis-py's path tries as configured (three attempts) and raises."""
+    from taskqueue import config as config_module
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    filler = socket.create_connection(listener.getsockname())  # the backlog's one place, taken
+    port = listener.getsockname()[1]
+    env = {"TASKQUEUE_REDIS_URL": f"redis://127.0.0.1:{port}/0", "TASKQUEUE_REDIS_TIMEOUT": "0.2"}
+    down = connect(config_module.load(environ=env))
+    script = OwnConnectionScript(down.register_script(APPEND_ONCE))
+    attempts = []
+    connection_class = type(script._connection())
+    real = connection_class._connect
+
+    def counted(conn):
+        attempts.append(conn is script._conn)
+        return real(conn)
+
+    try:
+        connection_class._connect = counted
+        with pytest.raises((ConnectionError, TimeoutError)):
+            call(script, 1)
+    finally:
+        connection_class._connect = real
+        down.close()
+        filler.close()
+        listener.close()
+    assert attempts == [True, False, False, False] and redis_py_calls == [["item-1"]]
 
 
 def test_a_call_that_times_out_is_retried_by_redis_py_and_runs_once(client, redis_client, redis_py_calls):

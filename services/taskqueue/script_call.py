@@ -19,9 +19,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
+from redis.retry import Retry
 
 from .redis_pipeline import pack
 
@@ -59,5 +61,7 @@ class OwnConnectionScript:
     def _connection(self) -> AbstractConnection:
         if self._conn is None or self._pid != os.getpid():
             pool = self.script.registered_client.connection_pool
-            self._conn, self._pid = pool.connection_class(**pool.connection_kwargs), os.getpid()
+            # One connect attempt: redis-py's path, which the call falls back to, retries as configured.
+            kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+            self._conn, self._pid = pool.connection_class(**kwargs), os.getpid()
         return self._conn
