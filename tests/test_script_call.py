@@ -191,3 +191,12 @@ def test_a_forked_process_makes_its_own_connection(client, redis_client):
     assert os.read(read, 1) == b"1"
     os.waitpid(pid, 0)
     assert call(script, 3) == 3 and script._conn is parents  # the parent's is untouched
+
+
+def test_a_reply_left_unread_on_its_connection_is_not_taken_for_the_calls(client, redis_client):
+    """The pool's check, kept: a connection holding a reply nobody read is replaced before the call."""
+    script = OwnConnectionScript(client.register_script("return ARGV[1]"))
+    assert script(keys=[], args=["warm"]) == b"warm"
+    script._conn.send_command("ECHO", "stale")  # sent, its reply never read
+    time.sleep(0.05)
+    assert script(keys=[], args=["fresh"]) == b"fresh"
