@@ -198,5 +198,16 @@ def test_a_reply_left_unread_on_its_connection_is_not_taken_for_the_calls(client
     script = OwnConnectionScript(client.register_script("return ARGV[1]"))
     assert script(keys=[], args=["warm"]) == b"warm"
     script._conn.send_command("ECHO", "stale")  # sent, its reply never read
-    time.sleep(0.05)
+    assert script._conn.can_read(timeout=2)  # the reply is there
     assert script(keys=[], args=["fresh"]) == b"fresh"
+
+
+def test_a_connection_marked_for_reconnect_is_replaced_before_the_call(client, redis_client):
+    """The pool's other check, kept: a server's notice (RESP3 maintenance) marks a connection to be
+    replaced; redis-py replaces it when it goes back to the pool, this at its next call."""
+    script = OwnConnectionScript(client.register_script("return ARGV[1]"))
+    assert script(keys=[], args=["warm"]) == b"warm"
+    before = script._conn._sock
+    script._conn.mark_for_reconnect()
+    assert script(keys=[], args=["after"]) == b"after"
+    assert script._conn._sock is not before and not script._conn.should_reconnect()

@@ -49,8 +49,11 @@ def send(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
 
 
 def _plain(pipe: Pipeline) -> bool:
-    """Queued commands only: no scripts, WATCH, reply options or HIMPORT (redis-py prepares those)."""
+    """Queued commands only: no scripts, WATCH, reply options or HIMPORT (redis-py prepares those),
+    on a client without client-side caching."""
     if not pipe.command_stack or pipe.scripts or pipe.watching or pipe.connection is not None:
+        return False
+    if getattr(pipe.connection_pool, "cache", None) is not None:  # client-side caching wraps connections
         return False
     for args, options in pipe.command_stack:
         if options and (EMPTY_RESPONSE in options or NEVER_DECODE in options):
@@ -85,17 +88,18 @@ def pack(conn: AbstractConnection, commands: list[tuple]) -> list[bytes]:
 
     With redis-py's hiredis packer, each command goes to ``hiredis.pack_command`` directly: redis-py's
     wrapper only splits a command name holding a space and turns bytearray/memoryview arguments into
-    bytes (hiredis refuses them), and those commands take its packer still.
+    bytes. Those commands take its packer still (hiredis packs a strided memoryview's underlying
+    memory, not the view), and so do the arguments hiredis refuses (redis-py refuses them too).
     """
     if type(conn._command_packer) is not HiredisRespSerializer:
         return conn.pack_commands(commands)
     packed = []
     for args in commands:
-        if not _splits(args[0]):
+        if not _splits(args[0]) and memoryview not in map(type, args):
             try:
                 packed.append(hiredis.pack_command(args))
                 continue
-            except TypeError:  # bytearray/memoryview, which redis-py converts, or what it refuses
+            except TypeError:  # bytearray, which redis-py converts, or what it refuses
                 pass
         packed.extend(conn._command_packer.pack(*args))
     return [b"".join(packed)]
