@@ -7,7 +7,7 @@ The worker's connection retries nothing (RQ's loop reconnects), and the worker u
 nor redis-py's telemetry, so :func:`send` does the write and the reads itself and gives the same
 replies and errors. With hiredis (the worker's case) it also packs each command with hiredis
 directly and takes the replies a socket read has already buffered from hiredis's reader, without
-redis-py's wrappers around each command and each reply (another ~120 µs a job). Anything else (a
+redis-py's wrappers around each command and each reply (another ~10-13 % of a job). Anything else (a
 client that retries, scripts, WATCH, reply options, HIMPORT) goes through ``pipe.execute()``.
 Interrupted between its write and its last read (a signal, a timeout), it drops the connection, so
 no later call reads a reply meant for this one.
