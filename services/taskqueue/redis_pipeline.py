@@ -37,7 +37,11 @@ def send(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
         conn = pool.get_connection()
         delegate = conn.retry.get_retries() > 0
         if not delegate:
-            replies = _exchange(pipe, conn, [args for args, _ in stack])
+            commands = [args for args, _ in stack]
+            if pipe.transaction or pipe.explicit_transaction:
+                replies = _transaction(pipe, conn, commands)
+            else:
+                replies = exchange(conn, commands, len(commands))
     finally:
         if conn is not None:
             pool.release(conn)
@@ -69,16 +73,14 @@ def _is_himport(name: str | bytes) -> bool:
     return text.upper().startswith("HIMPORT")
 
 
-def _exchange(pipe: Pipeline, conn: AbstractConnection, commands: list[tuple]) -> list[Any]:
-    """One write, then every reply read; interrupted in between, the connection is dropped."""
+def exchange(conn: AbstractConnection, commands: list[tuple], n: int) -> list[Any]:
+    """``commands`` in one write, then the next ``n`` replies, error replies returned rather than
+    raised (so every reply is read); interrupted in between (a lost connection, a signal, a killed
+    greenlet), the connection is dropped, so no later call reads a reply meant for this one."""
     try:
-        if pipe.transaction or pipe.explicit_transaction:
-            return _transaction(pipe, conn, commands)
         conn.send_packed_command(pack(conn, commands))
-        return _replies(conn, len(commands))
-    except ResponseError:  # raised after every reply was read: the connection is in step
-        raise
-    except BaseException:  # its state is unknown (a reply may be unread): a fresh one next time
+        return _replies(conn, n)
+    except BaseException:
         conn.disconnect()
         raise
 
@@ -150,8 +152,8 @@ def _reply(conn: AbstractConnection) -> Any:
 
 def _transaction(pipe: Pipeline, conn: AbstractConnection, commands: list[tuple]) -> list[Any]:
     """MULTI, the commands, EXEC in one write; EXEC's replies, or the first error that aborted it."""
-    conn.send_packed_command(pack(conn, [("MULTI",), *commands, ("EXEC",)]))
-    *queued, replies = _replies(conn, len(commands) + 2)  # OK, then QUEUED or an error each, then EXEC's
+    # OK, then QUEUED or an error each, then EXEC's replies
+    *queued, replies = exchange(conn, [("MULTI",), *commands, ("EXEC",)], len(commands) + 2)
     if isinstance(replies, ExecAbortError):
         for number, reply in enumerate(queued[1:], start=1):
             if isinstance(reply, ResponseError):

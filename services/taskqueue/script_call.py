@@ -29,7 +29,7 @@ from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 from redis.retry import Retry
 
-from .redis_pipeline import pack
+from .redis_pipeline import exchange
 
 
 class OwnConnectionScript:
@@ -53,16 +53,17 @@ class OwnConnectionScript:
 
     def _call(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         conn = self._connection()
-        try:
-            if conn._sock is not None and (conn.can_read() or conn.should_reconnect()):
-                conn.disconnect()  # the pool's checks: a reply nobody read; a server notice to reconnect
-            conn.send_packed_command(pack(conn, [("EVALSHA", self.script.sha, len(keys), *keys, *args)]))
-            return conn.read_response()
-        except ResponseError:  # an error reply, read whole: the connection is in step
-            raise
-        except BaseException:  # a reply may be unread (a lost connection, a killed greenlet): start afresh
+        try:  # the pool's checks: a reply nobody read, a server's notice to reconnect
+            stale = conn._sock is not None and (conn.should_reconnect() or conn.can_read())
+        except BaseException:  # a closed connection: dropped, and the call left to redis-py's path
             conn.disconnect()
             raise
+        if stale:
+            conn.disconnect()
+        reply = exchange(conn, [("EVALSHA", self.script.sha, len(keys), *keys, *args)], 1)[0]
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
 
     def _connection(self) -> AbstractConnection:
         if self._conn is None or self._pid != os.getpid():
