@@ -16,7 +16,7 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.http.wsgi import Response
 from gunicorn.workers.ggevent import GeventWorker
 
-from taskqueue.gevent_worker import FairGeventWorker, HeadersWithBody
+from taskqueue.gevent_worker import FairGeventWorker, HeadersWithBody, ReadOnceConfig
 from tests.support import Generator
 
 PIPELINED = 400
@@ -201,3 +201,43 @@ def test_the_worker_hands_gunicorn_the_held_socket_and_flushes_it_when_the_conne
     finally:
         out.close()
         peer.close()
+
+
+class CountingConfig(Config):
+    """gunicorn's Config, counting the settings looked up through its ``__getattr__``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lookups: list[str] = []
+
+    def __getattr__(self, name):
+        if name != "settings":
+            self.__dict__.setdefault("lookups", []).append(name)
+        return super().__getattr__(name)
+
+
+def test_a_worker_looks_each_setting_up_in_gunicorns_config_once():
+    cfg = CountingConfig()
+    cfg.set("keepalive", 7)
+    once = ReadOnceConfig(cfg)
+    assert [once.keepalive for _ in range(3)] == [7, 7, 7]
+    assert once.forwarded_allow_ips == cfg.forwarded_allow_ips
+    assert once.forwarded_allow_ips is once.forwarded_allow_ips
+    assert not once.is_ssl and not once.is_ssl  # a Config property (certfile or keyfile), computed once too
+    assert once.forwarded_allow_networks() == cfg.forwarded_allow_networks()  # methods work on the real Config
+    assert cfg.lookups.count("keepalive") == 1 and cfg.lookups.count("certfile") == 1
+    for _ in range(2):
+        with pytest.raises(AttributeError):
+            once.no_such_setting  # noqa: B018  # unknown: an error each time, like Config, never kept
+    assert cfg.lookups.count("no_such_setting") == 2
+
+
+def test_the_worker_reads_its_settings_once_from_the_start_of_its_process(monkeypatch):
+    """FairGeventWorker's wiring: gunicorn's init_process (a stand-in here, recording what it sees; the real
+    one would run the worker) already finds the read-once view, wrapping the Config the arbiter passed."""
+    seen = []
+    monkeypatch.setattr(GeventWorker, "init_process", lambda self: seen.append(self.cfg))
+    worker = object.__new__(FairGeventWorker)
+    worker.cfg = cfg = Config()
+    FairGeventWorker.init_process(worker)
+    assert isinstance(seen[0], ReadOnceConfig) and seen[0]._cfg is cfg and worker.cfg is seen[0]

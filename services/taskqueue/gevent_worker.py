@@ -19,6 +19,10 @@ headers until the first body bytes (or the end of the request's handling) and se
 for the second: an app that sends 103 Early Hints, or writes to ``environ["gunicorn.socket"]``
 itself and then waits for the client (a protocol upgrade), would need the raw socket; this one does
 neither.
+
+**Settings read once.** gunicorn's ``Config`` looks a setting up on every read (``Config.__getattr__``:
+find it, then its ``get()``), and a request reads ~20 of them. A worker's settings do not change once
+it runs (a reload starts new workers), so the worker reads them through :class:`ReadOnceConfig`.
 """
 
 from __future__ import annotations
@@ -68,9 +72,25 @@ class HeadersWithBody:
         return getattr(self._sock, name)
 
 
+class ReadOnceConfig:
+    """A worker's view of gunicorn's ``Config``: each setting (or property) read from it once, then kept."""
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+
+    def __getattr__(self, name: str):
+        value = getattr(self._cfg, name)  # an unknown name raises AttributeError, as Config does, and is not kept
+        setattr(self, name, value)
+        return value
+
+
 class FairGeventWorker(GeventWorker):
     """:class:`GeventWorker` that gives the process's other greenlets a turn after a request that had
-    none, and sends each response's headers with its body."""
+    none, sends each response's headers with its body, and reads its settings once."""
+
+    def init_process(self) -> None:
+        self.cfg = ReadOnceConfig(self.cfg)  # in the worker process, after the fork: the arbiter's stays live
+        super().init_process()
 
     def handle_request(self, listener_name, req, sock, addr):
         loop = gevent.get_hub().loop
