@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 import socket
 import threading
@@ -221,15 +222,21 @@ def test_a_worker_looks_each_setting_up_in_gunicorns_config_once():
     cfg.set("keepalive", 7)
     once = ReadOnceConfig(cfg)
     assert [once.keepalive for _ in range(3)] == [7, 7, 7]
-    assert once.forwarded_allow_ips == cfg.forwarded_allow_ips
-    assert once.forwarded_allow_ips is once.forwarded_allow_ips
     assert not once.is_ssl and not once.is_ssl  # a Config property (certfile or keyfile), computed once too
-    assert once.forwarded_allow_networks() == cfg.forwarded_allow_networks()  # methods work on the real Config
     assert cfg.lookups.count("keepalive") == 1 and cfg.lookups.count("certfile") == 1
     for _ in range(2):
         with pytest.raises(AttributeError):
             once.no_such_setting  # noqa: B018  # unknown: an error each time, like Config, never kept
     assert cfg.lookups.count("no_such_setting") == 2
+
+
+def test_the_read_once_view_can_be_copied_like_a_config():
+    """A hook may copy the worker's ``cfg``: copy.copy makes the copy without ``_cfg`` set, and asks for it."""
+    cfg = Config()
+    cfg.set("keepalive", 9)
+    once = ReadOnceConfig(cfg)
+    assert once.keepalive == 9
+    assert copy.copy(once).keepalive == copy.deepcopy(once).keepalive == 9
 
 
 def test_the_worker_reads_its_settings_once_from_the_start_of_its_process(monkeypatch):

@@ -79,8 +79,10 @@ class ReadOnceConfig:
         self._cfg = cfg
 
     def __getattr__(self, name: str):
+        if name == "_cfg":  # not set yet (a copy or an unpickling in progress): no lookup through itself
+            raise AttributeError(name)
         value = getattr(self._cfg, name)  # an unknown name raises AttributeError, as Config does, and is not kept
-        setattr(self, name, value)
+        self.__dict__[name] = value  # methods stay bound to the real Config (its own caches still work)
         return value
 
 
