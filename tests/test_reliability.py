@@ -159,12 +159,34 @@ def test_a_worker_told_to_stop_during_a_redis_outage_stops(tmp_path):
     env = {**server.env(), "TASKQUEUE_REDIS_TIMEOUT": "0.5"}
     w = WorkerProc(env, tmp_path).start()
     try:
+        # In RQ's loop first (its metrics port opens before the worker registers with Redis; an outage
+        # before that is the case of the test below).
+        wait_for(lambda: "Listening on" in w.log(), timeout=10, what="the worker listening")
         server.stop()
         time.sleep(2)  # the worker notices and waits for Redis
         assert w.proc.poll() is None
         w.signal(signal.SIGTERM)
         assert w.proc.wait(timeout=15) == 0
         assert "redis unavailable during shutdown" in w.log()
+    finally:
+        w.stop()
+        server.cleanup()
+
+
+def test_a_worker_told_to_stop_while_waiting_to_start_a_new_one_stops_at_once(tmp_path):
+    """Redis down from the start: the worker fails to register, waits to start a new one (1 s, then 2 s),
+    and SIGTERM in that wait ends the process at once, without another attempt."""
+    server = RedisServer().start()
+    env = {**server.env(), "TASKQUEUE_REDIS_TIMEOUT": "0.5"}
+    server.stop()
+    w = WorkerProc(env, tmp_path).start()
+    try:
+        wait_for(lambda: "starting a new worker in 2 s" in w.log(), timeout=15, what="the second wait")
+        t0 = time.monotonic()
+        w.signal(signal.SIGTERM)
+        assert w.proc.wait(timeout=15) == 0
+        assert time.monotonic() - t0 < 1.5  # not the rest of the 2 s wait, nor a new worker's attempt
+        assert w.log().count("starting a new worker") == 2
     finally:
         w.stop()
         server.cleanup()
