@@ -21,10 +21,10 @@ from .jobs import (
     JobRequest,
     JobService,
     JobStateConflict,
-    iso,
 )
 from .openapi import MAX_BATCH, MAX_LIST_LIMIT, MAX_OFFSET, document
 from .tasks import TASKS, TaskInputError, validate
+from .timestamps import iso
 
 
 class JobIdConverter(BaseConverter):

@@ -7,7 +7,6 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
@@ -32,6 +31,7 @@ from .connection import UNAVAILABLE_ERRORS
 from .enqueue_path import Enqueued, Enqueuer, JobSettings
 from .group_commit import GroupCommit
 from .tasks import TASKS, Task, task_name
+from .timestamps import iso
 
 # JSON on both sides of Redis: a job hash never holds a pickle, and one that does is refused.
 SERIALIZER = JSONSerializer
@@ -72,15 +72,6 @@ class JobStateConflict(RuntimeError):
 
 class BacklogFull(RuntimeError):
     """The queue already holds ``max_backlog`` jobs."""
-
-
-def iso(dt: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a Z, or None."""
-    if dt is None:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
