@@ -17,6 +17,7 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.http.wsgi import Response
 from gunicorn.workers.ggevent import GeventWorker
 
+from taskqueue import header_shortcuts
 from taskqueue.gevent_worker import FairGeventWorker, HeadersWithBody, ReadOnceConfig
 from tests.support import Generator
 
@@ -244,6 +245,7 @@ def test_the_worker_reads_its_settings_once_from_the_start_of_its_process(monkey
     one would run the worker) already finds the read-once view, wrapping the Config the arbiter passed."""
     seen = []
     monkeypatch.setattr(GeventWorker, "init_process", lambda self: seen.append(self.cfg))
+    monkeypatch.setattr(header_shortcuts, "install", lambda: None)  # its own test: test_header_shortcuts.py
     worker = object.__new__(FairGeventWorker)
     worker.cfg = cfg = Config()
     FairGeventWorker.init_process(worker)

@@ -23,12 +23,17 @@ neither.
 **Settings read once.** gunicorn's ``Config`` looks a setting up on every read (``Config.__getattr__``:
 find it, then its ``get()``), and a request reads ~20 of them. A worker's settings do not change once
 it runs (a reload starts new workers), so the worker reads them through :class:`ReadOnceConfig`.
+
+**Header work kept.** The worker process also installs header_shortcuts.py: the Date header formatted
+once a second, a peer's trust for forwarding headers decided once, a plain Location kept as it is.
 """
 
 from __future__ import annotations
 
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
+
+from . import header_shortcuts
 
 # A timer this short fires at the loop's next turn, after its poll for I/O.
 NEXT_TURN = 1e-6
@@ -88,10 +93,12 @@ class ReadOnceConfig:
 
 class FairGeventWorker(GeventWorker):
     """:class:`GeventWorker` that gives the process's other greenlets a turn after a request that had
-    none, sends each response's headers with its body, and reads its settings once."""
+    none, sends each response's headers with its body, and reads its settings once (header work too)."""
 
     def init_process(self) -> None:
-        self.cfg = ReadOnceConfig(self.cfg)  # in the worker process, after the fork: the arbiter's stays live
+        # In the worker process, after the fork: the arbiter keeps its live Config and the stock functions.
+        self.cfg = ReadOnceConfig(self.cfg)
+        header_shortcuts.install()
         super().init_process()
 
     def handle_request(self, listener_name, req, sock, addr):
