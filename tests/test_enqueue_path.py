@@ -137,3 +137,23 @@ def test_rq_timestamp_is_rqs_utcformat():
         datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
     ]
     assert [rq_timestamp(m) for m in moments] == [utcformat(m) for m in moments]
+
+
+def test_enqueues_check_the_script_connection_before_their_batch_is_taken(service, redis_client, monkeypatch):
+    """JobService's wiring: the connection check (a turn of the loop under gevent) runs while the sender is
+    still in line, so whoever it lets run joins the call; it is not repeated in the call."""
+    from taskqueue.script_call import OwnConnectionScript
+
+    in_line = []
+    real = OwnConnectionScript._check
+
+    def counted(conn):
+        in_line.append(len(service._commit._waiting))  # the sender's item: still waiting, or taken
+        return real(conn)
+
+    service.enqueue(requests()[2])  # the script is loaded (redis-py's path, no check of ours)
+    monkeypatch.setattr(OwnConnectionScript, "_check", staticmethod(counted))
+    for _ in range(3):
+        service.enqueue(requests()[2])
+    assert in_line == [1, 1, 1]
+    assert redis_client.llen(service.queue.key) == 4

@@ -70,6 +70,74 @@ def test_callers_arriving_during_a_call_go_together_in_the_next_in_arrival_order
     assert send.calls == [[0], [1, 2, 3, 4, 5]]
 
 
+class GatedStep:
+    """A ``before_batch`` step: records each run; the first waits for ``gate`` (or raises ``error`` then)."""
+
+    def __init__(self, gate: threading.Event, error: BaseException | None = None):
+        self.runs = 0
+        self.gate = gate
+        self.error = error
+        self.in_step = threading.Event()
+
+    def __call__(self):
+        self.runs += 1
+        if self.runs == 1:
+            self.in_step.set()
+            assert self.gate.wait(10)
+            if self.error is not None:
+                raise self.error
+
+
+def _started(fn, *args) -> concurrent.futures.Future:
+    """``fn(*args)`` in a daemon thread: a caller a bug leaves waiting fails its test rather than hang the run."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run():
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the test, KeyboardInterrupt included
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def test_callers_arriving_during_the_step_before_a_batch_go_in_that_batch():
+    """What the step is for: it lets others run (under gevent, a turn of the loop) before the batch is taken."""
+    gate, send = threading.Event(), Recorder()
+    step = GatedStep(gate)
+    commit = GroupCommit(send, before_batch=step)
+    first = _started(commit.submit, 0)
+    assert step.in_step.wait(5)
+    rest = []
+    for i in range(1, 4):
+        rest.append(_started(commit.submit, i))
+        _queued(commit, i + 1)  # behind the sender, which is still in line during its step
+    gate.set()
+    assert [f.result(5) for f in [first, *rest]] == [f"result-{i}" for i in range(4)]
+    assert send.calls == [[0, 1, 2, 3]] and step.runs == 1
+    assert commit.submit(4) == "result-4" and step.runs == 2  # one step a call, a lone caller's too
+
+
+def test_a_sender_failing_in_its_step_leaves_the_line_and_the_next_caller_sends():
+    """Killed in the step (gevent), or the step failed: that caller raises, the others are served."""
+    gate, send = threading.Event(), Recorder()
+    step = GatedStep(gate, KeyboardInterrupt())
+    commit = GroupCommit(send, before_batch=step)
+    leader = _started(commit.submit, "leader")
+    assert step.in_step.wait(5)
+    followers = []
+    for i in range(2):
+        followers.append(_started(commit.submit, f"f{i}"))
+        _queued(commit, i + 2)  # in a known order
+    gate.set()
+    with pytest.raises(KeyboardInterrupt):
+        leader.result(5)
+    assert [f.result(5) for f in followers] == ["result-f0", "result-f1"]
+    assert send.calls == [["f0", "f1"]]  # the leader's item was never sent
+    assert commit.submit("after") == "result-after" and not commit._waiting
+
+
 class Uncopyable(Exception):
     """An exception whose __init__ does not take its own args: copy.copy() cannot rebuild it."""
 

@@ -211,3 +211,68 @@ def test_a_connection_marked_for_reconnect_is_replaced_before_the_call(client, r
     script._conn.mark_for_reconnect()
     assert script(keys=[], args=["after"]) == b"after"
     assert script._conn._sock is not before and not script._conn.should_reconnect()
+
+
+@pytest.fixture
+def checks(monkeypatch):
+    """The connection checks OwnConnectionScript runs (each a ``poll``, under gevent a turn of the loop)."""
+    seen = []
+    real = OwnConnectionScript._check
+
+    def counted(conn):
+        seen.append(conn)
+        return real(conn)
+
+    monkeypatch.setattr(OwnConnectionScript, "_check", staticmethod(counted))
+    return seen
+
+
+def test_a_check_ahead_of_a_call_stands_in_for_that_calls_own(client, redis_client, redis_py_calls, checks):
+    script = OwnConnectionScript(client.register_script("return ARGV[1]"))
+    assert script(keys=[], args=["warm"]) == b"warm"  # loads the script (redis-py's path)
+    checks.clear()
+    assert script(keys=[], args=["a"]) == b"a" and len(checks) == 1  # a call checks for itself
+    script.check()
+    assert len(checks) == 2
+    assert script(keys=[], args=["b"]) == b"b" and len(checks) == 2  # ... or is checked ahead, once
+    assert script(keys=[], args=["c"]) == b"c" and len(checks) == 3  # the next call: for itself again
+    redis_py_calls.clear()
+    script.check()
+    with script._lock:  # the connection busy: this call goes redis-py's way, and uses up the check
+        assert script(keys=[], args=["d"]) == b"d"
+    assert redis_py_calls == [["d"]]
+    assert script(keys=[], args=["e"]) == b"e" and len(checks) == 5
+
+
+def test_a_check_while_a_call_holds_the_connection_leaves_the_next_call_to_check(client, redis_client, checks):
+    script = OwnConnectionScript(client.register_script("return ARGV[1]"))
+    assert script(keys=[], args=["warm"]) == b"warm"
+    checks.clear()
+    with script._lock:
+        script.check()
+    assert checks == []
+    assert script(keys=[], args=["a"]) == b"a" and len(checks) == 1
+
+
+def test_a_check_drops_a_connection_with_a_reply_nobody_read(client, redis_client, redis_py_calls):
+    script = OwnConnectionScript(client.register_script("return ARGV[1]"))
+    assert script(keys=[], args=["warm"]) == b"warm"
+    redis_py_calls.clear()
+    script._conn.send_command("ECHO", "stale")
+    assert script._conn.can_read(timeout=2)
+    script.check()
+    assert script._conn._sock is None  # dropped by the check, not by the call
+    assert script(keys=[], args=["fresh"]) == b"fresh" and redis_py_calls == []  # connects anew, its own way
+
+
+def test_a_check_drops_a_connection_redis_closed(client, redis_client, redis_py_calls):
+    script = OwnConnectionScript(client.register_script("return ARGV[1]"))
+    assert script(keys=[], args=["warm"]) == b"warm"
+    redis_py_calls.clear()
+    script._conn.send_command("CLIENT", "ID")
+    own_id = script._conn.read_response()
+    assert redis_client.execute_command("CLIENT", "KILL", "ID", own_id) == 1
+    time.sleep(0.2)  # the close reaches this end
+    script.check()  # the poll sees the end of the stream: the connection is dropped, no error
+    assert script._conn._sock is None
+    assert script(keys=[], args=["after"]) == b"after" and redis_py_calls == []

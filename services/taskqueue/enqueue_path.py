@@ -129,6 +129,10 @@ class Enqueuer:
             templates[name] = [encode(v) for k, value in fields if k not in PER_JOB_FIELDS for v in (k, value)]
         self._script = OwnConnectionScript(queue.connection.register_script(enqueue_script(templates)))
 
+    def check_connection(self) -> None:
+        """The script connection's checks, ahead of the next :meth:`enqueue` (which skips them)."""
+        self._script.check()
+
     def enqueue(
         self,
         reqs: Sequence[JobRequest],

@@ -6,6 +6,11 @@ more. :class:`GroupCommit` lets the threads of one process share it: the first c
 at once; callers that arrive while a call is in flight queue up, and when it returns the next one in
 line sends everything queued in one call. Nobody waits for a timer, so a lone request takes one
 round trip as before, and under load the calls carry several items each.
+
+A sender may have a step to take before each call that lets other callers run (the enqueue script's
+connection check: under gevent a turn of the event loop). Given as ``before_batch``, it runs before
+the sender takes what is waiting, so the callers it let in go in the same call (docs/performance.md,
+change 19).
 """
 
 from __future__ import annotations
@@ -35,10 +40,17 @@ class _Slot(Generic[T, R]):
 
 class GroupCommit(Generic[T, R]):
     """Send each caller's item through ``send(items) -> results`` (one result per item, in order),
-    batching the items of callers that arrive while a call is in flight (at most ``max_batch``)."""
+    batching the items of callers that arrive while a call is in flight (at most ``max_batch``), and
+    those that arrive during ``before_batch()``, which each sender runs before it takes the batch."""
 
-    def __init__(self, send: Callable[[Sequence[T]], Sequence[R]], max_batch: int = 1000):
+    def __init__(
+        self,
+        send: Callable[[Sequence[T]], Sequence[R]],
+        max_batch: int = 1000,
+        before_batch: Callable[[], object] | None = None,
+    ):
         self._send = send
+        self._before_batch = before_batch
         self._max_batch = max_batch
         self._lock = threading.Lock()
         self._waiting: list[_Slot[T, R]] = []
@@ -49,19 +61,18 @@ class GroupCommit(Generic[T, R]):
         slot: _Slot[T, R] = _Slot(item)
         with self._lock:
             self._waiting.append(slot)
-            lead = not self._busy
+            slot.lead = not self._busy
             self._busy = True
-        if not lead:
+        if not slot.lead:
             try:
                 slot.wake.acquire()  # until the result is in, or it is this caller's turn to send
             except BaseException:  # killed or timed out while in line (gevent): leave the line
                 self._leave(slot)
                 raise
-            lead = slot.lead
-        if lead:
-            self._send_waiting()
+        if slot.lead:
+            self._send_waiting(slot)
         if slot.error is not None:
-            if lead:
+            if slot.lead:
                 raise slot.error
             # Every caller of the batch fails; each raises its own copy (a traceback is per raise).
             if not isinstance(slot.error, Exception):  # the sender was interrupted (SystemExit...)
@@ -73,8 +84,14 @@ class GroupCommit(Generic[T, R]):
             raise error from slot.error
         return slot.result  # type: ignore[return-value]
 
-    def _send_waiting(self) -> None:
-        """Send what is waiting (this caller's item first), then pass the turn on or end it."""
+    def _send_waiting(self, slot: _Slot[T, R]) -> None:
+        """Send what is waiting (``slot``, this caller's, first), then pass the turn on or end it."""
+        if self._before_batch is not None:
+            try:
+                self._before_batch()
+            except BaseException:  # killed in it (gevent), or it failed: out of line, the turn to the next
+                self._leave(slot)
+                raise
         with self._lock:
             batch, self._waiting = self._waiting[: self._max_batch], self._waiting[self._max_batch :]
         try:
@@ -99,7 +116,7 @@ class GroupCommit(Generic[T, R]):
         nxt.wake.release()
 
     def _leave(self, slot: _Slot[T, R]) -> None:
-        """A caller interrupted in line: out of it, and its turn (if it was given one) to the next."""
+        """A caller interrupted in line (or in ``before_batch``): out of it, and its turn (if it had it) to the next."""
         with self._lock:
             if slot not in self._waiting:
                 return  # already in a batch being sent: its result is set and dropped

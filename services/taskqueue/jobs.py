@@ -94,8 +94,11 @@ class JobService:
         self.enqueuer = Enqueuer(
             self.queue, JobSettings(cfg.job_timeout, cfg.result_ttl, cfg.failure_ttl, self.retry), TASKS
         )
-        # Concurrent enqueues without an Idempotency-Key share one script call (group_commit.py).
-        self._commit: GroupCommit[JobRequest, Enqueued] = GroupCommit(self.enqueuer.enqueue)
+        # Concurrent enqueues without an Idempotency-Key share one script call (group_commit.py); the
+        # connection check before it lets the requests ready by then join it.
+        self._commit: GroupCommit[JobRequest, Enqueued] = GroupCommit(
+            self.enqueuer.enqueue, before_batch=self.enqueuer.check_connection
+        )
         self._backlog, self._backlog_read_at = 0, float("-inf")
 
     def queue_for(self, name: str) -> Queue:

@@ -14,6 +14,10 @@ handles it as before: a second concurrent caller (the connection is busy), a Red
 the script (NOSCRIPT: redis-py loads it), a lost connection or a timeout (redis-py retries as
 configured). A retry must therefore be safe: the caller's script has to do nothing when it has run
 already, as the enqueue script does.
+
+:meth:`OwnConnectionScript.check` runs those checks ahead of the next call, which then skips them: the
+group commit runs it before it gathers a call's jobs, so the callers that the check's turn of the event
+loop lets in go in the same call (group_commit.py, ``before_batch``).
 """
 
 from __future__ import annotations
@@ -40,30 +44,51 @@ class OwnConnectionScript:
         self._lock = threading.Lock()  # held by the call on the own connection
         self._conn: AbstractConnection | None = None
         self._pid = 0  # the process that made _conn (a forked child makes its own)
+        self._checked = False  # check() ran since the last call
+
+    def check(self) -> None:
+        """The connection's checks, now rather than in the next call (the next call only, whichever path
+        it takes). A connection found closed is dropped: the call connects anew."""
+        if not self._lock.acquire(blocking=False):
+            return  # in a call: the next one checks for itself
+        try:
+            self._check(self._connection())
+        except (ConnectionError, TimeoutError):
+            pass  # dropped by _check
+        finally:
+            self._lock.release()
+        self._checked = True
 
     def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        checked, self._checked = self._checked, False
         if self._lock.acquire(blocking=False):
             try:
-                return self._call(keys, args)
+                return self._call(keys, args, checked)
             except (NoScriptError, ConnectionError, TimeoutError):
                 pass  # not run, or not known to have run: redis-py's path below loads, retries
             finally:
                 self._lock.release()
         return self.script(keys=keys, args=args)
 
-    def _call(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    def _call(self, keys: Sequence[Any], args: Sequence[Any], checked: bool) -> Any:
         conn = self._connection()
-        try:  # the pool's checks: a reply nobody read, a server's notice to reconnect
-            stale = conn._sock is not None and (conn.should_reconnect() or conn.can_read())
-        except BaseException:  # a closed connection: dropped, and the call left to redis-py's path
-            conn.disconnect()
-            raise
-        if stale:
-            conn.disconnect()
+        if not checked:
+            self._check(conn)
         reply = exchange(conn, [("EVALSHA", self.script.sha, len(keys), *keys, *args)], 1)[0]
         if isinstance(reply, ResponseError):
             raise reply
         return reply
+
+    @staticmethod
+    def _check(conn: AbstractConnection) -> None:
+        """The pool's checks: a reply nobody read, a server's notice to reconnect; either drops the connection."""
+        try:
+            stale = conn._sock is not None and (conn.should_reconnect() or conn.can_read())
+        except BaseException:  # a closed connection: dropped, and the error raised (the call goes redis-py's way)
+            conn.disconnect()
+            raise
+        if stale:
+            conn.disconnect()
 
     def _connection(self) -> AbstractConnection:
         if self._conn is None or self._pid != os.getpid():
