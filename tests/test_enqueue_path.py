@@ -157,3 +157,49 @@ def test_enqueues_check_the_script_connection_before_their_batch_is_taken(servic
         service.enqueue(requests()[2])
     assert in_line == [1, 1, 1]
     assert redis_client.llen(service.queue.key) == 4
+
+
+def test_job_ids_are_random_uuids_as_uuid4_writes_them():
+    import uuid
+
+    from taskqueue.enqueue_path import new_job_id
+
+    ids = [new_job_id() for _ in range(4000)]
+    assert len(set(ids)) == len(ids)
+    for job_id in ids:
+        parsed = uuid.UUID(job_id)
+        assert str(parsed) == job_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert {i[19] for i in ids} == set("89ab") and {i[14] for i in ids} == {"4"}
+    assert len({i[20] for i in ids}) == 16  # the digits around the fixed ones stay random
+
+
+def test_a_small_calls_data_and_description_are_made_once_and_kept_apart_by_value_and_type(service, monkeypatch):
+    import zlib as real_zlib
+
+    from taskqueue import enqueue_path
+
+    compressed = []
+
+    class CountingZlib:
+        @staticmethod
+        def compress(data):
+            compressed.append(data)
+            return real_zlib.compress(data)
+
+    monkeypatch.setattr(enqueue_path, "zlib", CountingZlib)
+    enqueuer = service.enqueuer
+    func = "taskqueue.tasks.sleep"
+    first = enqueuer._payload(func, [25])
+    assert enqueuer._payload(func, [25]) is first and len(compressed) == 1  # kept
+    assert first == (real_zlib.compress(b'["taskqueue.tasks.sleep", null, [25], {}]'), "taskqueue.tasks.sleep(25)")
+    # Equal as Python keys (1 == 1.0 == True), not as jobs: each has its own data and description.
+    payloads = [enqueuer._payload(func, [v]) for v in (1, 1.0, True)]
+    assert [p[1] for p in payloads] == [f"{func}(1)", f"{func}(1.0)", f"{func}(True)"]
+    assert len({p[0] for p in payloads}) == 3
+    big = ["x" * 200]
+    enqueuer._payload(func, big)
+    enqueuer._payload(func, big)
+    assert compressed[-2:] == [compressed[-1]] * 2  # too big to keep: made each time
+    monkeypatch.setattr(enqueue_path, "KEPT_PAYLOADS", len(enqueuer._payloads))
+    enqueuer._payload(func, [99])
+    assert enqueuer._payload(func, [99]) == enqueuer._payload(func, [99]) and len(enqueuer._payloads) == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 
 import pytest
@@ -128,3 +129,18 @@ def test_status_urls_follow_the_apps_mount_point(app_env):
         (job,) = batch.json["jobs"]
         assert job["statusUrl"] == f"{prefix}/status/{job['jobId']}"
         assert client.get(job["statusUrl"].removeprefix(prefix), base_url=mounted).status_code == 200
+
+
+def test_an_empty_query_string_is_no_query(app_env):
+    """``/start?`` and ``/list?`` answer as ``/start`` and ``/list`` do (the parameters' defaults)."""
+    from taskqueue import config as config_module
+    from taskqueue.app import create_app
+
+    cfg = config_module.load(environ=app_env)
+    client = create_app(cfg).test_client()
+    started = client.get("/start?")
+    assert started.status_code == 200
+    delay = int(re.search(r"delay: (\d+) with id", started.json["message"])[1])  # the seed's message
+    assert cfg.delay_min <= delay <= cfg.delay_max
+    assert client.get("/list?").json == client.get("/list").json
+    assert client.get("/list?limit=0").status_code == client.get("/start?delay=x").status_code == 400

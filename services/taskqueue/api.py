@@ -50,6 +50,8 @@ def service() -> JobService:
 
 
 def _int_param(name: str, default: int, low: int, high: int) -> int:
+    if not request.query_string:  # no query at all (the seed's ``GET /start``): nothing to parse
+        return default
     raw = request.args.get(name)
     if raw is None:
         return default
