@@ -92,12 +92,12 @@ def test_a_mixed_batch_keeps_its_order_and_each_job_its_own_task(service, redis_
 
 def test_idempotency_key_gets_its_lifetime_with_the_job(service, redis_client):
     req = requests()[2]
-    first, created = service.enqueue(req, "order-42")
+    first, created = service.enqueue(req, "order-42", "fingerprint-of-the-request")
     assert created and redis_client.lrange(service.queue.key, 0, -1) == [first.id.encode()]
     key = IDEMPOTENCY_PREFIX + "order-42"
-    assert redis_client.get(key) == first.id.encode()
+    assert redis_client.get(key) == f"{first.id} fingerprint-of-the-request".encode()  # the job, and its request
     assert service.cfg.result_ttl - 5 < redis_client.ttl(key) <= service.cfg.result_ttl
-    again, created = service.enqueue(req, "order-42")
+    again, created = service.enqueue(req, "order-42", "fingerprint-of-the-request")
     assert not created and again.id == first.id and again.task == "noop"
     assert redis_client.llen(service.queue.key) == 1
 

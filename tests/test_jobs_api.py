@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from tests.support import Generator, wait_status
+from tests.support import Generator, WorkerProc, running, wait_status
 
 
 def test_cancel_queued_job_and_conflicts(generator):
@@ -35,6 +35,19 @@ def test_requeue_failed_job(generator, worker):
     assert r.status_code == 409
 
 
+def test_a_requeued_canceled_job_leaves_the_canceled_registry(generator, redis_client, app_env, tmp_path):
+    job_id = requests.get(generator.base + "/start?delay=0", timeout=2).json()["jobId"]
+    assert requests.delete(f"{generator.base}/jobs/{job_id}", timeout=2).json()["status"] == "canceled"
+    r = requests.post(f"{generator.base}/jobs/{job_id}/requeue", timeout=2)
+    assert r.status_code == 200 and r.json()["status"] == "queued"
+    for state in ("canceled", "failed"):
+        listed = requests.get(f"{generator.base}/list?state={state}", timeout=2).json()
+        assert listed["total"] == 0, (state, listed)
+    with running(WorkerProc(app_env, tmp_path).start()):
+        wait_status(generator.base, job_id, {"finished"}, timeout=10)
+    assert requests.get(generator.base + "/list?state=canceled", timeout=2).json()["total"] == 0
+
+
 def test_idempotency_key_returns_same_job_under_concurrency(generator, redis_client):
     def post(_):
         return requests.post(generator.base + "/jobs", json={"task": "noop"},
@@ -52,6 +65,46 @@ def test_idempotency_key_returns_same_job_under_concurrency(generator, redis_cli
     assert s1["jobId"] == s2["jobId"]
     bad = requests.post(generator.base + "/jobs", json={"task": "noop"}, headers={"Idempotency-Key": "x" * 200})
     assert bad.status_code == 400
+
+
+START, JOBS = ("GET", "/start", None), "/jobs"
+HASH10, HASH11 = '{"task": "hash", "args": {"rounds": 10}}', '{"task": "hash", "args": {"rounds": 11}}'
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "replayed"),
+    [
+        (("POST", JOBS, '{"task": "noop"}'), ("POST", JOBS, HASH10), False),
+        (("POST", JOBS, HASH10), ("POST", JOBS, HASH11), False),
+        (("GET", "/start?delay=1", None), ("GET", "/start?delay=2", None), False),
+        (("POST", JOBS, '{"task": "sleep", "args": {"seconds": 1}}'), ("GET", "/start?delay=1", None), False),
+        (("GET", "/start?delay=1", None), ("GET", "/start?delay=1&delay=1", None), False),
+        (START, START, True),  # the seed's /start: a random delay each time, the same request
+        (("POST", JOBS, HASH10), ("POST", JOBS, '{"args": {"rounds": 10}, "task": "hash"}'), True),
+    ],
+    ids=["other-task", "other-args", "other-delay", "other-route", "other-query", "seed-start", "same-json"],
+)  # fmt: skip
+def test_an_idempotency_key_answers_only_the_request_it_was_first_used_with(
+    generator, redis_client, first, second, replayed
+):
+    """Like the payment APIs: the same key with another request is refused (409), never the first request's job."""
+
+    def send(method: str, path: str, body: str | None) -> requests.Response:
+        headers = {"Idempotency-Key": "order-7", "Content-Type": "application/json"}
+        return requests.request(method, generator.base + path, data=body, headers=headers, timeout=5)
+
+    r1 = send(*first)
+    assert r1.status_code in (200, 202), r1.text
+    r2 = send(*second)
+    if replayed:
+        assert r2.status_code == r1.status_code and r2.json()["jobId"] == r1.json()["jobId"]
+        assert r2.headers["Idempotent-Replayed"] == "true"
+    else:
+        assert r2.status_code == 409, r2.text
+        assert r2.json()["error"]["code"] == "idempotency_key_reused"
+        assert "Retry-After" not in r2.headers  # it can never succeed: a new key is needed
+    assert redis_client.llen("rq:queue:default") == 1  # one job, whatever the second request was
+    assert send(*first).json()["jobId"] == r1.json()["jobId"]  # the first request still replays
 
 
 def test_batch_enqueue_in_one_request(generator, worker, redis_client):
@@ -86,7 +139,7 @@ def test_backlog_check_reads_the_queue_length_rarely_far_from_the_limit_and_alwa
     """/start's backlog check: no LLEN per request far from the limit; exact within the margin."""
     from taskqueue import config as config_module
     from taskqueue.connection import connect
-    from taskqueue.jobs import BACKLOG_MARGIN, BACKLOG_READ_EVERY, BacklogFull, JobRequest, JobService
+    from taskqueue.jobs import BACKLOG_MARGIN, CAPACITY_READ_EVERY, BacklogFull, JobRequest, JobService
     from taskqueue.tasks import TASKS
 
     limit = 10 * BACKLOG_MARGIN
@@ -96,10 +149,10 @@ def test_backlog_check_reads_the_queue_length_rarely_far_from_the_limit_and_alwa
     for _ in range(50):  # well under 0.1 s a request here: a handful of reads, not 50
         svc.enqueue(noop)
     assert redis_client.info("commandstats")["cmdstat_llen"]["calls"] < 50
-    # Other processes fill the queue behind this one's back: seen within BACKLOG_READ_EVERY, and
+    # Other processes fill the queue behind this one's back: seen within CAPACITY_READ_EVERY, and
     # near the limit every request reads the length.
     redis_client.rpush("rq:queue:default", *[f"other-{i}" for i in range(limit - 50 - 1)])
-    time.sleep(BACKLOG_READ_EVERY + 0.05)
+    time.sleep(CAPACITY_READ_EVERY + 0.05)
     svc.enqueue(noop)
     assert redis_client.llen("rq:queue:default") == limit
     with pytest.raises(BacklogFull):

@@ -8,6 +8,7 @@ import time
 import pytest
 import requests
 
+from taskqueue import config
 from tests.support import Generator, RedisServer, wait_for, wait_status
 
 SEED_RESULT = "Processed message generating task with delay: 1 after 1 seconds"
@@ -176,4 +177,4 @@ def test_the_other_gunicorn_worker_classes_serve_the_seed_api(worker_class, app_
         assert job_id in requests.get(gen.base + "/list?state=finished", timeout=5).json()["jobs"]
     finally:
         gen.stop()
-    assert f"Using worker: {worker_class}" in gen.log()
+    assert f"Using worker: {config.WEB_WORKER_CLASSES[worker_class]}" in gen.log()

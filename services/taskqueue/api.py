@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
 from . import metrics
 from .enqueue_path import Enqueued
-from .errors import RETRY_AFTER_BACKLOG, ApiError
+from .errors import RETRY_AFTER_BACKLOG, RETRY_AFTER_STORE_FULL, ApiError, error_response
 from .jobs import (
     IDEMPOTENCY_KEY_RE,
     JOB_ID_REGEX,
     LIST_STATES,
     BacklogFull,
+    IdempotencyMismatch,
     JobNotFound,
     JobRequest,
     JobService,
     JobStateConflict,
+    StoreFull,
 )
 from .openapi import MAX_BATCH, MAX_LIST_LIMIT, MAX_OFFSET, document
 from .tasks import TASKS, TaskInputError, validate
@@ -36,7 +41,21 @@ class JobIdConverter(BaseConverter):
 bp = Blueprint("api", __name__)
 # Registered before any route of the blueprint, so the rules below can use <job_id:...>.
 bp.record_once(lambda state: state.app.url_map.converters.setdefault("job_id", JobIdConverter))
-DIGITS = re.compile(r"^[0-9]{1,10}$")
+
+
+def _store_full(exc: StoreFull) -> ApiError:
+    return ApiError(503, "redis_full", f"the job store is full ({exc}); try again later", RETRY_AFTER_STORE_FULL)
+
+
+@bp.errorhandler(StoreFull)
+def _refuse_store_full(exc: StoreFull):
+    """Redis is (nearly) full: no new job on any route until finished ones expire or workers drain it."""
+    metrics.ENQUEUE_REJECTED.labels("redis_full").inc()
+    err = _store_full(exc)
+    return error_response(err.status, err.code, err.message, err.retry_after)
+
+
+DIGITS = re.compile(r"[0-9]{1,10}")  # ASCII digits; used with fullmatch: with match, "$" lets a trailing "\n" through
 STATUS_PATH = "/status/"  # the seed's status route; statusUrl is it plus the job id
 
 
@@ -55,7 +74,7 @@ def _int_param(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not DIGITS.match(raw) or not low <= int(raw) <= high:
+    if not DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
         raise ApiError(400, f"invalid_{name}", f"'{name}' must be an integer from {low} to {high}")
     return int(raw)
 
@@ -64,15 +83,35 @@ def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not IDEMPOTENCY_KEY_RE.match(key):
+    if not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 128 visible ASCII characters")
     return key
+
+
+def _body() -> bytes:
+    """The request body, whole, or an error: 413 past MAX_CONTENT_LENGTH (chunked too), 400 when unreadable."""
+    try:
+        data = request.get_data(cache=True)
+        # Werkzeug ends a body without a Content-Length (chunked) at the size limit without a word (the
+        # document, cut there, would be "invalid JSON"): a byte more from the server means it was longer.
+        limit = request.max_content_length
+        at_limit = request.content_length is None and limit is not None and len(data) >= limit
+        if at_limit and request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+    except RequestEntityTooLarge:
+        raise
+    except Exception:  # the server's framing errors (a bad chunk size, a missing CRLF), a body cut short
+        raise ApiError(
+            400, "invalid_body", "the request body could not be read: bad chunked framing or cut short"
+        ) from None
+    return data
 
 
 def _json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send a JSON body with Content-Type: application/json")
-    body = request.get_json(silent=True)
+    _body()
+    body = request.get_json(silent=True)  # parses what _body() read (and kept)
     if body is None:
         raise ApiError(400, "invalid_json", "the request body is not valid JSON")
     return body
@@ -91,15 +130,23 @@ def _job_request(item: Any) -> JobRequest:
     return JobRequest(task, args)
 
 
+def _fingerprint() -> str:
+    """What an Idempotency-Key is bound to: the route and what the client asked for (query and JSON body)."""
+    asked = [request.method, request.path, sorted(request.args.items(multi=True)), request.get_json(silent=True)]
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Enqueued, bool]:
     svc = service()
     try:
-        job, created = svc.enqueue(req, idempotency_key)
+        job, created = svc.enqueue(req, idempotency_key, _fingerprint() if idempotency_key is not None else "")
     except BacklogFull as exc:
         metrics.ENQUEUE_REJECTED.labels("backlog_full").inc()
         raise ApiError(429, "backlog_full", str(exc), RETRY_AFTER_BACKLOG) from None
     except JobStateConflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc), 1) from None
+    except IdempotencyMismatch as exc:
+        raise ApiError(409, "idempotency_key_reused", f"{exc}; use a new key for a new request") from None
     if created and svc.cfg.metrics_enabled:
         metrics.BATCHED.inc(metrics.jobs_enqueued(svc.queue.name, req.task.name))
     return job, created
@@ -124,7 +171,9 @@ def _accepted(job: Enqueued, created: bool, status: int):
     return response
 
 
-@bp.get("/start")
+# HEAD /start answers 405 (Allow: GET, OPTIONS) and enqueues nothing: a HEAD must have no side effect, and an
+# empty 200 would describe a job (its Location) that does not exist. (Werkzeug would run the GET view for it.)
+@bp.get("/start", head=False)
 def start():
     """The seed's route: enqueue the sleep task with ``?delay=`` or a random 20-30 s."""
     cfg = service().cfg
@@ -149,8 +198,13 @@ def create_batch():
     items = body.get("jobs") if isinstance(body, dict) and set(body) == {"jobs"} else None
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
         raise ApiError(400, "invalid_body", f"'jobs' must be a list of 1 to {MAX_BATCH} jobs")
-    reqs = [_job_request(item) for item in items]
     svc = service()
+    backlog = svc.cfg.max_backlog
+    if backlog and len(items) > backlog:  # could never be enqueued, however long the client waits: not a 429
+        raise ApiError(
+            413, "batch_over_backlog", f"a batch of {len(items)} jobs exceeds TASKQUEUE_MAX_BACKLOG ({backlog} jobs)"
+        )
+    reqs = [_job_request(item) for item in items]
     try:
         jobs = svc.enqueue_batch(reqs)
     except BacklogFull as exc:
@@ -234,9 +288,13 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready to serve: Redis answers."""
+    """Ready to serve: Redis answers and has room for new jobs."""
+    svc = service()
     try:
-        service().redis.ping()
+        full = svc.store_full()
+        svc.redis.ping()
     except Exception as exc:  # any failure to reach Redis means "not ready"
         raise ApiError(503, "redis_unavailable", f"redis is not reachable: {type(exc).__name__}", 5) from None
+    if full:
+        raise _store_full(StoreFull(f"redis holds {svc.cfg.redis_memory_limit} % of its maxmemory or more"))
     return jsonify({"status": "ready"})

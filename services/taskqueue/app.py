@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 import time
 from functools import cache
+from typing import Any
 
 from flask import Flask, Response, request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.routing import Rule
 
 from . import config as config_module
 from . import errors, metrics
@@ -21,9 +24,40 @@ CONVERTER = re.compile(r"<[^:>]+:")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+class DepthSafeJSON(DefaultJSONProvider):
+    """Flask's JSON, where a document nested deeper than the parser can follow is invalid JSON, not a crash.
+
+    ``json.loads`` recurses once a level and raises RecursionError past the interpreter's limit (about
+    1,000 levels): here a ValueError, which ``request.get_json`` treats as any invalid body (400).
+    """
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+
+class SideEffectRule(Rule):
+    """A URL rule that can refuse HEAD (``head=False``): Werkzeug otherwise answers HEAD with the GET view,
+    which for a route with a side effect (``/start`` enqueues) would do the work and drop the answer."""
+
+    def __init__(self, string: str, *, head: bool = True, **kwargs: Any) -> None:
+        super().__init__(string, **kwargs)
+        self.head = head
+        if not head and self.methods is not None:
+            self.methods.discard("HEAD")  # routing answers HEAD 405, with Allow naming the rest
+
+    def get_empty_kwargs(self) -> Any:
+        """The arguments a copy of this rule is made with (Rule.empty), ``head`` included."""
+        return {**super().get_empty_kwargs(), "head": self.head}
+
+
 class GeneratorApp(Flask):
     """Flask, with every request counted and timed when metrics are on."""
 
+    json_provider_class = DepthSafeJSON
+    url_rule_class = SideEffectRule
     count_requests = False
 
     def full_dispatch_request(self) -> Response:

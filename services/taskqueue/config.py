@@ -84,8 +84,29 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("delay_min", "20", int, "Lower bound of the seed's random `/start` delay, seconds.", (G,)),
     Setting("delay_max", "30", int, "Upper bound of the seed's random `/start` delay, seconds.", (G,)),
-    Setting("delay_limit", "600", int, "Largest `?delay=` or sleep `seconds` a client may ask for.", (G,)),
+    Setting(
+        "delay_limit",
+        "120",
+        int,
+        "Largest `?delay=` or sleep `seconds` a client may ask for; must be below `job_timeout`.",
+        (G,),
+    ),
     Setting("max_backlog", "100000", int, "Queued jobs beyond which enqueue answers 429 (0: no limit).", (G,)),
+    Setting(
+        "redis_memory_limit",
+        "80",
+        int,
+        "Percent of Redis's `maxmemory` above which enqueue answers 503 and `/readyz` fails, so running jobs"
+        " can still record their results (0: no check).",
+        (G,),
+    ),
+    Setting(
+        "max_result_bytes",
+        "65536",
+        int,
+        "Largest result a job may store, in bytes of JSON; a larger one fails the job (`ResultTooLarge`).",
+        (W,),
+    ),
     Setting("http_host", "0.0.0.0", str, "Address the generator's API listens on.", (G,)),
     Setting("http_port", "8000", int, "Port of the generator's API.", (G,)),
     Setting("web_workers", "2", int, "gunicorn worker processes of the generator.", (G,)),
@@ -103,7 +124,16 @@ SETTINGS: tuple[Setting, ...] = (
         "web_connections",
         "100",
         int,
-        "Concurrent connections per gunicorn worker process (`gevent` only); more wait to be accepted.",
+        "Requests a gunicorn worker process serves at once (`gevent` only; connections for `gthread`), and so"
+        " its Redis connections; more wait their turn.",
+        (G,),
+    ),
+    Setting(
+        "web_max_connections",
+        "1000",
+        int,
+        "Connections a gunicorn worker process holds open (`gevent` only): idle, sending their request (for at"
+        " most 5 s) or served; more wait to be accepted. A slow client holds one of these, not a request slot.",
         (G,),
     ),
     Setting("metrics_host", "0.0.0.0", str, "Address the `/metrics` endpoint listens on."),
@@ -167,8 +197,13 @@ ROLE_METRICS_PORT = {G: 9100, W: 9200, E: 9300}
 
 VALID_WORKER_CLASSES = ("simple", "fork")
 VALID_LOG_FORMATS = ("json", "text")
-# TASKQUEUE_WEB_WORKER_CLASS -> gunicorn's worker_class (ours for gevent: it takes turns between connections).
-WEB_WORKER_CLASSES = {"gevent": "taskqueue.gevent_worker.FairGeventWorker", "gthread": "gthread", "sync": "sync"}
+# TASKQUEUE_WEB_WORKER_CLASS -> gunicorn's worker_class: gunicorn's, subclassed to answer what gunicorn refuses
+# itself in JSON; gevent's also takes turns between connections (gevent_worker.py).
+WEB_WORKER_CLASSES = {
+    "gevent": "taskqueue.gevent_worker.FairGeventWorker",
+    "gthread": "taskqueue.gevent_worker.JsonThreadWorker",
+    "sync": "taskqueue.gevent_worker.JsonSyncWorker",
+}
 VALID_WEB_WORKER_CLASSES = tuple(WEB_WORKER_CLASSES)
 VALID_SHUTDOWN_MODES = ("finish", "requeue")
 
@@ -191,12 +226,15 @@ class Config:
     delay_max: int
     delay_limit: int
     max_backlog: int
+    redis_memory_limit: int
+    max_result_bytes: int
     http_host: str
     http_port: int
     web_workers: int
     web_worker_class: str
     web_threads: int
     web_connections: int
+    web_max_connections: int
     metrics_host: str
     metrics_port: int
     metrics_enabled: bool
@@ -227,6 +265,15 @@ def _validate(cfg: Config) -> None:
         problems.append("queues: at least one queue name is needed")
     if not 0 <= cfg.delay_min <= cfg.delay_max <= cfg.delay_limit:
         problems.append("need 0 <= delay_min <= delay_max <= delay_limit")
+    if cfg.delay_limit >= cfg.job_timeout:
+        problems.append(
+            f"delay_limit ({cfg.delay_limit}) must be below job_timeout ({cfg.job_timeout}):"
+            " a longer sleep could only time out and be retried"
+        )
+    if not 0 <= cfg.redis_memory_limit <= 100:
+        problems.append("redis_memory_limit: a percent from 0 to 100")
+    if cfg.max_result_bytes < 1:
+        problems.append("max_result_bytes: must be >= 1")
     if cfg.retries < 0:
         problems.append("retries: must be >= 0")
     if cfg.retries and not cfg.retry_intervals:
@@ -238,6 +285,7 @@ def _validate(cfg: Config) -> None:
         "web_workers",
         "web_threads",
         "web_connections",
+        "web_max_connections",
         "worker_processes",
         "maintenance_interval",
         "cleanup_interval",

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.exceptions import BusyLoadingError, ConnectionError, ExecAbortError, OutOfMemoryError, TimeoutError
 from redis.retry import Retry
 
 from .config import Config
 
 # Errors that mean "Redis is not reachable right now" rather than a bug.
 UNAVAILABLE_ERRORS = (ConnectionError, TimeoutError, BusyLoadingError, OSError)
+# Errors that mean "Redis is full" (maxmemory with noeviction): a write refused, or a transaction
+# refused whole because one of its writes was.
+STORE_FULL_ERRORS = (OutOfMemoryError, ExecAbortError)
 
 
 def connect(cfg: Config, *, retries: int = 2) -> Redis:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from http import HTTPStatus
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -13,6 +15,7 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_UNAVAILABLE = 5
 RETRY_AFTER_BACKLOG = 10
+RETRY_AFTER_STORE_FULL = 30  # finished jobs expire and workers drain the queue: not within seconds
 
 
 class ApiError(Exception):
@@ -37,13 +40,34 @@ def error_response(status: int, code: str, message: str, retry_after: int | None
 def _code_for(status: int) -> str:
     return {
         400: "bad_request",
+        403: "forbidden",
         404: "not_found",
         405: "method_not_allowed",
         409: "conflict",
         413: "payload_too_large",
+        414: "uri_too_long",
         415: "unsupported_media_type",
+        417: "expectation_failed",
         429: "too_many_requests",
+        431: "request_header_fields_too_large",
+        500: "internal_error",
+        501: "not_implemented",
     }.get(status, "http_error")
+
+
+def raw_error_response(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 error response, JSON like every other, that closes the connection: for the server's
+    own refusals (gunicorn's parser), which come before or around the app."""
+    body = json.dumps({"error": {"code": _code_for(status), "message": message}}).encode() + b"\n"
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
 
 
 def register(app: Flask) -> None:

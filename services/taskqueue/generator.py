@@ -76,9 +76,14 @@ class GeneratorServer(BaseApplication):
             # flight share their Redis call (group_commit.py) for next to nothing.
             "worker_class": config_module.WEB_WORKER_CLASSES[cfg.web_worker_class],
             "threads": cfg.web_threads if cfg.web_worker_class == "gthread" else 1,
-            # A bound on the requests a gevent process holds at once, and so on its Redis
-            # connections (redis-py's pool grows with them); the rest wait in the listen backlog.
-            "worker_connections": cfg.web_connections,
+            # gevent: the connections a process holds open, slow ones included (it serves web_connections
+            # requests of them at once: gevent_worker.py); gthread: its connections. The rest wait in the
+            # listen backlog.
+            "worker_connections": cfg.web_max_connections if cfg.web_worker_class == "gevent" else cfg.web_connections,
+            # The mount point (SCRIPT_NAME, and so statusUrl and Location) is the server's configuration: no
+            # peer sets it with a header, not even one in forwarded_allow_ips (gunicorn's default: any peer on
+            # 127.0.0.1 could). gunicorn then drops those headers (header_map "drop": their names hold "_").
+            "forwarder_headers": "",
             # Under a read-only root filesystem the heartbeat files go to /tmp (an emptyDir in the chart).
             "worker_tmp_dir": os.environ.get("TMPDIR", "/tmp"),
             "graceful_timeout": 20,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
@@ -27,9 +27,10 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from .config import Config
-from .connection import UNAVAILABLE_ERRORS
+from .connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
 from .enqueue_path import Enqueued, Enqueuer, JobSettings
 from .group_commit import GroupCommit
+from .outcomes import error_summary
 from .tasks import TASKS, Task, task_name
 from .timestamps import iso
 
@@ -45,10 +46,14 @@ IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
 IDEMPOTENCY_PREFIX = "taskqueue:idempotency:"
 IDEMPOTENCY_CLAIM_TTL = 10  # seconds a claim lives before its job exists
 IDEMPOTENCY_WAIT = 2.0  # seconds a concurrent request waits for the winner's job
-# The backlog check reads the queue's length at most this often (s), and always within this many
-# jobs (or 10 %) of the limit: far from it, /start makes one Redis round trip, not two (bench/).
-BACKLOG_READ_EVERY = 0.1
+# The capacity check reads the queue's length and Redis's memory at most this often (s), and the
+# length always within this many jobs (or 10 %) of the backlog limit: far from it, /start makes one
+# Redis round trip, not two (bench/).
+CAPACITY_READ_EVERY = 0.1
 BACKLOG_MARGIN = 100
+# Bytes a queued job adds to Redis when it ends (its result, registry entries): the built-in tasks'
+# measure ~1.1-1.3 kB with Redis configured as the chart does (python -m bench memory); with margin.
+QUEUED_JOB_GROWTH = 2048
 
 REGISTRIES = {
     "started": StartedJobRegistry,
@@ -72,6 +77,14 @@ class JobStateConflict(RuntimeError):
 
 class BacklogFull(RuntimeError):
     """The queue already holds ``max_backlog`` jobs."""
+
+
+class StoreFull(RuntimeError):
+    """Redis's memory is at ``redis_memory_limit`` percent of its ``maxmemory``, or Redis refused a write as full."""
+
+
+class IdempotencyMismatch(RuntimeError):
+    """An Idempotency-Key was first used with another request (another route, task or arguments)."""
 
 
 @dataclass(frozen=True)
@@ -99,48 +112,71 @@ class JobService:
         self._commit: GroupCommit[JobRequest, Enqueued] = GroupCommit(
             self.enqueuer.enqueue, before_batch=self.enqueuer.check_connection
         )
-        self._backlog, self._backlog_read_at = 0, float("-inf")
+        self._backlog, self._memory_full, self._capacity_read_at = 0, False, float("-inf")
 
     def queue_for(self, name: str) -> Queue:
         return Queue(name, connection=self.redis, serializer=SERIALIZER)
 
     # -- enqueue -----------------------------------------------------------------------------------
 
-    def _check_backlog(self, adding: int) -> None:
-        """Refuse work beyond ``max_backlog`` queued jobs, without a Redis call for most requests.
+    def _check_capacity(self, adding: int) -> None:
+        """Refuse work beyond ``max_backlog`` queued jobs, or while Redis is nearly full, without a Redis
+        call for most requests.
 
-        The queue's length is read at most every BACKLOG_READ_EVERY seconds and this process's own
-        enqueues are added to it; within max(BACKLOG_MARGIN, 10 %) of the limit it is read every time.
-        Like any check-then-enqueue across processes, the limit is soft.
+        The queue's length and Redis's memory are read at most every CAPACITY_READ_EVERY seconds and
+        this process's own enqueues are added to the length; within max(BACKLOG_MARGIN, 10 %) of the
+        backlog limit it is read every time. Like any check-then-enqueue across processes, both limits
+        are soft: the memory limit leaves the rest of ``maxmemory`` for the jobs already accepted.
         """
         limit = self.cfg.max_backlog
-        if not limit:
-            return
-        now = time.monotonic()
-        near = self._backlog + adding > limit - max(BACKLOG_MARGIN, limit // 10)
-        if near or now - self._backlog_read_at > BACKLOG_READ_EVERY:
-            self._backlog, self._backlog_read_at = self.queue.count, now
-        if self._backlog + adding > limit:
+        near = limit and self._backlog + adding > limit - max(BACKLOG_MARGIN, limit // 10)
+        if near or time.monotonic() - self._capacity_read_at > CAPACITY_READ_EVERY:
+            self._read_capacity()
+        if self._memory_full:
+            raise StoreFull(f"redis holds {self.cfg.redis_memory_limit} % of its maxmemory or more")
+        if limit and self._backlog + adding > limit:
             raise BacklogFull(f"queue '{self.queue.name}' holds {limit} jobs or more")
         self._backlog += adding
 
-    def enqueue(self, req: JobRequest, idempotency_key: str | None = None) -> tuple[Enqueued, bool]:
+    def _read_capacity(self) -> None:
+        """Read the queue's length and Redis's memory use in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self.queue.key)
+            if self.cfg.redis_memory_limit:
+                pipe.info("memory")
+            replies = pipe.execute()
+        self._backlog = int(replies[0])
+        growth = self._backlog * QUEUED_JOB_GROWTH  # what the queued jobs will add when they end
+        self._memory_full = len(replies) > 1 and memory_full(replies[1], self.cfg.redis_memory_limit, growth)
+        self._capacity_read_at = time.monotonic()
+
+    def store_full(self) -> bool:
+        """Whether Redis is at the memory limit now, or at its maxmemory with the check off (``/readyz``)."""
+        return memory_full(self.redis.info("memory"), self.cfg.redis_memory_limit or 100)
+
+    def enqueue(
+        self, req: JobRequest, idempotency_key: str | None = None, fingerprint: str = ""
+    ) -> tuple[Enqueued, bool]:
         """Enqueue one job; with an idempotency key, return the key's job instead when it exists.
 
-        Returns the job and whether it was created by this call.
+        ``fingerprint`` names the request the key is first used with: the key answers only requests with
+        the same one (else :class:`IdempotencyMismatch`). Returns the job and whether this call created it.
         """
-        if idempotency_key is None:
-            self._check_backlog(1)
-            return self._commit.submit(req), True
-        key = IDEMPOTENCY_PREFIX + idempotency_key
+        with _store_full_as_refusal():
+            if idempotency_key is None:
+                self._check_capacity(1)
+                return self._commit.submit(req), True
+            return self._enqueue_once(req, IDEMPOTENCY_PREFIX + idempotency_key, fingerprint)
+
+    def _enqueue_once(self, req: JobRequest, key: str, fingerprint: str) -> tuple[Enqueued, bool]:
         deadline = time.monotonic() + IDEMPOTENCY_WAIT
         while True:
             job_id = uuid4().hex
             # SET NX decides the race between concurrent requests with the same key. The claim is
             # short-lived until the job exists, so a request that dies in between blocks no one for long.
-            if self.redis.set(key, job_id, nx=True, ex=IDEMPOTENCY_CLAIM_TTL):
+            if self.redis.set(key, f"{job_id} {fingerprint}", nx=True, ex=IDEMPOTENCY_CLAIM_TTL):
                 try:
-                    self._check_backlog(1)
+                    self._check_capacity(1)
                     # The job and the key's full lifetime in one atomic step: both or neither.
                     (job,) = self.enqueuer.enqueue([req], [job_id], (key, self.cfg.result_ttl))
                 except BaseException:
@@ -150,8 +186,11 @@ class JobService:
                 return job, True
             existing = self.redis.get(key)
             if existing is not None:
+                existing_id, _, first_fingerprint = existing.decode().partition(" ")
+                if first_fingerprint != fingerprint:
+                    raise IdempotencyMismatch("this Idempotency-Key was used with another request")
                 try:
-                    return enqueued(self.fetch(existing.decode())), False
+                    return enqueued(self.fetch(existing_id)), False
                 except JobNotFound:
                     pass  # the winner of the race has not enqueued it yet
             if time.monotonic() > deadline:
@@ -160,8 +199,9 @@ class JobService:
 
     def enqueue_batch(self, reqs: Sequence[JobRequest]) -> list[Enqueued]:
         """Enqueue many jobs in one atomic Redis call."""
-        self._check_backlog(len(reqs))
-        return self.enqueuer.enqueue(reqs)
+        with _store_full_as_refusal():
+            self._check_capacity(len(reqs))
+            return self.enqueuer.enqueue(reqs)
 
     # -- inspect -----------------------------------------------------------------------------------
 
@@ -183,7 +223,7 @@ class JobService:
         result = latest.return_value if latest is not None and latest.type == Result.Type.SUCCESSFUL else None
         error = None
         if status_value == "failed" or (latest is not None and latest.type == Result.Type.FAILED):
-            error = _error_summary(latest.exc_string if latest is not None else None)
+            error = error_summary(latest.exc_string if latest is not None else None)
         return {
             "jobId": job.id,
             "task": job_task(job),
@@ -250,12 +290,34 @@ class JobService:
         status = job.get_status()
         if status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
             raise JobStateConflict(f"job is {status.value}; only failed, stopped or canceled jobs can be requeued")
-        if status == JobStatus.FAILED:
-            FailedJobRegistry(job.origin, connection=self.redis, serializer=SERIALIZER).requeue(job)
-        else:
+        # A failed or stopped job is in the failed registry, a canceled one in the canceled registry: RQ's
+        # requeue takes it out as it puts it back on its queue, so no listing counts it twice.
+        registry = CanceledJobRegistry if status == JobStatus.CANCELED else FailedJobRegistry
+        try:
+            registry(job.origin, connection=self.redis, serializer=SERIALIZER).requeue(job)
+        except InvalidJobOperation:  # not in it (a job stopped before its failure was written): queue it
             self.queue_for(job.origin).enqueue_job(job)
         job.refresh()
         return job
+
+
+@contextlib.contextmanager
+def _store_full_as_refusal() -> Iterator[None]:
+    """Redis refusing a write as full (the memory check raced, or is off) is :class:`StoreFull` too.
+
+    The enqueue script's first write is refused before it writes anything, so nothing is half-written.
+    """
+    try:
+        yield
+    except STORE_FULL_ERRORS as exc:
+        raise StoreFull(f"redis refused the write: {exc}") from None
+
+
+def memory_full(info: dict[str, Any], limit_percent: int, growth: int = 0) -> bool:
+    """Whether INFO memory's ``used_memory``, plus ``growth`` bytes to come, is at ``limit_percent`` of
+    ``maxmemory`` (never without a maxmemory)."""
+    maxmemory = int(info.get("maxmemory") or 0)
+    return maxmemory > 0 and (int(info.get("used_memory") or 0) + growth) * 100 >= maxmemory * limit_percent
 
 
 def enqueued(job: Job) -> Enqueued:
@@ -270,11 +332,3 @@ def job_task(job: Job) -> str:
         return task_name(job.func_name)
     except DeserializationError:
         return "other"
-
-
-def _error_summary(exc_string: str | None) -> str:
-    """The last line of a traceback: the exception type and message, not the stack."""
-    if not exc_string:
-        return "job failed"
-    lines = [line for line in exc_string.strip().splitlines() if line.strip()]
-    return lines[-1][:1000] if lines else "job failed"

@@ -7,22 +7,26 @@ prometheus-client picks its storage (memory or mmap files) when it is first impo
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import socket
 import threading
 import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import cache
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    make_wsgi_app,
     multiprocess,
-    start_http_server,
 )
 from prometheus_client.registry import REGISTRY
 
@@ -83,7 +87,7 @@ def worker_gauges() -> tuple[Gauge, Gauge]:
 _WORKER_GAUGES: tuple[Gauge, Gauge] | None = None
 
 OUTCOMES = ("succeeded", "failed", "retried", "stopped")
-REJECT_REASONS = ("backlog_full",)
+REJECT_REASONS = ("backlog_full", "redis_full")
 
 
 @cache  # queues x tasks of the allow-list: bounded
@@ -239,10 +243,47 @@ def serving_registry() -> CollectorRegistry:
     return REGISTRY
 
 
-def serve(host: str, port: int, registry: CollectorRegistry | None = None):
-    """Serve ``/metrics`` on a daemon thread; returns the server so callers can shut it down."""
-    server, _thread = start_http_server(port, addr=host, registry=registry or serving_registry())
+# Pending connections the kernel queues for an HTTP endpoint (socketserver's default is 5): the
+# liveness probe and the scrapes must get through a burst of connections, or idle ones, while the
+# process is busy (a CPU-bound job holds the GIL the accepting thread needs).
+LISTEN_BACKLOG = socket.SOMAXCONN
+# Seconds a connection may take to send its request (and read the answer); then its thread is freed.
+CONNECTION_TIMEOUT = 10.0
+
+
+class HTTPServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, as prometheus-client's server, with a real listen backlog."""
+
+    daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
+
+
+class QuietHandler(WSGIRequestHandler):
+    """No line per request; a client that sends nothing is dropped after ``CONNECTION_TIMEOUT``."""
+
+    timeout = CONNECTION_TIMEOUT
+
+    def handle(self) -> None:
+        """Serve the request; a client that timed out or went away is no error worth a trace."""
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            super().handle()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """One line per scrape would drown the logs."""
+
+
+def serve_app(app: Callable, host: str, port: int) -> WSGIServer:
+    """Serve the WSGI ``app`` on ``host:port`` from a daemon thread; returns the server (``shutdown()`` stops it)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]  # "::" listens on IPv6
+    server_class = type("HTTPServer", (HTTPServer,), {"address_family": family})
+    server = make_server(host, port, app, server_class=server_class, handler_class=QuietHandler)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
+
+
+def serve(host: str, port: int, registry: CollectorRegistry | None = None) -> WSGIServer:
+    """Serve ``/metrics`` on a daemon thread; returns the server so callers can shut it down."""
+    return serve_app(make_wsgi_app(registry or serving_registry()), host, port)
 
 
 def mark_process_dead(pid: int) -> None:

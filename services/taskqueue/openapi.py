@@ -33,6 +33,13 @@ def _json(ref: str, description: str, headers: dict | None = None) -> dict[str, 
 
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer", "minimum": 1}, "description": "Seconds to wait."}}
 UNAVAILABLE = {**_error("Redis is unreachable."), "headers": RETRY_AFTER}
+UNAVAILABLE_OR_FULL = {
+    **_error(
+        "Redis is unreachable (`redis_unavailable`) or full (`redis_full`: it holds"
+        " `TASKQUEUE_REDIS_MEMORY_LIMIT` percent of its maxmemory)."
+    ),
+    "headers": RETRY_AFTER,
+}
 BACKLOG = {**_error("The queue holds `TASKQUEUE_MAX_BACKLOG` jobs."), "headers": RETRY_AFTER}
 JOB_ID = {
     "name": "job_id",
@@ -45,7 +52,7 @@ IDEMPOTENCY = {
     "in": "header",
     "required": False,
     "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
-    "description": "The same key returns the same job for `TASKQUEUE_RESULT_TTL` seconds.",
+    "description": "The same key with the same request returns the same job for `TASKQUEUE_RESULT_TTL` seconds.",
 }
 
 
@@ -70,14 +77,18 @@ def document(cfg: Config) -> dict[str, Any]:
     """The whole OpenAPI document for ``cfg`` (its delay limit bounds the sleep task)."""
     enqueue_errors = {
         "409": {
-            **_error("Another request with this Idempotency-Key is still being processed."),
+            **_error(
+                "`idempotency_conflict`: another request with this Idempotency-Key is still being processed (see"
+                " Retry-After); `idempotency_key_reused`: the key was first used with another request (route,"
+                " query or body), so a new request needs a new key (no Retry-After)."
+            ),
             "headers": RETRY_AFTER,
         },
         "429": BACKLOG,
-        "503": UNAVAILABLE,
+        "503": UNAVAILABLE_OR_FULL,
     }
     body_errors = {
-        "400": _error("Invalid JSON, task or arguments."),
+        "400": _error("Invalid JSON (or nested too deeply), task or arguments; or a body that cannot be read."),
         "413": _error("Body over 1 MiB."),
         "415": _error("Body is not JSON."),
     }
@@ -127,7 +138,12 @@ def document(cfg: Config) -> dict[str, Any]:
                         "required": True,
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}}},
                     },
-                    "responses": {"202": _json("BatchAccepted", "Enqueued."), **body_errors, **enqueue_errors},
+                    "responses": {
+                        "202": _json("BatchAccepted", "Enqueued."),
+                        **body_errors,
+                        "413": _error("Body over 1 MiB, or more jobs than `TASKQUEUE_MAX_BACKLOG` (never enqueued)."),
+                        **enqueue_errors,
+                    },
                 }
             },
             "/status/{job_id}": {"get": _status_op("The seed's route: a job's result and lifecycle.")},
@@ -182,8 +198,8 @@ def document(cfg: Config) -> dict[str, Any]:
             "/healthz": {"get": {"summary": "The process is alive.", "responses": {"200": _json("Health", "Alive.")}}},
             "/readyz": {
                 "get": {
-                    "summary": "Redis answers.",
-                    "responses": {"200": _json("Health", "Ready."), "503": UNAVAILABLE},
+                    "summary": "Redis answers and has room for new jobs.",
+                    "responses": {"200": _json("Health", "Ready."), "503": UNAVAILABLE_OR_FULL},
                 }
             },
             "/openapi.json": {

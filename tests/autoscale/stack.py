@@ -25,7 +25,14 @@ from tests.support import Exporter, Generator, RedisServer, wait_for
 # window, 6 s heartbeats, with 2 job slots per pod and at most 4 pods (2 cores).
 FAST_VALUES: dict[str, Any] = {
     "worker": {"processes": 2, "shutdownGraceSeconds": 5},
-    "config": {"job_timeout": 30, "heartbeat_ttl": 6, "cleanup_interval": 2, "retry_intervals": "1"},
+    "config": {
+        "job_timeout": 30,
+        "delay_max": 25,
+        "delay_limit": 25,  # the sleep within the job timeout
+        "heartbeat_ttl": 6,
+        "cleanup_interval": 2,
+        "retry_intervals": "1",
+    },
     "autoscaling": {
         "minReplicaCount": 0,
         "maxReplicaCount": 4,
