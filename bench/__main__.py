@@ -58,7 +58,7 @@ def metrics(opts: Opts) -> dict[str, Any]:
 
 
 def benchmarks():
-    from bench import http_bench, worker_bench
+    from bench import http_bench, memory, worker_bench
 
     return {
         "start": http_bench.start,
@@ -67,6 +67,7 @@ def benchmarks():
         "redis_cost": worker_bench.redis_cost,
         "latency": worker_bench.latency,
         "metrics": metrics,
+        "memory": memory.memory,
     }
 
 

@@ -20,6 +20,8 @@ import requests
 from taskqueue.local import find_redis_server
 
 ROOT = Path(__file__).resolve().parents[1]
+# How the chart, compose and local mode configure Redis's encodings (docs/reliability.md, "Memory budget").
+REDIS_MEMORY_SHAPE = ("--stream-node-max-bytes", "512", "--hash-max-ziplist-value", "256")  # 6.2 and 7+ name
 BIN = Path(sys.executable).parent
 
 
@@ -65,6 +67,7 @@ class RedisServer:
         cmd = [
             find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            *REDIS_MEMORY_SHAPE,
             *self.extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -66,6 +66,7 @@ def test_delete_stops_a_running_job(generator, app_env, tmp_path, worker_class):
         assert r.status_code == 200, r.text
         doc = wait_status(generator.base, job_id, {"stopped"}, timeout=10)
         assert doc["retriesLeft"] == 2  # a stop is not a failure: no retry is spent
+        assert doc["error"] == "JobStopped: stopped on request"  # not a timeout it never had
         # The worker is still alive and takes the next job.
         nxt = requests.get(generator.base + "/start?delay=0", timeout=2).json()["jobId"]
         assert wait_status(generator.base, nxt, {"finished"}, timeout=10)
@@ -74,6 +75,9 @@ def test_delete_stops_a_running_job(generator, app_env, tmp_path, worker_class):
         # The answer is the job's state after the requeue: an idle worker may have started it already.
         assert r.status_code == 200 and r.json()["status"] in ("queued", "started")
         wait_status(generator.base, job_id, {"started"}, timeout=10)
+        # Running again, it is listed as running only, not also as failed (where the stop had put it).
+        failed = requests.get(generator.base + "/list?state=failed", timeout=2).json()
+        assert job_id not in failed["jobs"] and failed["total"] == 0
         # Stop it again, so no 60 s work-horse outlives the test (a horse is in its own process group).
         assert requests.delete(f"{generator.base}/jobs/{job_id}", timeout=5).status_code == 200
         wait_status(generator.base, job_id, {"stopped"}, timeout=10)

@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from wsgiref.simple_server import WSGIServer
 
 from . import config as config_module
 from . import logs
@@ -47,8 +48,8 @@ class QueueState:
         self._intermediate_seen: dict[str, set[str]] = {}
 
     def read(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
-        """``{(queue, state): jobs}`` and ``{queue: workers}``."""
-        from rq import Worker
+        """``{(queue, state): jobs}`` and ``{queue: workers}`` (two round trips)."""
+        from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
         now = time.time()
         with self.redis.pipeline(transaction=False) as pipe:
@@ -64,8 +65,18 @@ class QueueState:
                         pipe.zcount(registry.key, now, "+inf")
                     else:
                         pipe.zcard(registry.key)
-            counts = dict(zip(keys, (int(v) for v in pipe.execute()), strict=True))
-        workers = {q.name: Worker.count(connection=self.redis, queue=q) for q in self.queues}
+            for q in self.queues:
+                pipe.smembers(WORKERS_BY_QUEUE_KEY % q.name)
+            values = pipe.execute()
+            counts = dict(zip(keys, (int(v) for v in values[: len(keys)]), strict=True))
+            # Only workers whose key is alive (heartbeat_ttl): a killed one drops out when its key
+            # expires, not when the next cleanup pass takes it out of RQ's set (as `rq info` does).
+            members = values[len(keys) :]
+            for worker_keys in members:
+                if worker_keys:
+                    pipe.exists(*worker_keys)
+            alive = iter(pipe.execute())
+            workers = {q.name: next(alive) if m else 0 for q, m in zip(self.queues, members, strict=True)}
         return counts, workers
 
     def work_remaining(self) -> dict[str, int]:
@@ -137,6 +148,7 @@ class QueueStateCollector:
         up = GaugeMetricFamily("taskqueue_redis_up", "1 when the exporter could read Redis at this scrape.")
         try:
             counts, workers = self.state.read()
+            memory = self.state.redis.info("memory")
         except Exception as exc:  # Redis down or slow: report it as a metric, not a scrape failure
             log.warning("cannot read queue state: %s", exc)
             up.add_metric([], 0)
@@ -156,6 +168,15 @@ class QueueStateCollector:
         for queue, n in workers.items():
             w.add_metric([queue], n)
         yield w
+        yield GaugeMetricFamily(
+            "taskqueue_redis_memory_used_bytes", "Memory Redis uses (INFO memory used_memory).",
+            value=int(memory.get("used_memory", 0)),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "taskqueue_redis_memory_max_bytes",
+            "Redis's maxmemory (0: no limit); enqueue stops at TASKQUEUE_REDIS_MEMORY_LIMIT percent of it.",
+            value=int(memory.get("maxmemory", 0)),
+        )
 
 
 def make_app(registry, state: QueueState):
@@ -184,21 +205,11 @@ def make_app(registry, state: QueueState):
     return app
 
 
-def serve(app, host: str, port: int):
-    """Serve ``app`` from a daemon thread; returns the server (``shutdown()`` stops it)."""
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+def serve(app: Callable, host: str, port: int) -> WSGIServer:
+    """Serve ``app`` from a daemon thread, with a real listen backlog; returns the server (``shutdown()`` stops it)."""
+    from .metrics import serve_app
 
-    class Server(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-
-    class QuietHandler(WSGIRequestHandler):
-        def log_message(self, *args):  # one line per scrape would drown the logs
-            pass
-
-    server = make_server(host, port, app, server_class=Server, handler_class=QuietHandler)
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    return server
+    return serve_app(app, host, port)
 
 
 def maintenance_loop(state: QueueState, cfg: config_module.Config, stop: threading.Event) -> None:

@@ -4,13 +4,14 @@ Stock RQ spends 9 round trips and 42 Redis commands of bookkeeping on a job that
 (bench/: ``python -m bench redis_cost``). :class:`LeanJobPath` overrides well-delimited ``BaseWorker``
 methods so that the same records are written, in RQ's order, in fewer and merged calls:
 
-- **take and start** (one pipeline, after the pop): the job read (HGETALL), the Execution (its hash,
-  the job's executions, the started registry, the worker's executions), the job's
+- **take and start** (one MULTI/EXEC, after the pop): the job read (HGETALL), the Execution (its
+  hash, the job's executions, the started registry, the worker's executions), the job's
   status/started_at/worker/heartbeat, PERSIST, and the LREM from the intermediate list last: at
   every moment the job is in the intermediate list or the started registry, where maintenance
-  finds it, and a start whose LREM landed landed whole. A start cut short by a lost connection is
-  checked on reconnect (run, or undone and taken again); a job that left the intermediate list
-  meanwhile (requeued by maintenance) is not started;
+  finds it. A transaction, so that a full Redis (which refuses the writes that grow memory and runs
+  the others) refuses the whole start rather than run the LREM alone. A start cut short by a lost
+  connection is checked on reconnect (run, or undone and taken again); a job that left the
+  intermediate list meanwhile (requeued by maintenance) is not started;
 - **finish** (one MULTI/EXEC): status/ended_at/heartbeat, the Result (XADD), the finished registry,
   expiry, the Execution removed, SMEMBERS of the job's dependents (enqueued afterwards through RQ
   if there are any), and the *next* job popped into the intermediate list (LMOVE), so a busy worker
@@ -49,6 +50,8 @@ from rq.utils import as_text, now
 from rq.worker import WorkerStatus
 
 from . import redis_pipeline
+from .connection import STORE_FULL_ERRORS
+from .outcomes import BoundedResultJob
 from .timestamps import rq_timestamp
 
 JOB_FINISH_FIELDS = ("status", "ended_at", "last_heartbeat")
@@ -96,7 +99,7 @@ class LeanResult(Result):
         self.serializer = checked_serializer(serializer)  # ...and done here (the constructor stores it only)
 
 
-class LeanJob(Job):
+class LeanJob(BoundedResultJob):
     """RQ's Job whose registry properties build the registry from a Queue kept for the job's queue,
     and whose serializer is checked by :func:`checked_serializer`.
 
@@ -237,7 +240,8 @@ class LeanJobPath:
                 taken = self._take(queue, as_text(job_id))
                 if taken is not None:
                     return taken
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *STORE_FULL_ERRORS) as exc:
+                # Redis away, or full (a start refused whole: the job stays in the intermediate list)
                 self.log.error("Worker %s: Redis unavailable (%s); retrying in %.0f s", self.name, exc, wait)
                 time.sleep(wait)
                 wait = min(wait * self.exponential_backoff_factor, self.max_connection_wait_time)
@@ -253,15 +257,16 @@ class LeanJobPath:
         return self.connection.blmove(queue.key, queue.intermediate_queue_key, timeout)
 
     def _take(self, queue: Queue, job_id: str) -> tuple[Job, Queue] | None:
-        """Read the job and write its start (RQ's records, in RQ's order) in one pipeline.
+        """Read the job and write its start (RQ's records, in RQ's order) in one transaction.
 
         The LREM from the intermediate list goes last: at every moment the job is in the queue's
         intermediate list or in its started registry, where maintenance finds it if this process
-        dies; and a start whose LREM landed landed whole (Redis runs a connection's commands in order).
+        dies. A transaction, because a full Redis refuses the writes that grow memory and runs the
+        rest: alone, the LREM would take the job out of the list while its start was refused.
         """
         job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
         job.origin = queue.name
-        with self.connection.pipeline(transaction=False) as pipe:
+        with self.connection.pipeline() as pipe:
             pipe.hgetall(job.key)  # the job as it was queued
             execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
@@ -305,22 +310,23 @@ class LeanJobPath:
         return job, queue
 
     def _resume_interrupted_take(self, queue: Queue) -> tuple[Job, Queue] | None:
-        """Redis went away during a start: did it land? (The LREM is its last command.)"""
+        """Redis went away or refused a start: did it land? (The LREM is its last command.)"""
         job, execution = self._interrupted
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.lpos(queue.intermediate_queue_key, job.id)
             pipe.zscore(queue.started_job_registry.key, execution.composite_key)
             pipe.hgetall(job.key)
             still_queued, claim, raw = pipe.execute()
-        self._interrupted = None
         if still_queued is not None:  # it did not: undo what of it landed, take the job again
             with self.connection.pipeline() as pipe:
                 if raw and b"data" in raw:
                     pipe.hset(job.key, "status", JobStatus.QUEUED)
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
-                pipe.execute()
+                pipe.execute()  # refused (Redis full): still interrupted, looked at again on the next try
+            self._interrupted = None
             self._prefetched = job.id
             return None
+        self._interrupted = None
         if claim is None:  # gone from both: maintenance requeued or failed it meanwhile
             return None
         return self._started(job, queue, execution, raw=raw, removed=1)

@@ -36,7 +36,7 @@ def worker_name(cfg: config_module.Config) -> str:
 def run_worker(cfg: config_module.Config, *, serve_metrics: bool, burst: bool = False) -> int:
     """Run one RQ worker in this process until it is asked to stop."""
     from . import metrics  # after the multiprocess decision
-    from .connection import UNAVAILABLE_ERRORS, connect
+    from .connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS, connect
     from .jobs import SERIALIZER
     from .worker_classes import worker_class
 
@@ -64,12 +64,13 @@ def run_worker(cfg: config_module.Config, *, serve_metrics: bool, burst: bool = 
                 maintenance=cfg.worker_maintenance,
                 log_job_lines=cfg.log_job_lines,
                 metrics_enabled=cfg.metrics_enabled,
+                max_result_bytes=cfg.max_result_bytes,
             )
             worker.work(with_scheduler=cfg.worker_maintenance, burst=burst, logging_level=cfg.log_level.upper())
             if worker.stop_requested or burst:
                 return 0
             log.warning("worker loop ended without a stop request (Redis lost?)")
-        except UNAVAILABLE_ERRORS as exc:
+        except (*UNAVAILABLE_ERRORS, *STORE_FULL_ERRORS) as exc:
             if worker is not None and worker.stop_requested:  # told to stop; its goodbye to Redis failed
                 log.warning("redis unavailable during shutdown: %s; stopping", exc)
                 return 0

@@ -21,14 +21,17 @@ import threading
 import time
 from datetime import UTC
 
-from rq import SimpleWorker, Worker
-from rq.exceptions import DeserializationError
+from redis.client import Pipeline
+from rq import SimpleWorker, Worker, worker_registration
+from rq.command import parse_payload
+from rq.exceptions import DeserializationError, StopRequested
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.timeouts import UnixSignalDeathPenalty
 from rq.utils import now
 
-from . import logs, metrics
+from . import logs, metrics, outcomes
+from .connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
 from .job_path import LeanJob, LeanJobPath
 from .logs import current_job_id
 from .tasks import TASKS, task_name
@@ -43,7 +46,7 @@ OUTCOME_BY_STATUS = {
     # Retried with no interval and already taken by another worker before this one read the status.
     JobStatus.STARTED: "retried",
 }
-# Seconds between refreshes of the worker's own key outside jobs (its TTL is worker_ttl, minutes).
+# Most seconds between refreshes of the worker's own key outside jobs (a third of its TTL if less).
 WORKER_BEAT_EVERY = 5.0
 NOT_JSON = "refused: the job's data is not JSON (taskqueue never unpickles job data)"
 
@@ -68,9 +71,13 @@ class TaskqueueWorkerMixin:
         maintenance: bool = True,
         log_job_lines: bool = False,
         metrics_enabled: bool = True,
+        max_result_bytes: int = 65536,
         **kwargs,
     ):
         self.metrics_enabled = metrics_enabled
+        self.max_result_bytes = max_result_bytes
+        self.stopping_job_id: str | None = None  # the job a DELETE asked to stop
+        self._failure: tuple[str, BaseException | None] | None = None  # the job id and exception being failed
         self.heartbeat_ttl = heartbeat_ttl
         self.log_job_lines = log_job_lines
         self.maintenance = maintenance
@@ -80,6 +87,8 @@ class TaskqueueWorkerMixin:
         self._last_worker_beat = self._last_suspension_check = float("-inf")
         self._last_state_written: str | None = None
         kwargs.setdefault("job_monitoring_interval", max(1, heartbeat_ttl // 3))
+        # RQ blocks on the queue for worker_ttl - 15 s between idle beats: below heartbeat_ttl.
+        kwargs.setdefault("worker_ttl", heartbeat_ttl)
         super().__init__(*args, **kwargs)
         if not log_job_lines:
             self.log_result_lifespan = False
@@ -114,14 +123,37 @@ class TaskqueueWorkerMixin:
 
     # -- fewer bookkeeping round trips (bench/: 57 -> 41 Redis commands and 20 -> 9 round trips a job) --
 
-    def heartbeat(self, timeout: int | None = None, pipeline=None):
-        """RQ refreshes the worker key three times a job; its TTL is minutes: once every few seconds is
-        plenty. Beats with a timeout or in a pipeline (job heartbeats) always go through."""
-        if timeout is None and pipeline is None:
-            if time.monotonic() - self._last_worker_beat < WORKER_BEAT_EVERY:
-                return
-            self._last_worker_beat = time.monotonic()
-        super().heartbeat(timeout, pipeline)
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        """Keep the worker key alive for heartbeat_ttl s (not RQ's minutes) and the worker registered."""
+        # A SIGKILLed worker's key expires within heartbeat_ttl; a live one is beaten well before: between
+        # jobs by RQ's dequeue loop (every worker_ttl - 15 s and after each job), during one by the job
+        # heartbeats (every job_monitoring_interval). RQ asks for longer TTLs (worker_ttl + 60, interval + 60).
+        ttl = min(timeout or self.heartbeat_ttl, self.heartbeat_ttl)
+        if timeout is not None or pipeline is not None:
+            super().heartbeat(ttl, pipeline)
+            return
+        # RQ refreshes the key three times a job; a fraction of its TTL apart is plenty.
+        if time.monotonic() - self._last_worker_beat < min(WORKER_BEAT_EVERY, ttl / 3):
+            return
+        try:
+            self._beat(ttl)
+        except STORE_FULL_ERRORS as exc:  # Redis full: wait it out in the loop; the key lives out its TTL
+            self.log.warning("Worker %s: heartbeat not written, Redis is full: %s", self.name, exc)
+
+    def _beat(self, ttl: int) -> None:
+        super().heartbeat()  # RQ's beat (in-process: with the job counters), with RQ's TTL: cut below
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.expire(self.key, ttl)
+            pipe.expire(self.executions_key, ttl)
+            pipe.hexists(self.key, "birth")
+            # Idempotent; lists the worker again if its key expired while Redis was away.
+            worker_registration.register(self, pipe)
+            complete = pipe.execute()[2]
+            if not complete and self.birth_date is not None:  # the beat recreated an expired key
+                pipe.hset(self.key, mapping={**self.serialize(), "state": self.get_state()})
+                pipe.expire(self.key, ttl)
+                pipe.execute()
+        self._last_worker_beat = time.monotonic()
 
     def set_state(self, state: str, pipeline=None):
         """Skip rewriting the state this worker last wrote (RQ writes IDLE twice a job)."""
@@ -156,13 +188,31 @@ class TaskqueueWorkerMixin:
             self._requeue_job_id = job.id
             execution = self.prepare_execution(job)
             return self.handle_job_failure(job, queue, queue.started_job_registry, "", execution)
-        token = current_job_id.set(job.id)
+        token, limit = current_job_id.set(job.id), outcomes.result_limit.set(self.max_result_bytes)
         try:
             if not self.metrics_enabled:
                 return super().execute_job(job, queue)
             return self._execute_counted(job, queue, task)
+        except (StopRequested, ShutdownRequeue, *UNAVAILABLE_ERRORS):
+            raise
+        except Exception as exc:  # RQ's loop would quit on it: fail this job, go on with the next
+            return self._fail_unrecorded(job, queue, exc)
         finally:
             current_job_id.reset(token)
+            outcomes.result_limit.reset(limit)
+            if self.stopping_job_id == job.id:
+                self.stopping_job_id = None
+
+    def _fail_unrecorded(self, job: Job, queue: Queue, exc: Exception) -> None:
+        """A job whose outcome could not be stored: fail it with a short error; failing that, leave it to
+        the heartbeat bound (its claim expires, maintenance retries or fails it)."""
+        self.log.exception("Worker %s: job %s: its outcome could not be stored; failing it", self.name, job.id)
+        execution = next((e for e in self.executions.values() if e.job_id == job.id), None)
+        text = outcomes.error_text(exc, f"taskqueue: the job's outcome could not be stored: {type(exc).__name__}")
+        try:
+            super().handle_job_failure(job, queue, exc_string=text, execution=execution)
+        except Exception:
+            self.log.exception("Worker %s: job %s: not failed either; its claim will expire", self.name, job.id)
 
     def _execute_counted(self, job: Job, queue: Queue, task: str):
         """Run the job with its wait, run time and outcome counted."""
@@ -192,8 +242,39 @@ class TaskqueueWorkerMixin:
         if self.metrics_enabled:
             metrics.JOBS_COMPLETED.labels(queue.name, "other", "failed").inc()
 
+    def handle_exception(self, job: Job, *exc_info):
+        """Keep the exception a failure is about (its error line is written from it), then RQ's handlers."""
+        self._failure = (job.id, exc_info[1])
+        return super().handle_exception(job, *exc_info)
+
+    def handle_payload(self, message):
+        """A stop command for the running job (``DELETE /jobs/<id>``): remember it, so that its failure
+        reads "stopped on request", not the timeout or the killed work horse the stop looks like."""
+        payload = parse_payload(message)
+        if payload.get("command") == "stop-job":
+            job_id = payload.get("job_id")
+        elif payload.get("command") == "stop-execution":
+            execution = self.executions.get(payload.get("execution_id"))
+            job_id = execution.job_id if execution is not None else None
+        else:
+            job_id = None
+        if job_id is not None and job_id == self.get_current_job_id():
+            self.stopping_job_id = job_id
+        return super().handle_payload(message)
+
+    def _failure_text(self, job: Job, exc_string: str) -> str:
+        """What a failure stores: the error line from the exception, then RQ's traceback, encodable and bounded."""
+        failure, self._failure = self._failure, None
+        if self.stopping_job_id == job.id:
+            self.stopping_job_id = None
+            return outcomes.error_text(outcomes.JobStopped("stopped on request"), "stopped on request")
+        if failure is not None and failure[0] == job.id:
+            return outcomes.error_text(failure[1], exc_string)
+        return outcomes.storable(exc_string)  # no exception object (a killed work horse): RQ's text
+
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
-        """A job interrupted for a requeueing shutdown goes back to the front of its queue, no retry spent."""
+        """A job interrupted for a requeueing shutdown goes back to the front of its queue, no retry spent;
+        any other failure stores :meth:`_failure_text`."""
         if self._requeue_job_id is not None and job.id == self._requeue_job_id:
             self._requeue_job_id = None
             with self.connection.pipeline() as pipe:
@@ -203,7 +284,11 @@ class TaskqueueWorkerMixin:
             self.log.warning("Worker %s: job %s requeued at shutdown", self.name, job.id)
             return None
         return super().handle_job_failure(
-            job, queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution
+            job,
+            queue,
+            started_job_registry=started_job_registry,
+            exc_string=self._failure_text(job, exc_string),
+            execution=execution,
         )
 
     # -- shutdown ----------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def obs_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def obs_redis():
-    server = RedisServer().start()
+    server = RedisServer(extra=["--maxmemory", "256mb", "--maxmemory-policy", "noeviction"]).start()  # as the chart
     yield server
     server.cleanup()
 

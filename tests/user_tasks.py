@@ -1,0 +1,48 @@
+"""Functions a user's own job might run, for the worker's tests: outcomes that are hard to store.
+
+The tests enqueue them through RQ directly, as a team's own code would; the test worker imports them
+(its PYTHONPATH is the checkout).
+"""
+
+from __future__ import annotations
+
+
+class UnprintableError(Exception):
+    """An exception whose message cannot be made: its ``__str__`` raises."""
+
+    def __str__(self) -> str:
+        raise ValueError("no message")
+
+
+def return_surrogate() -> str:
+    """A result holding a lone UTF-16 surrogate (JSON allows it, UTF-8 does not)."""
+    return "half a pair: \ud800"
+
+
+def raise_surrogate() -> None:
+    """An error message holding lone surrogates."""
+    raise RuntimeError("bad text \udfff and \ud83d")
+
+
+def raise_unprintable() -> None:
+    raise UnprintableError()
+
+
+def return_set() -> set[int]:
+    """A result JSON cannot hold."""
+    return {1, 2, 3}
+
+
+def return_large(size: int) -> str:
+    """A result of ``size`` characters."""
+    return "x" * size
+
+
+def raise_large(size: int) -> None:
+    """An error message of ``size`` characters."""
+    raise RuntimeError("e" * size)
+
+
+def raise_forged() -> None:
+    """A message whose last line looks like another exception."""
+    raise KeyError("boom\nValueError: this line was written by the job")
