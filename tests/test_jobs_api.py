@@ -48,6 +48,19 @@ def test_a_requeued_canceled_job_leaves_the_canceled_registry(generator, redis_c
     assert requests.get(generator.base + "/list?state=canceled", timeout=2).json()["total"] == 0
 
 
+def test_concurrent_requeues_of_a_job_queue_it_once(generator, redis_client):
+    job_id = requests.get(generator.base + "/start?delay=0", timeout=2).json()["jobId"]
+    assert requests.delete(f"{generator.base}/jobs/{job_id}", timeout=2).json()["status"] == "canceled"
+
+    def requeue(_):
+        return requests.post(f"{generator.base}/jobs/{job_id}/requeue", timeout=5).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(requeue, range(8)))
+    assert sorted(statuses) == [200] + [409] * 7, statuses
+    assert redis_client.lrange("rq:queue:default", 0, -1) == [job_id.encode()]
+
+
 def test_idempotency_key_returns_same_job_under_concurrency(generator, redis_client):
     def post(_):
         return requests.post(generator.base + "/jobs", json={"task": "noop"},

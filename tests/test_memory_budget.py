@@ -137,7 +137,9 @@ def test_a_full_redis_answers_503_on_every_route_and_nothing_is_written(small_re
             lambda: requests.get(gen.base + "/start", timeout=5),
             lambda: requests.get(gen.base + "/start?delay=1", headers={"Idempotency-Key": "k1"}, timeout=5),
             lambda: requests.post(gen.base + "/jobs", json={"task": "noop"}, timeout=5),
-            lambda: requests.post(gen.base + "/jobs", json={"task": "noop"}, headers={"Idempotency-Key": "k2"}),
+            lambda: requests.post(
+                gen.base + "/jobs", json={"task": "noop"}, headers={"Idempotency-Key": "k2"}, timeout=5
+            ),
             lambda: requests.post(gen.base + "/jobs/batch", json={"jobs": [{"task": "noop"}] * 50}, timeout=5),
         ]
         for call in calls:
@@ -153,6 +155,29 @@ def test_a_full_redis_answers_503_on_every_route_and_nothing_is_written(small_re
         wait_for(lambda: requests.get(gen.base + "/readyz", timeout=2).ok, timeout=5, what="/readyz 200")
         r = wait_for(lambda: (r := requests.post(gen.base + "/jobs", json={"task": "noop"})).ok and r, timeout=5)
         assert r.status_code == 202
+
+
+def test_cancel_and_requeue_on_a_full_redis_answer_503_and_leave_the_job_where_it_was(small_redis, tmp_path):
+    """Both are one transaction Redis refuses whole: the job stays queued, or canceled, not lost between."""
+    client = small_redis.client()
+    gen = Generator(env_for(small_redis, redis_memory_limit="0"), tmp_path)  # Redis itself refuses the writes
+    with running(gen.start()):
+        queued, canceled = (requests.get(gen.base + "/start?delay=0", timeout=2).json()["jobId"] for _ in "ab")
+        assert requests.delete(f"{gen.base}/jobs/{canceled}", timeout=2).json()["status"] == "canceled"
+        make_full(client)
+        for r in (
+            requests.delete(f"{gen.base}/jobs/{queued}", timeout=5),
+            requests.post(f"{gen.base}/jobs/{canceled}/requeue", timeout=5),
+        ):
+            assert r.status_code == 503, r.text
+            assert_refused(r)
+        assert client.lrange("rq:queue:default", 0, -1) == [queued.encode()]
+        assert client.zscore("rq:canceled:default", canceled) is not None
+        assert requests.get(f"{gen.base}/status/{canceled}", timeout=2).json()["status"] == "canceled"
+        empty(client)
+        r = requests.post(f"{gen.base}/jobs/{canceled}/requeue", timeout=5)
+        assert r.status_code == 200 and r.json()["status"] == "queued"
+        assert client.zscore("rq:canceled:default", canceled) is None
 
 
 @pytest.mark.parametrize("worker_class", ["simple", "fork"])

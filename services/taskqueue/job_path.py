@@ -159,7 +159,8 @@ class LeanJobPath:
         """A standalone worker heartbeat carries the job counters counted since the last one."""
         if timeout is not None or pipeline is not None:
             return super().heartbeat(timeout, pipeline)
-        self._write_with_counters(lambda pipe: super(LeanJobPath, self).heartbeat(None, pipe))
+        # The worker key's TTL is worker_ttl itself (RQ's heartbeat adds 60 s to it when given none).
+        self._write_with_counters(lambda pipe: super(LeanJobPath, self).heartbeat(self.worker_ttl, pipe))
         return None
 
     def set_state(self, state: str, pipeline=None):

@@ -11,6 +11,7 @@ from typing import Any
 from uuid import uuid4
 
 from redis import Redis
+from redis.exceptions import WatchError
 from rq import Queue, Retry
 from rq.command import send_stop_job_command
 from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
@@ -151,8 +152,12 @@ class JobService:
         self._capacity_read_at = time.monotonic()
 
     def store_full(self) -> bool:
-        """Whether Redis is at the memory limit now, or at its maxmemory with the check off (``/readyz``)."""
-        return memory_full(self.redis.info("memory"), self.cfg.redis_memory_limit or 100)
+        """Whether enqueue would be refused as full now (``/readyz``); with the check off, whether Redis is
+        at its maxmemory."""
+        if not self.cfg.redis_memory_limit:
+            return memory_full(self.redis.info("memory"), 100)
+        self._read_capacity()
+        return self._memory_full
 
     def enqueue(
         self, req: JobRequest, idempotency_key: str | None = None, fingerprint: str = ""
@@ -186,8 +191,8 @@ class JobService:
                 return job, True
             existing = self.redis.get(key)
             if existing is not None:
-                existing_id, _, first_fingerprint = existing.decode().partition(" ")
-                if first_fingerprint != fingerprint:
+                existing_id, bound, first_fingerprint = existing.decode().partition(" ")
+                if bound and first_fingerprint != fingerprint:  # (a key written before keys were bound: any)
                     raise IdempotencyMismatch("this Idempotency-Key was used with another request")
                 try:
                     return enqueued(self.fetch(existing_id)), False
@@ -274,7 +279,8 @@ class JobService:
                 raise JobStateConflict(f"job is starting, try again: {exc}") from None
         elif status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
             try:
-                job.cancel()
+                with _store_full_as_refusal():  # RQ's cancel is one transaction: refused whole when full
+                    job.cancel()
             except InvalidJobOperation as exc:
                 raise JobStateConflict(str(exc)) from None
         else:
@@ -290,13 +296,25 @@ class JobService:
         status = job.get_status()
         if status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
             raise JobStateConflict(f"job is {status.value}; only failed, stopped or canceled jobs can be requeued")
-        # A failed or stopped job is in the failed registry, a canceled one in the canceled registry: RQ's
-        # requeue takes it out as it puts it back on its queue, so no listing counts it twice.
-        registry = CanceledJobRegistry if status == JobStatus.CANCELED else FailedJobRegistry
-        try:
-            registry(job.origin, connection=self.redis, serializer=SERIALIZER).requeue(job)
-        except InvalidJobOperation:  # not in it (a job stopped before its failure was written): queue it
-            self.queue_for(job.origin).enqueue_job(job)
+        # A failed or stopped job is in the failed registry, a canceled one in the canceled registry. It
+        # leaves it as it goes back on its queue, in one transaction that only the first of two concurrent
+        # requeues commits (WATCH), and that a full Redis refuses whole: never queued twice, never lost.
+        registry = (CanceledJobRegistry if status == JobStatus.CANCELED else FailedJobRegistry)(
+            job.origin, connection=self.redis, serializer=SERIALIZER
+        )
+        with _store_full_as_refusal(), self.redis.pipeline() as pipe:
+            self._check_capacity(1)
+            try:
+                pipe.watch(registry.key)
+                if pipe.zscore(registry.key, job.id) is None:
+                    raise JobStateConflict(f"job {job.id} is not in the {status.value} registry: requeued already?")
+                pipe.multi()
+                pipe.zrem(registry.key, job.id)
+                job.started_at = job.ended_at = None  # as RQ's registry requeue does
+                self.queue_for(job.origin).enqueue_job(job, pipeline=pipe)
+                pipe.execute()
+            except WatchError:
+                raise JobStateConflict("job was requeued by another request meanwhile") from None
         job.refresh()
         return job
 

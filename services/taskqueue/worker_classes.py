@@ -188,6 +188,7 @@ class TaskqueueWorkerMixin:
             self._requeue_job_id = job.id
             execution = self.prepare_execution(job)
             return self.handle_job_failure(job, queue, queue.started_job_registry, "", execution)
+        self.stopping_job_id = None  # a stop that came for the last job after it ended
         token, limit = current_job_id.set(job.id), outcomes.result_limit.set(self.max_result_bytes)
         try:
             if not self.metrics_enabled:
@@ -208,9 +209,11 @@ class TaskqueueWorkerMixin:
         the heartbeat bound (its claim expires, maintenance retries or fails it)."""
         self.log.exception("Worker %s: job %s: its outcome could not be stored; failing it", self.name, job.id)
         execution = next((e for e in self.executions.values() if e.job_id == job.id), None)
-        text = outcomes.error_text(exc, f"taskqueue: the job's outcome could not be stored: {type(exc).__name__}")
+        self._failure = (job.id, exc)  # the error line names this exception
         try:
-            super().handle_job_failure(job, queue, exc_string=text, execution=execution)
+            self.handle_job_failure(
+                job, queue, exc_string="taskqueue: the job's outcome could not be stored", execution=execution
+            )
         except Exception:
             self.log.exception("Worker %s: job %s: not failed either; its claim will expire", self.name, job.id)
 
