@@ -59,3 +59,18 @@ def worker(app_env, tmp_path):
     w = WorkerProc(app_env, tmp_path).start()
     yield w
     w.stop()
+
+
+def pytest_unconfigure(config) -> None:
+    """One line at the very end when the Prometheus tests were skipped (a machine without prometheus)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    skipped = [r for r in reporter.stats.get("skipped", []) if "prometheus" in str(r.longrepr)]
+    if skipped:
+        reporter.write_line(
+            f"{len(skipped)} Prometheus tests skipped: prometheus/promtool are not installed "
+            "(apt-get install prometheus, then make test again; CI installs them)",
+            yellow=True,
+            bold=True,
+        )

@@ -201,5 +201,6 @@ def test_a_small_calls_data_and_description_are_made_once_and_kept_apart_by_valu
     enqueuer._payload(func, big)
     assert compressed[-2:] == [compressed[-1]] * 2  # too big to keep: made each time
     monkeypatch.setattr(enqueue_path, "KEPT_PAYLOADS", len(enqueuer._payloads))
-    enqueuer._payload(func, [99])
-    assert enqueuer._payload(func, [99]) == enqueuer._payload(func, [99]) and len(enqueuer._payloads) == 4
+    kept = len(enqueuer._payloads)
+    made = enqueuer._payload(func, [99])
+    assert enqueuer._payload(func, [99]) is not made and len(enqueuer._payloads) == kept  # full: made each time

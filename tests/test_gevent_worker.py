@@ -223,7 +223,7 @@ def test_a_worker_looks_each_setting_up_in_gunicorns_config_once():
     cfg.set("keepalive", 7)
     once = ReadOnceConfig(cfg)
     assert [once.keepalive for _ in range(3)] == [7, 7, 7]
-    assert not once.is_ssl and not once.is_ssl  # a Config property (certfile or keyfile), computed once too
+    assert [once.is_ssl for _ in range(2)] == [None, None]  # a Config property (certfile or keyfile), computed once
     assert cfg.lookups.count("keepalive") == 1 and cfg.lookups.count("certfile") == 1
     for _ in range(2):
         with pytest.raises(AttributeError):

@@ -14,7 +14,7 @@ import pytest
 import requests
 from rq import Queue, Worker
 
-from tests.support import Exporter, Service, WorkerProc, kill_tree, running, wait_for, wait_status
+from tests.support import Exporter, Generator, Service, WorkerProc, kill_tree, running, wait_for, wait_status
 
 TTL, CLEANUP = 6, 2
 # Short heartbeats so a test sees them expire; the exporter (not a worker) cleans the registries.
@@ -308,3 +308,20 @@ def test_the_chart_passes_a_delay_limit_below_the_job_timeout(values, refused):
     assert int(data["TASKQUEUE_DELAY_LIMIT"]) < int(data["TASKQUEUE_JOB_TIMEOUT"])
     cfg = config_module.load(environ={k: v for k, v in data.items() if k.startswith("TASKQUEUE_")})
     assert cfg.delay_limit < cfg.job_timeout
+
+
+def test_the_processes_leave_no_metrics_folder_behind(app_env, tmp_path):
+    """A supervised worker's and the generator's own multiprocess folders go when they stop (the one the
+    environment names is the environment's), so `make test` leaves no taskqueue-*metrics-* in the temp dir."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**app_env, "TMPDIR": str(tmp), "PROMETHEUS_MULTIPROC_DIR": ""}
+    gen = Generator(env, tmp_path)
+    worker = WorkerProc(env, tmp_path, ["--worker-processes", "2"])
+    with running(gen.start(), worker.start()):
+        job_id = requests.get(gen.base + "/start?delay=0", timeout=2).json()["jobId"]
+        wait_status(gen.base, job_id, {"finished"}, timeout=10)  # both wrote metrics
+        assert sorted(p.name.split("-")[1] for p in tmp.glob("taskqueue-*metrics-*")) == ["metrics", "worker"]
+        gen.stop()
+        assert worker.stop() == 0
+    assert list(tmp.glob("taskqueue-*metrics-*")) == []

@@ -25,9 +25,9 @@ def test_seed_flow_start_list_status(generator, worker):
     assert body["message"].startswith("generating task with delay: 1 with id: " + job_id)
 
     # /list shows it while it runs (the seed's "running job ids").
-    listed = wait_for(lambda: job_id in requests.get(generator.base + "/list", timeout=2).json()["jobs"],
-                      timeout=5, what="job in /list")  # fmt: skip
-    assert listed
+    listed = wait_for(lambda: (doc := requests.get(generator.base + "/list", timeout=2).json())["jobs"] and doc,
+                      timeout=5, what="a job in /list")  # fmt: skip
+    assert listed["jobs"] == [job_id] and listed["state"] == "started" and listed["total"] == 1
 
     doc = wait_status(generator.base, job_id, {"finished"}, timeout=15)
     assert doc["result"] == SEED_RESULT

@@ -69,7 +69,7 @@ def test_delete_stops_a_running_job(generator, app_env, tmp_path, worker_class):
         assert doc["error"] == "JobStopped: stopped on request"  # not a timeout it never had
         # The worker is still alive and takes the next job.
         nxt = requests.get(generator.base + "/start?delay=0", timeout=2).json()["jobId"]
-        assert wait_status(generator.base, nxt, {"finished"}, timeout=10)
+        assert wait_status(generator.base, nxt, {"finished"}, timeout=10)["result"].startswith("Processed message")
         # A stopped job can be requeued.
         r = requests.post(f"{generator.base}/jobs/{job_id}/requeue", timeout=5)
         # The answer is the job's state after the requeue: an idle worker may have started it already.

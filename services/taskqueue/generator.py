@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -131,8 +132,15 @@ def main(argv: list[str] | None = None) -> None:
     _args, cfg = config_module.parse_cli("taskqueue-generator", "generator", __doc__.splitlines()[0], argv)
     # Must be decided before prometheus_client is first imported (it picks its storage then).
     default_dir = multiproc.tmp_path(f"taskqueue-metrics-{cfg.http_port}")
-    multiproc.use_fresh_dir(os.environ.get(multiproc.ENV) or default_dir)
-    GeneratorServer(cfg).run()
+    metrics_dir = multiproc.use_fresh_dir(os.environ.get(multiproc.ENV) or default_dir)
+    master = os.getpid()
+    try:
+        GeneratorServer(cfg).run()
+    finally:
+        # The master's folder, not one the environment named, once the master ends: a gunicorn worker
+        # process leaves through here too (its SystemExit unwinds the stack it forked with).
+        if metrics_dir == default_dir and os.getpid() == master:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     sys.exit(0)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -162,8 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     child = os.environ.get(CHILD_ENV) == "1"
     if cfg.worker_processes > 1 and not child:
         # Several long-lived processes share one metrics view through prometheus-client's mmap files.
-        multiproc.use_fresh_dir(multiproc.tmp_path(f"taskqueue-worker-metrics-{os.getpid()}"))
-        sys.exit(supervise(cfg, argv))
+        metrics_dir = multiproc.use_fresh_dir(multiproc.tmp_path(f"taskqueue-worker-metrics-{os.getpid()}"))
+        try:
+            sys.exit(supervise(cfg, argv))
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)  # its children are gone: nothing counts into it
     if not child:
         # One process keeps its counters in memory; a stray setting must not switch it to files.
         os.environ.pop(multiproc.ENV, None)
