@@ -72,7 +72,7 @@ class GeneratorServer(BaseApplication):
         settings = {
             "bind": [f"{cfg.http_host}:{cfg.http_port}"],
             "workers": cfg.web_workers,
-            # gevent by measurement (docs/performance.md, change 9): a round trip to Redis costs a
+            # gevent by measurement (docs/performance-history.md, change 9): a round trip to Redis costs a
             # thread switch or two under gthread, and with one event loop a process the enqueues in
             # flight share their Redis call (group_commit.py) for next to nothing.
             "worker_class": config_module.WEB_WORKER_CLASSES[cfg.web_worker_class],

@@ -9,7 +9,7 @@ round trip as before, and under load the calls carry several items each.
 
 A sender may have a step to take before each call that lets other callers run (the enqueue script's
 connection check: under gevent a turn of the event loop). Given as ``before_batch``, it runs before
-the sender takes what is waiting, so the callers it let in go in the same call (docs/performance.md,
+the sender takes what is waiting, so the callers it let in go in the same call (docs/performance-history.md,
 change 19).
 """
 

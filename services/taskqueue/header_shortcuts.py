@@ -11,7 +11,7 @@
   as it is, which is what the conversion returns for it.
 
 Each stands in for the function it wraps with the same results (tests/test_header_shortcuts.py
-compares them); together they save ~35-40 µs of the ~790 a ``/start`` request costs (docs/performance.md,
+compares them); together they save ~35-40 µs of the ~790 a ``/start`` request costs (docs/performance-history.md,
 change 18).
 :func:`install` puts them in place in the process that calls it: the generator's gunicorn worker,
 after the fork (``FairGeventWorker.init_process``), so the arbiter and anything else keeps the originals.

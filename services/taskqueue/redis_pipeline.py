@@ -2,7 +2,7 @@
 
 The worker sends two pipelines a job (:mod:`taskqueue.job_path`). redis-py 8 wraps each one's single
 write and in-order reads in a retry loop, an HIMPORT pre-flight that scans every command, and
-telemetry hooks: ~100 µs of the ~1,300 µs of CPU a no-op job costs the worker (bench/, docs/performance.md).
+telemetry hooks: ~100 µs of the ~1,300 µs of CPU a no-op job costs the worker (bench/, docs/performance-history.md).
 The worker's connection retries nothing (RQ's loop reconnects), and the worker uses neither HIMPORT
 nor redis-py's telemetry, so :func:`send` does the write and the reads itself and gives the same
 replies and errors. With hiredis (the worker's case) it also packs each command with hiredis

@@ -5,7 +5,7 @@ one caller at a time per process; other enqueues (``/jobs/batch``, an ``Idempote
 too, and take redis-py's path while the connection is busy. Through redis-py, each call takes a
 pooled connection, wraps the send and the read in its retry loop and telemetry hooks, and gives the
 connection back: about half of the ~24 % of a ``/start`` request's CPU that the call took in py-spy,
-the system calls being the other half (docs/performance.md). :class:`OwnConnectionScript` keeps one
+the system calls being the other half (docs/performance-history.md). :class:`OwnConnectionScript` keeps one
 connection for the script and sends EVALSHA on it directly. It keeps the pool's checks: that the
 connection holds no reply nobody read (under gevent a ``poll``, one turn of the event loop, which also
 lets the process's other connections move first: without it the p99 at 16 connections rose by a
