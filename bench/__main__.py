@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from typing import Any
 
-from bench.common import RESULTS, ROOT, Opts, print_ratios, print_rows, ratio, write_result
+from bench.common import ROOT, Opts, print_ratios, print_rows, ratio, results_dir, write_result
 
 
 def _paired_inprocess(opts: Opts, worker: bool) -> dict[str, Any]:
@@ -19,7 +20,7 @@ def _paired_inprocess(opts: Opts, worker: bool) -> dict[str, Any]:
         args = ["--worker", "--rounds", "4" if opts.quick else "20", "--requests", "200" if opts.quick else "400"]
     subprocess.run([sys.executable, "-m", "bench.metrics_inprocess", *args], check=True, cwd=ROOT)
     name = "metrics_worker" if worker else "metrics_inprocess"
-    return json.loads((RESULTS / f"{name}.json").read_text())
+    return json.loads((results_dir() / f"{name}.json").read_text())
 
 
 def metrics(opts: Opts) -> dict[str, Any]:
@@ -58,7 +59,7 @@ def metrics(opts: Opts) -> dict[str, Any]:
 
 
 def benchmarks():
-    from bench import http_bench, memory, worker_bench
+    from bench import fastpaths, http_bench, memory, worker_bench
 
     return {
         "start": http_bench.start,
@@ -68,6 +69,7 @@ def benchmarks():
         "latency": worker_bench.latency,
         "metrics": metrics,
         "memory": memory.memory,
+        "fastpaths": fastpaths.fastpaths,
     }
 
 
@@ -79,10 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, help="repeats (default 3, quick 1)")
     p.add_argument("--duration", type=float, help="seconds of wrk load per run (default 5, quick 2)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections for /start (default 16)")
-    p.add_argument("--latency-connections", type=int, default=6,
-                   help="wrk connections of /start's second load, seed and ours only (default 6, 0: skip)")  # fmt: skip
+    p.add_argument("--sweep", default="4,6,8",
+                   help="/start's lighter loads in wrk connections, seed and ours (default 4,6,8)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="wrk threads for /start (default 1)")
+    p.add_argument("--fast-paths", choices=("on", "off"), default="on",
+                   help="TASKQUEUE_FAST_PATHS of every process (off: into bench/results-fast-paths-off)")  # fmt: skip
     a = p.parse_args(argv)
+    os.environ["TASKQUEUE_FAST_PATHS"] = a.fast_paths
     unknown = sorted(set(a.names) - set(names))
     if unknown:
         p.error(f"unknown benchmark(s): {', '.join(unknown)}")
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         a.duration,
         threads=a.threads,
         connections=a.connections,
-        latency_connections=a.latency_connections,
+        sweep=tuple(int(n) for n in a.sweep.split(",") if n.strip()),
     )
     table = benchmarks()
     for name in a.names or names:

@@ -20,6 +20,19 @@ if str(ROOT) not in sys.path:  # tests.support starts redis-server, the generato
 
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
+# ``python -m bench --fast-paths off``: the same benchmarks with TASKQUEUE_FAST_PATHS=off, results apart.
+RESULTS_STOCK = BENCH / "results-fast-paths-off"
+
+
+def fast_paths_env() -> dict[str, str]:
+    """TASKQUEUE_FAST_PATHS as this run has it, for the configs the benchmarks build in-process."""
+    return {k: v for k, v in os.environ.items() if k == "TASKQUEUE_FAST_PATHS"}
+
+
+def results_dir() -> Path:
+    return RESULTS_STOCK if fast_paths_env().get("TASKQUEUE_FAST_PATHS") == "off" else RESULTS
+
+
 BIN = Path(sys.executable).parent
 WRK_REPORT = BENCH / "wrk_report.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -35,7 +48,7 @@ class Opts:
     duration: float = 5.0  # seconds of wrk load per run
     threads: int = 1  # wrk threads
     connections: int = 16  # wrk connections
-    latency_connections: int = 6  # wrk connections of /start's second, lighter load (0: none)
+    sweep: tuple[int, ...] = (4, 6, 8)  # wrk connections of /start's lighter loads, seed and ours
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -99,8 +112,9 @@ def machine() -> dict[str, Any]:
 
 
 def write_result(name: str, opts: Opts, doc: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    results = results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}.json"
     full = {
         "benchmark": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

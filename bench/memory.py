@@ -17,10 +17,10 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bench import procs
-from bench.common import Opts, print_rows, summary, write_result
+from bench.common import Opts, fast_paths_env, print_rows, summary, write_result
 from taskqueue import config as config_module
-from taskqueue.connection import connect
-from taskqueue.jobs import JobRequest, JobService
+from taskqueue.api.jobs import JobRequest, JobService
+from taskqueue.store.connection import connect
 from taskqueue.tasks import TASKS
 
 # (task, the API's arguments): the seed's job (with no wait), CPU work, nothing, a failure.
@@ -39,7 +39,7 @@ def _used(client) -> int:
 def _ours(redis, task: str, n: int) -> dict[str, float]:
     client = redis.client()
     client.flushall()
-    cfg = config_module.load(environ={**redis.env(), "TASKQUEUE_RETRIES": "0"})
+    cfg = config_module.load(environ={**redis.env(), **fast_paths_env(), "TASKQUEUE_RETRIES": "0"})
     svc = JobService(cfg, connect(cfg))
     req = JobRequest(TASKS[task], TASKS[task].arguments(JOBS[task], cfg.delay_limit))
     before = _used(client)
@@ -53,7 +53,7 @@ def _ours(redis, task: str, n: int) -> dict[str, float]:
 def _stock(redis, task: str, n: int) -> dict[str, float]:
     client = redis.client()
     client.flushall()
-    cfg = config_module.load(environ=redis.env())
+    cfg = config_module.load(environ={**redis.env(), **fast_paths_env()})
     queue = Queue("default", connection=client, serializer=JSONSerializer)
     args = TASKS[task].arguments(JOBS[task], cfg.delay_limit)
     before = _used(client)

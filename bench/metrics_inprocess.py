@@ -20,7 +20,7 @@ import statistics
 import tempfile
 import time
 
-from bench.common import Opts, write_result
+from bench.common import Opts, fast_paths_env, write_result
 
 
 def paired(cpu: dict[str, list[float]], unit: str, rounds: int, aa: bool, name: str) -> dict:
@@ -45,11 +45,13 @@ def worker_rounds(rounds: int, jobs: int, aa: bool) -> dict[str, list[float]]:
     from bench import procs
     from bench.worker_bench import NOOP, service
     from taskqueue import config as config_module
-    from taskqueue.connection import connect
-    from taskqueue.jobs import SERIALIZER
-    from taskqueue.worker_classes import InProcessWorker
+    from taskqueue.store.connection import connect
+    from taskqueue.store.records import SERIALIZER
+    from taskqueue.worker.classes import worker_class
 
-    class Switching(InProcessWorker):
+    fast = config_module.load(environ=fast_paths_env()).fast_paths
+
+    class Switching(worker_class("simple", fast)):  # type: ignore[misc]
         """Runs each job with metrics on or off as ``plan`` says, and charges its CPU to that side:
         all of the worker's CPU since the previous job ended (taking this job, starting it, running
         and finishing it), so the share is of what a job costs the worker, not of ``execute_job``."""
@@ -74,7 +76,7 @@ def worker_rounds(rounds: int, jobs: int, aa: bool) -> dict[str, list[float]]:
     rng = random.Random(7)
     cpu: dict[str, list[float]] = {"on": [], "off": []}
     with procs.redis_server() as redis:
-        cfg = config_module.load(environ=redis.env())
+        cfg = config_module.load(environ={**redis.env(), **fast_paths_env()})
         svc = service(redis)
         for i in range(rounds + 1):  # the first round warms up
             redis.client().flushall()
@@ -103,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tq-bench-metrics-", dir=shm)  # before import
     from bench import procs
     from taskqueue import config as config_module
-    from taskqueue.app import create_app
+    from taskqueue.api.app import create_app
 
     with procs.redis_server() as redis:
         client = redis.client()
-        base = {**redis.env(), "TASKQUEUE_MAX_BACKLOG": "0"}
+        base = {**redis.env(), **fast_paths_env(), "TASKQUEUE_MAX_BACKLOG": "0"}
         app = create_app(config_module.load(environ={**base, "TASKQUEUE_METRICS_ENABLED": "true"}))
         svc, test_client = app.extensions["taskqueue"], app.test_client()
         cfgs = {flag: dataclasses.replace(svc.cfg, metrics_enabled=flag) for flag in (True, False)}

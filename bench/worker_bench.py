@@ -18,6 +18,7 @@ from bench.common import (
     command_usec,
     commandstats,
     cpu_seconds,
+    fast_paths_env,
     print_ratios,
     print_rows,
     ratio,
@@ -25,8 +26,8 @@ from bench.common import (
     write_result,
 )
 from taskqueue import config as config_module
-from taskqueue.connection import connect
-from taskqueue.jobs import JobRequest, JobService
+from taskqueue.api.jobs import JobRequest, JobService
+from taskqueue.store.connection import connect
 from taskqueue.tasks import TASKS, noop
 
 RQ_LIST = "rq:queue:default"
@@ -36,7 +37,7 @@ WORKER_METRICS = ("jobs_per_s", "cpu_us_per_job", "startup_s")
 
 
 def service(redis) -> JobService:
-    cfg = config_module.load(environ=redis.env())
+    cfg = config_module.load(environ={**redis.env(), **fast_paths_env()})
     return JobService(cfg, connect(cfg))
 
 

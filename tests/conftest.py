@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.support import Generator, RedisServer, WorkerProc
@@ -27,7 +29,12 @@ def redis_client(redis_server):
 
 @pytest.fixture
 def app_env(redis_server, redis_client):
-    return {**redis_server.env(), **FAST_ENV}
+    """The settings of the processes and services a test starts; ``TASKQUEUE_FAST_PATHS`` from the
+    environment, so that ``make test-stock`` runs every one of them with the fast paths off."""
+    switch = (
+        {"TASKQUEUE_FAST_PATHS": os.environ["TASKQUEUE_FAST_PATHS"]} if "TASKQUEUE_FAST_PATHS" in os.environ else {}
+    )
+    return {**redis_server.env(), **FAST_ENV, **switch}
 
 
 @pytest.fixture
@@ -41,8 +48,8 @@ def cfg(app_env):
 @pytest.fixture
 def service(cfg):
     """The generator's JobService on the test Redis, in this process."""
-    from taskqueue.connection import connect
-    from taskqueue.jobs import JobService
+    from taskqueue.api.jobs import JobService
+    from taskqueue.store.connection import connect
 
     return JobService(cfg, connect(cfg))
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.chaos import MIX_FAIL_EVERY, run
+
+pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
 
 def test_chaos_loses_nothing(tmp_path):

@@ -10,7 +10,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.utils import utcformat
 
-from taskqueue.jobs import IDEMPOTENCY_PREFIX, SERIALIZER, JobRequest, JobService
+from taskqueue.api.jobs import IDEMPOTENCY_PREFIX, SERIALIZER, JobRequest, JobService
 from taskqueue.tasks import TASKS
 
 PER_JOB = {b"created_at", b"enqueued_at"}  # timestamps: ours are one instant, stock's two
@@ -126,7 +126,7 @@ def test_rq_timestamp_is_rqs_utcformat():
     """The job hash's timestamps: the text RQ's ``utcformat`` gives, without its strftime."""
     from datetime import UTC, datetime, timedelta, timezone
 
-    from taskqueue.timestamps import rq_timestamp
+    from taskqueue.fastpath.timestamps import rq_timestamp
 
     moments = [
         datetime(2026, 11, 28, 14, 25, 9, 123456, tzinfo=UTC),
@@ -142,7 +142,7 @@ def test_rq_timestamp_is_rqs_utcformat():
 def test_enqueues_check_the_script_connection_before_their_batch_is_taken(service, redis_client, monkeypatch):
     """JobService's wiring: the connection check (a turn of the loop under gevent) runs while the sender is
     still in line, so whoever it lets run joins the call; it is not repeated in the call."""
-    from taskqueue.script_call import OwnConnectionScript
+    from taskqueue.fastpath.script_call import OwnConnectionScript
 
     in_line = []
     real = OwnConnectionScript._check
@@ -162,7 +162,7 @@ def test_enqueues_check_the_script_connection_before_their_batch_is_taken(servic
 def test_job_ids_are_random_uuids_as_uuid4_writes_them():
     import uuid
 
-    from taskqueue.enqueue_path import new_job_id
+    from taskqueue.fastpath.enqueue_path import new_job_id
 
     ids = [new_job_id() for _ in range(4000)]
     assert len(set(ids)) == len(ids)
@@ -176,7 +176,7 @@ def test_job_ids_are_random_uuids_as_uuid4_writes_them():
 def test_a_small_calls_data_and_description_are_made_once_and_kept_apart_by_value_and_type(service, monkeypatch):
     import zlib as real_zlib
 
-    from taskqueue import enqueue_path
+    from taskqueue.fastpath import enqueue_path
 
     compressed = []
 

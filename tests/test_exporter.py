@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from tests.support import Exporter, Generator, RedisServer, WorkerProc, wait_for, wait_status
+
+pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
 
 def test_scale_endpoint_counts_queued_and_in_flight(generator, app_env, tmp_path):

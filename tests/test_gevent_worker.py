@@ -17,8 +17,8 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.http.wsgi import Response
 from gunicorn.workers.ggevent import GeventWorker
 
-from taskqueue import header_shortcuts
-from taskqueue.gevent_worker import FairGeventWorker, HeadersWithBody, ReadOnceConfig
+from taskqueue.fastpath.gevent_worker import HeadersWithBody, ReadOnceConfig
+from taskqueue.server.workers import FairGeventWorker
 from tests.support import Generator
 
 PIPELINED = 400
@@ -245,8 +245,7 @@ def test_the_worker_reads_its_settings_once_from_the_start_of_its_process(monkey
     one would run the worker) already finds the read-once view, wrapping the Config the arbiter passed."""
     seen = []
     monkeypatch.setattr(GeventWorker, "init_process", lambda self: seen.append(self.cfg))
-    monkeypatch.setattr(header_shortcuts, "install", lambda: None)  # its own test: test_header_shortcuts.py
     worker = object.__new__(FairGeventWorker)
-    worker.cfg = cfg = Config()
+    worker.cfg, worker.app = (cfg := Config()), None  # not the generator's app: no shared connection counts
     FairGeventWorker.init_process(worker)
     assert isinstance(seen[0], ReadOnceConfig) and seen[0]._cfg is cfg and worker.cfg is seen[0]

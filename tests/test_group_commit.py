@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from taskqueue.group_commit import GroupCommit
+from taskqueue.fastpath.group_commit import GroupCommit
 from tests.support import Generator, wait_for
 
 
@@ -248,7 +248,7 @@ def test_a_follower_in_an_interrupted_batch_gets_a_runtime_error():
 GEVENT_KILLED_WAITER = r"""
 from gevent import monkey; monkey.patch_all()
 import gevent, gevent.event
-from taskqueue.group_commit import GroupCommit
+from taskqueue.fastpath.group_commit import GroupCommit
 
 gate, calls = gevent.event.Event(), []
 def send(items):
@@ -315,7 +315,7 @@ def test_concurrent_starts_share_redis_calls_and_each_gets_its_own_job(app_env, 
         assert 2 <= calls <= n // 3, f"{calls} script calls for {n} concurrent requests"
     finally:
         gen.stop()
-    assert "Using worker: taskqueue.gevent_worker.FairGeventWorker" in gen.log()  # the default, gevent
+    assert "Using worker: taskqueue.server.workers.FairGeventWorker" in gen.log()  # the default, gevent
 
 
 def test_a_redis_outage_answers_every_waiting_request_with_503(app_env, tmp_path, redis_server, redis_client):

@@ -21,12 +21,13 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 from rq.results import Result
 from rq.suspension import resume, suspend
 
-from taskqueue import job_path, redis_pipeline
-from taskqueue.connection import connect
-from taskqueue.job_path import LeanJob, LeanResult
-from taskqueue.jobs import SERIALIZER, JobRequest, JobService
+from taskqueue.api.jobs import SERIALIZER, JobRequest, JobService
+from taskqueue.fastpath import job_path, redis_pipeline
+from taskqueue.fastpath.job_path import LeanJob, LeanResult
+from taskqueue.store.connection import connect
+from taskqueue.store.outcomes import BoundedResultJob
 from taskqueue.tasks import TASKS, noop
-from taskqueue.worker_classes import ForkingWorker, InProcessWorker
+from taskqueue.worker.classes import ForkingWorker, InProcessWorker, LeanInProcessWorker
 from tests.support import WorkerProc, wait_for
 
 NOOP = JobRequest(TASKS["noop"], [])
@@ -57,9 +58,9 @@ def keep_signal_handlers():
         signal.signal(s, handler)
 
 
-def make_worker(cfg, queues=None, **kwargs) -> InProcessWorker:
+def make_worker(cfg, queues=None, **kwargs) -> LeanInProcessWorker:
     """The worker ``taskqueue-worker`` builds, in this process."""
-    return InProcessWorker(
+    return LeanInProcessWorker(
         list(queues or cfg.queues),
         name=f"test-{time.monotonic_ns()}",
         connection=connect(cfg, retries=0),
@@ -81,7 +82,7 @@ def test_a_job_costs_two_round_trips_and_leaves_rqs_records(cfg, service, redis_
     empty queue costs (start-up, shutdown)."""
     n = 200
 
-    def burst() -> tuple[int, int, InProcessWorker]:
+    def burst() -> tuple[int, int, LeanInProcessWorker]:
         w = make_worker(cfg)
         redis_client.config_resetstat()
         sent = []
@@ -239,11 +240,15 @@ def test_a_result_is_written_with_the_jobs_serializer(cfg, service, redis_client
     assert job.latest_result().return_value == "Processed message generating task with delay: 1 after 1 seconds"
 
 
-@pytest.mark.parametrize("worker_class", [InProcessWorker, ForkingWorker])
-def test_both_worker_classes_run_lean_jobs(worker_class, cfg, service, redis_client):
+@pytest.mark.parametrize(
+    ("worker_class", "job_class"),
+    [(LeanInProcessWorker, LeanJob), (InProcessWorker, BoundedResultJob), (ForkingWorker, BoundedResultJob)],
+)
+def test_every_worker_class_runs_its_job_class(worker_class, job_class, cfg, service, redis_client):
+    """The fast path's worker runs lean jobs; the stock ones (fast paths off, and fork) RQ's, bounded."""
     job_id = service.enqueue(NOOP)[0].id
     w = worker_class(["default"], connection=connect(cfg, retries=0), serializer=SERIALIZER)
-    assert w.job_class is LeanJob
+    assert w.job_class is job_class
     w.work(burst=True)
     assert Job.fetch(job_id, connection=redis_client, serializer=SERIALIZER).get_status() == "finished"
     assert job_id in FinishedJobRegistry("default", connection=redis_client).get_job_ids()
@@ -389,7 +394,7 @@ def test_per_job_log_lines_are_off_by_default_and_on_when_asked(worker_class, ap
 
 def test_metrics_off_counts_nothing_and_runs_jobs(cfg, service, redis_client):
     """TASKQUEUE_METRICS_ENABLED=false: no observation per job (the metrics benchmark's "off")."""
-    from taskqueue import metrics
+    from taskqueue.observability import metrics
 
     def completed() -> float:
         return sum(s.value for m in metrics.JOBS_COMPLETED.collect() for s in m.samples if s.name.endswith("_total"))

@@ -11,6 +11,8 @@ import requests
 
 from tests.support import Generator, WorkerProc, running, wait_status
 
+pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
+
 
 def test_cancel_queued_job_and_conflicts(generator):
     job_id = requests.get(generator.base + "/start?delay=1", timeout=2).json()["jobId"]
@@ -151,8 +153,8 @@ def test_backlog_limit_answers_429(app_env, tmp_path, redis_client):
 def test_backlog_check_reads_the_queue_length_rarely_far_from_the_limit_and_always_near_it(app_env, redis_client):
     """/start's backlog check: no LLEN per request far from the limit; exact within the margin."""
     from taskqueue import config as config_module
-    from taskqueue.connection import connect
-    from taskqueue.jobs import BACKLOG_MARGIN, CAPACITY_READ_EVERY, BacklogFull, JobRequest, JobService
+    from taskqueue.api.jobs import BACKLOG_MARGIN, CAPACITY_READ_EVERY, BacklogFull, JobRequest, JobService
+    from taskqueue.store.connection import connect
     from taskqueue.tasks import TASKS
 
     limit = 10 * BACKLOG_MARGIN
@@ -184,7 +186,7 @@ def test_status_urls_follow_the_apps_mount_point(app_env):
     In-process (Flask's test client, real Redis): gunicorn sets SCRIPT_NAME the same way from the env.
     """
     from taskqueue import config as config_module
-    from taskqueue.app import create_app
+    from taskqueue.api.app import create_app
 
     client = create_app(config_module.load(environ=app_env)).test_client()
     for prefix in ("", "/tq"):
@@ -200,7 +202,7 @@ def test_status_urls_follow_the_apps_mount_point(app_env):
 def test_an_empty_query_string_is_no_query(app_env):
     """``/start?`` and ``/list?`` answer as ``/start`` and ``/list`` do (the parameters' defaults)."""
     from taskqueue import config as config_module
-    from taskqueue.app import create_app
+    from taskqueue.api.app import create_app
 
     cfg = config_module.load(environ=app_env)
     client = create_app(cfg).test_client()

@@ -18,6 +18,7 @@ from taskqueue.local import find_redis_server
 from tests.support import ROOT, descendants, free_port, kill_tree, wait_for, wait_status
 
 
+@pytest.mark.behaviour
 def test_local_mode_runs_the_seed_flow_and_stops_on_ctrl_c(tmp_path):
     port, redis_port, metrics_base, prom_port = free_port(), free_port(), free_port(), free_port()
     # metrics ports are base, base+100, base+200: pick a base whose neighbours are free too

@@ -16,6 +16,8 @@ import requests
 from tests.conftest import FAST_ENV
 from tests.support import Exporter, Generator, RedisServer, WorkerProc, running, wait_for, wait_status
 
+pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
+
 MAXMEMORY = 24 * 1024 * 1024
 REFUSALS = {429: "backlog_full", 503: "redis_full"}
 

@@ -13,7 +13,7 @@ import textwrap
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from taskqueue.metrics import HTTP_BUCKETS, Batched
+from taskqueue.observability.metrics import HTTP_BUCKETS, Batched
 from tests.support import wait_for
 
 
@@ -82,7 +82,7 @@ def test_exit_flushes_and_a_fork_counts_only_its_own(tmp_path):
         """
         import os, sys
         from prometheus_client import Counter
-        from taskqueue.metrics import Batched
+        from taskqueue.observability.metrics import Batched
         c = Counter("t_jobs", "jobs")
         b = Batched(interval=3600)
         b.inc(c, 3)

@@ -8,7 +8,7 @@ import subprocess
 import requests
 
 from taskqueue import config
-from taskqueue.app import create_app
+from taskqueue.api.app import create_app
 from tests.support import BIN
 
 HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}

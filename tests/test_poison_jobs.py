@@ -17,8 +17,10 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from taskqueue.outcomes import ERROR_TEXT_MAX
+from taskqueue.store.outcomes import ERROR_TEXT_MAX
 from tests.support import ROOT, WorkerProc, wait_status
+
+pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
 NOOP_BOUND = 2.0  # seconds for a noop queued behind the poison to finish
 LOOP_ENDED = ("found an unhandled exception", "starting a new worker", "worker loop ended")

@@ -1,8 +1,8 @@
 """taskqueue.redis_pipeline.send gives what redis-py's Pipeline.execute gives: replies, errors, a usable connection.
 
 Real redis-server; each case runs the same commands through ``pipe.execute()`` and through ``send``,
-on the worker's kind of client (hiredis, RESP3: ``send``'s own reads), on hiredis with RESP2, and on
-redis-py's pure-Python parsers (``conn.read_response()`` for every reply).
+on the worker's kind of client (hiredis, RESP3), on hiredis with RESP2, and on redis-py's pure-Python
+parsers.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import redis.retry
 from redis._parsers import _HiredisParser, _RESP3Parser
 from redis.client import Pipeline
 
-from taskqueue import redis_pipeline
-from taskqueue.connection import connect
-from taskqueue.redis_pipeline import send
+from taskqueue.fastpath import redis_pipeline
+from taskqueue.fastpath.redis_pipeline import send
+from taskqueue.store.connection import connect
 
 READERS = {  # connection settings: the worker's (redis-py's defaults), and the other parsers
     "hiredis-resp3": {},
@@ -97,30 +97,6 @@ def test_a_client_side_caching_client_is_left_to_redis_py(cfg):
     with make_client(cfg, "hiredis-resp3").pipeline() as pipe:
         pipe.get("k")
         assert redis_pipeline._plain(pipe) is True
-
-
-def test_commands_are_packed_as_redis_py_packs_them(client):
-    """The bytes on the wire: hiredis's packer called directly, and redis-py's where its wrapper does
-    more (a command name it splits into words, bytearray and memoryview arguments)."""
-    commands = [
-        ("HSET", "rq:job:1", "status", "started", "n", 12, "f", 0.25, "neg", -3, "big", 2**70),
-        (b"ZADD", b"reg", 1764000000.5, "é-ünïcode"),
-        ("CLIENT SETNAME", "w1"),
-        (b"CLIENT SETNAME", b"w1"),
-        ("  PING  ",),
-        ("SET", bytearray(b"k"), memoryview(b"v")),
-        ("SET", "k", memoryview(b"abcdef")[::2]),  # a strided view: hiredis would pack its underlying memory
-        ("SET", memoryview(b"fedcba")[::-1], "v"),
-        ("SET", "k", b""),
-        ("GET\tX",),
-    ]
-    conn = client.connection_pool.get_connection()
-    try:
-        assert redis_pipeline.pack(conn, commands) == [b"".join(conn.pack_commands(commands))]
-        with pytest.raises(redis.exceptions.DataError):  # redis-py's error for what it cannot send
-            redis_pipeline.pack(conn, [("SET", "k", None)])
-    finally:
-        client.connection_pool.release(conn)
 
 
 @pytest.mark.parametrize("kind", ["hiredis-resp3", "python-resp3"])  # RESP2 has no push messages
@@ -250,18 +226,20 @@ def test_a_connection_lost_mid_call_raises_and_the_next_send_reconnects(client, 
 
 def test_interrupted_between_replies_the_connection_is_dropped(client, monkeypatch):
     """A signal's exception between two reads (the second reply unread): the next call must not read
-    it as its own. The interruption is injected by wrapping the module's reader of replies: it reads
+    it as its own. The interruption is injected by wrapping the module's reader of a reply: it reads
     the first, then raises."""
     client.set("a", "A")
     client.set("b", "B")
-    real_replies = redis_pipeline._replies
+    real_reply = redis_pipeline._reply
+    read = []
 
-    def interrupted(conn, n):
-        assert n == 2
-        real_replies(conn, 1)
-        raise KeyboardInterrupt
+    def interrupted(conn):
+        if read:
+            raise KeyboardInterrupt
+        read.append(real_reply(conn))
+        return read[0]
 
-    monkeypatch.setattr(redis_pipeline, "_replies", interrupted)
+    monkeypatch.setattr(redis_pipeline, "_reply", interrupted)
     with client.pipeline(transaction=False) as pipe:
         pipe.get("a")
         pipe.get("b")

@@ -13,6 +13,8 @@ import requests
 
 from tests.support import Generator, RedisServer, WorkerProc, free_port, kill_tree, wait_for, wait_status
 
+pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
+
 
 def aof_bytes(server: RedisServer) -> bytes:
     """What Redis's append-only files hold on disk now (Redis 7 keeps them under appendonlydir/)."""
@@ -101,7 +103,8 @@ def test_queued_jobs_survive_a_redis_crash(tmp_path):
         server.cleanup()
 
 
-def test_pickled_payload_is_refused_not_executed(tmp_path, redis_server, redis_client):
+@pytest.mark.parametrize("worker_class", ["simple", "fork"])
+def test_pickled_payload_is_refused_not_executed(worker_class, tmp_path, redis_server, redis_client):
     """A job hash written straight into Redis with a pickle in it must never be unpickled."""
     import pickle
     import zlib
@@ -118,7 +121,7 @@ def test_pickled_payload_is_refused_not_executed(tmp_path, redis_server, redis_c
     })  # fmt: skip
     redis_client.rpush("rq:queue:default", "evil")
     gen = Generator(redis_server.env(), tmp_path).start()
-    w = WorkerProc(redis_server.env(), tmp_path).start()
+    w = WorkerProc(redis_server.env(), tmp_path, ["--worker-class", worker_class]).start()
     try:
         wait_for(lambda: redis_client.zscore("rq:failed:default", "evil") is not None, timeout=10,
                  what="the pickled job in the failed registry")  # fmt: skip

@@ -16,8 +16,8 @@ import pytest
 from redis.commands.core import Script
 from redis.exceptions import ConnectionError, TimeoutError
 
-from taskqueue.connection import connect
-from taskqueue.script_call import OwnConnectionScript
+from taskqueue.fastpath.script_call import OwnConnectionScript
+from taskqueue.store.connection import connect
 
 # Appends its argument to a list and returns the list's length; does nothing when the marker key
 # exists (as the enqueue script does for a job that exists), so a retry of a call that ran is harmless.

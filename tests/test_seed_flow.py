@@ -8,8 +8,9 @@ import time
 import pytest
 import requests
 
-from taskqueue import config
 from tests.support import Generator, RedisServer, wait_for, wait_status
+
+pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
 SEED_RESULT = "Processed message generating task with delay: 1 after 1 seconds"
 
@@ -167,8 +168,10 @@ def test_redis_down_gives_503_fast_then_recovers(tmp_path):
         server.cleanup()
 
 
-@pytest.mark.parametrize("worker_class", ["gthread", "sync"])
-def test_the_other_gunicorn_worker_classes_serve_the_seed_api(worker_class, app_env, tmp_path, worker):
+@pytest.mark.parametrize(
+    ("worker_class", "gunicorn_class"), [("gthread", "JsonThreadWorker"), ("sync", "JsonSyncWorker")]
+)
+def test_the_other_gunicorn_worker_classes_serve_the_seed_api(worker_class, gunicorn_class, app_env, tmp_path, worker):
     """gevent is the default (docs/performance.md); the two others stay selectable and work."""
     gen = Generator({**app_env, "TASKQUEUE_WEB_WORKER_CLASS": worker_class}, tmp_path).start()
     try:
@@ -177,4 +180,4 @@ def test_the_other_gunicorn_worker_classes_serve_the_seed_api(worker_class, app_
         assert job_id in requests.get(gen.base + "/list?state=finished", timeout=5).json()["jobs"]
     finally:
         gen.stop()
-    assert f"Using worker: {config.WEB_WORKER_CLASSES[worker_class]}" in gen.log()
+    assert f"Using worker: taskqueue.server.workers.{gunicorn_class}" in gen.log()

@@ -10,6 +10,8 @@ import requests
 
 from tests.support import WorkerProc, wait_for, wait_status
 
+pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
+
 SEED_RESULT_2 = "Processed message generating task with delay: 2 after 2 seconds"
 
 

@@ -145,6 +145,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("metrics_enabled", "true", _bool, "Count and serve Prometheus metrics (`false`: neither).", (G, W)),
     Setting(
+        "fast_paths",
+        "on",
+        _bool,
+        "`on`: the code in `taskqueue/fastpath/` that exists only for speed (the enqueue script and group "
+        "commit, the worker's job path in two round trips, gevent's turns and one send a response); `off`: "
+        "stock RQ, redis-py and gunicorn, with the same API answers, metrics and recovery (docs/architecture.md).",
+        (G, W),
+    ),
+    Setting(
         "worker_class",
         "simple",
         str,
@@ -198,12 +207,14 @@ ROLE_METRICS_PORT = {G: 9100, W: 9200, E: 9300}
 VALID_WORKER_CLASSES = ("simple", "fork")
 VALID_LOG_FORMATS = ("json", "text")
 # TASKQUEUE_WEB_WORKER_CLASS -> gunicorn's worker_class: gunicorn's, subclassed to answer what gunicorn refuses
-# itself in JSON; gevent's also takes turns between connections (gevent_worker.py).
+# itself in JSON; gevent's also bounds the requests served at once (server/workers.py). With fast paths on,
+# gevent's takes turns between connections and sends a response in one write (fastpath/gevent_worker.py).
 WEB_WORKER_CLASSES = {
-    "gevent": "taskqueue.gevent_worker.FairGeventWorker",
-    "gthread": "taskqueue.gevent_worker.JsonThreadWorker",
-    "sync": "taskqueue.gevent_worker.JsonSyncWorker",
+    "gevent": "taskqueue.server.workers.BoundedGeventWorker",
+    "gthread": "taskqueue.server.workers.JsonThreadWorker",
+    "sync": "taskqueue.server.workers.JsonSyncWorker",
 }
+FAST_WEB_WORKER_CLASSES = {"gevent": "taskqueue.server.workers.FairGeventWorker"}
 VALID_WEB_WORKER_CLASSES = tuple(WEB_WORKER_CLASSES)
 VALID_SHUTDOWN_MODES = ("finish", "requeue")
 
@@ -238,6 +249,7 @@ class Config:
     metrics_host: str
     metrics_port: int
     metrics_enabled: bool
+    fast_paths: bool
     worker_class: str
     worker_processes: int
     worker_name: str

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def stop_timeout(env: dict[str, str]) -> float:
     """Seconds the processes get to stop before they are killed: a worker may finish a job first."""
-    from . import config as config_module
+    from taskqueue import config as config_module
 
     try:
         job_timeout = config_module.load(environ=env).job_timeout

@@ -15,7 +15,7 @@ import re
 import pytest
 from rq.job import Job
 
-from taskqueue.jobs import SERIALIZER
+from taskqueue.store.records import SERIALIZER
 from tests.autoscale.emulator import Chaos
 from tests.autoscale.stack import FAST_HPA_SYNC, FAST_VALUES, stack, wait_for
 

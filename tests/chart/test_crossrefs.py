@@ -297,7 +297,7 @@ def test_redis_list_trigger_reads_the_queue_and_redis_the_app_uses(case):
 def test_metrics_api_trigger_reads_the_exporters_work_remaining(case):
     """The URL is the exporter Service's metrics port at /scale, the value is the key the exporter
     answers, the target is the job slots of one worker pod, and no credentials are involved."""
-    from taskqueue.exporter import QueueState
+    from taskqueue.exporter.collector import QueueState
 
     c = CASES[case]
     objs, so, w, trigger = _scaled_object(c)

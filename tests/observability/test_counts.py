@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support import wait_for
+
+pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
 
 def test_enqueued_sum_equals_jobs_submitted(stack, workload):

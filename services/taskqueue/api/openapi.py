@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import __version__
-from .config import Config
-from .jobs import IDEMPOTENCY_KEY_PATTERN, JOB_ID_PATTERN, LIST_STATES, STATUSES
-from .tasks import TASKS
+from taskqueue import __version__
+from taskqueue.api.jobs import IDEMPOTENCY_KEY_PATTERN, JOB_ID_PATTERN, LIST_STATES, STATUSES
+from taskqueue.config import Config
+from taskqueue.tasks import TASKS
 
 MAX_BATCH = 1000
 MAX_LIST_LIMIT = 1000

@@ -6,7 +6,7 @@ import contextlib
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
@@ -16,27 +16,17 @@ from rq import Queue, Retry
 from rq.command import send_stop_job_command
 from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.registry import (
-    CanceledJobRegistry,
-    DeferredJobRegistry,
-    FailedJobRegistry,
-    FinishedJobRegistry,
-    ScheduledJobRegistry,
-    StartedJobRegistry,
-)
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.results import Result
-from rq.serializers import JSONSerializer
 
-from .config import Config
-from .connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
-from .enqueue_path import Enqueued, Enqueuer, JobSettings
-from .group_commit import GroupCommit
-from .outcomes import error_summary
-from .tasks import TASKS, Task, task_name
-from .timestamps import iso
-
-# JSON on both sides of Redis: a job hash never holds a pickle, and one that does is refused.
-SERIALIZER = JSONSerializer
+from taskqueue.config import Config
+from taskqueue.fastpath.enqueue_path import Enqueuer
+from taskqueue.fastpath.group_commit import GroupCommit
+from taskqueue.store.connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
+from taskqueue.store.enqueue import Enqueued, JobRequest, JobSettings, StockEnqueuer
+from taskqueue.store.outcomes import error_summary
+from taskqueue.store.records import REGISTRIES, SERIALIZER
+from taskqueue.tasks import TASKS, task_name
 
 # Job ids as RQ makes them; "batch" is not one, so GET /jobs/batch is a 405, not a lookup.
 JOB_ID_REGEX = r"(?!batch$)[A-Za-z0-9_-]{1,64}"
@@ -56,16 +46,17 @@ BACKLOG_MARGIN = 100
 # measure ~1.1-1.3 kB with Redis configured as the chart does (python -m bench memory); with margin.
 QUEUED_JOB_GROWTH = 2048
 
-REGISTRIES = {
-    "started": StartedJobRegistry,
-    "finished": FinishedJobRegistry,
-    "failed": FailedJobRegistry,
-    "scheduled": ScheduledJobRegistry,
-    "deferred": DeferredJobRegistry,
-    "canceled": CanceledJobRegistry,
-}
 LIST_STATES = ("queued", *REGISTRIES)
 STATUSES = ("queued", "started", "finished", "failed", "scheduled", "deferred", "canceled", "stopped")
+
+
+def iso(dt: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, or None: the API's timestamps."""
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class JobNotFound(LookupError):
@@ -88,15 +79,6 @@ class IdempotencyMismatch(RuntimeError):
     """An Idempotency-Key was first used with another request (another route, task or arguments)."""
 
 
-@dataclass(frozen=True)
-class JobRequest:
-    """A validated request for one job."""
-
-    task: Task
-    args: list[Any]
-    description: str | None = None
-
-
 class JobService:
     """The queue operations the API needs, bound to one Redis connection and config."""
 
@@ -105,14 +87,16 @@ class JobService:
         self.redis = connection
         self.queue = Queue(cfg.queue, connection=connection, serializer=SERIALIZER)
         self.retry = Retry(max=cfg.retries, interval=list(cfg.retry_intervals)) if cfg.retries else None
-        self.enqueuer = Enqueuer(
-            self.queue, JobSettings(cfg.job_timeout, cfg.result_ttl, cfg.failure_ttl, self.retry), TASKS
-        )
-        # Concurrent enqueues without an Idempotency-Key share one script call (group_commit.py); the
-        # connection check before it lets the requests ready by then join it.
-        self._commit: GroupCommit[JobRequest, Enqueued] = GroupCommit(
-            self.enqueuer.enqueue, before_batch=self.enqueuer.check_connection
-        )
+        settings = JobSettings(cfg.job_timeout, cfg.result_ttl, cfg.failure_ttl, self.retry)
+        self.enqueuer: Enqueuer | StockEnqueuer
+        self._commit: GroupCommit[JobRequest, Enqueued] | None = None
+        if cfg.fast_paths:
+            self.enqueuer = Enqueuer(self.queue, settings, TASKS)
+            # Concurrent enqueues without an Idempotency-Key share one script call (group_commit.py); the
+            # connection check before it lets the requests ready by then join it.
+            self._commit = GroupCommit(self.enqueuer.enqueue, before_batch=self.enqueuer.check_connection)
+        else:
+            self.enqueuer = StockEnqueuer(self.queue, settings, TASKS)
         self._backlog, self._memory_full, self._capacity_read_at = 0, False, float("-inf")
 
     def queue_for(self, name: str) -> Queue:
@@ -170,6 +154,8 @@ class JobService:
         with _store_full_as_refusal():
             if idempotency_key is None:
                 self._check_capacity(1)
+                if self._commit is None:
+                    return self.enqueuer.enqueue([req])[0], True
                 return self._commit.submit(req), True
             return self._enqueue_once(req, IDEMPOTENCY_PREFIX + idempotency_key, fingerprint)
 

@@ -12,7 +12,6 @@ import os
 import socket
 import threading
 import time
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import cache
@@ -103,15 +102,14 @@ class Batched:
     """Counter increments and histogram observations queued in process memory and added to their
     series every ``interval`` seconds by a daemon thread, and at the process's exit.
 
-    In multiprocess mode each prometheus-client update takes a lock, a getpid() and an mmap write:
-    a /start request's four updates cost ~40 µs (~4 % of its CPU) with the caches cold between
-    requests (bench: ``python -m bench.metrics_inprocess``). Here an update is one append to a
-    deque (atomic in CPython, no lock); the flusher sums them up. The worker sends its two timing
-    histograms this way and samples its busy gauge at each flush; its outcome counters stay exact
-    to the job (the chaos test reconciles them with Redis). Histograms are fed through their
-    ``_sum`` and ``_buckets`` values (prometheus-client is pinned; tests compare the result with
-    ``observe()``). A process killed with SIGKILL loses at most its last interval's updates, as
-    any restart loses a process's counts to ``rate()``.
+    In multiprocess mode each prometheus-client update takes a lock, a getpid() and an mmap write, with
+    the caches cold between requests (docs/performance.md, metrics). Here an update is one append to a
+    deque (atomic in CPython, no lock), off the request's path. The worker sends its two timing
+    histograms this way and samples its busy gauge at each flush; its outcome counters stay exact to
+    the job (the chaos test reconciles them with Redis). The flusher sums counter increments per
+    series and replays histogram observations with ``observe()``: public API only. A process killed
+    with SIGKILL loses at most its last interval's updates, as any restart loses a process's counts to
+    ``rate()``.
     """
 
     def __init__(self, interval: float = BATCH_INTERVAL):
@@ -144,30 +142,23 @@ class Batched:
         """Add what is queued to the series now."""
         with self._lock:
             counts: dict[Any, float] = {}
-            observed: dict[Any, list] = {}
+            observed: list[tuple[Any, float]] = []
             pop = self._updates.popleft
             while True:
                 try:
                     is_histogram, series, value = pop()
                 except IndexError:
                     break
-                if not is_histogram:
+                if is_histogram:
+                    observed.append((series, value))
+                else:
                     counts[series] = counts.get(series, 0) + value
-                    continue
-                pending = observed.get(series)
-                if pending is None:
-                    pending = observed[series] = [0.0, [0] * len(series._upper_bounds)]
-                pending[0] += value
-                pending[1][bisect_left(series._upper_bounds, value)] += 1  # the first bucket with le >= value
             for gauge, read in list(self._samples.items()):
                 gauge.set(read())
             for series, amount in counts.items():
                 series.inc(amount)
-            for series, (total, buckets) in observed.items():
-                series._sum.inc(total)
-                for bucket, n in zip(series._buckets, buckets, strict=True):
-                    if n:
-                        bucket.inc(n)
+            for series, value in observed:
+                series.observe(value)
 
     def _ensure_flusher(self) -> None:
         if not self._flushing:

@@ -18,8 +18,8 @@ import threading
 import time
 from uuid import uuid4
 
-from . import config as config_module
-from . import logs, multiproc
+from taskqueue import config as config_module
+from taskqueue.observability import logs, multiproc
 
 log = logging.getLogger("taskqueue.worker")
 
@@ -36,17 +36,18 @@ def worker_name(cfg: config_module.Config) -> str:
 
 def run_worker(cfg: config_module.Config, *, serve_metrics: bool, burst: bool = False) -> int:
     """Run one RQ worker in this process until it is asked to stop."""
-    from . import metrics  # after the multiprocess decision
-    from .connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS, connect
-    from .jobs import SERIALIZER
-    from .worker_classes import worker_class
+    from taskqueue.observability import metrics  # after the multiprocess decision
+    from taskqueue.store.connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS, connect
+    from taskqueue.store.records import SERIALIZER
+    from taskqueue.worker.classes import worker_class
 
     if serve_metrics and cfg.metrics_enabled:
         port = cfg.metrics_port_for("worker")
         metrics.serve(cfg.metrics_host, port)
         log.info("metrics on %s:%s/metrics", cfg.metrics_host, port)
     metrics.worker_gauges()[1].set(1)
-    cls = worker_class(cfg.worker_class)
+    cls = worker_class(cfg.worker_class, cfg.fast_paths)
+    log.info("worker class %s.%s (fast paths %s)", cls.__module__, cls.__qualname__, "on" if cfg.fast_paths else "off")
     backoff = 1.0
     while True:
         started = time.monotonic()
@@ -97,7 +98,7 @@ def sleep_unless_signalled(seconds: float) -> bool:
 
 def supervise(cfg: config_module.Config, argv: list[str]) -> int:
     """Run ``cfg.worker_processes`` worker processes, restart the ones that die, serve their metrics."""
-    from . import metrics
+    from taskqueue.observability import metrics
 
     if cfg.metrics_enabled:
         port = cfg.metrics_port_for("worker")

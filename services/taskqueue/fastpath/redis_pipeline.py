@@ -1,16 +1,13 @@
 """``send(pipe)``: what ``pipe.execute()`` does for a plain pipeline, without redis-py's per-call layers.
 
-The worker sends two pipelines a job (:mod:`taskqueue.job_path`). redis-py 8 wraps each one's single
-write and in-order reads in a retry loop, an HIMPORT pre-flight that scans every command, and
-telemetry hooks: ~100 µs of the ~1,300 µs of CPU a no-op job costs the worker (bench/, docs/performance-history.md).
-The worker's connection retries nothing (RQ's loop reconnects), and the worker uses neither HIMPORT
-nor redis-py's telemetry, so :func:`send` does the write and the reads itself and gives the same
-replies and errors. With hiredis (the worker's case) it also packs each command with hiredis
-directly and takes the replies a socket read has already buffered from hiredis's reader, without
-redis-py's wrappers around each command and each reply (another ~10-13 % of a job). Anything else (a
-client that retries, scripts, WATCH, reply options, HIMPORT) goes through ``pipe.execute()``.
-Interrupted between its write and its last read (a signal, a timeout), it drops the connection, so
-no later call reads a reply meant for this one.
+The worker sends two pipelines a job (:mod:`taskqueue.fastpath.job_path`). redis-py 8 wraps each one's
+single write and in-order reads in a retry loop, an HIMPORT pre-flight that scans every command, and
+telemetry hooks. The worker's connection retries nothing (RQ's loop reconnects), and the worker uses
+neither HIMPORT nor redis-py's telemetry, so :func:`send` does the write (``pack_commands``,
+``send_packed_command``) and the reads (``read_response``) itself, with redis-py's public connection
+methods, and gives the same replies and errors. Anything else (a client that retries, scripts, WATCH,
+reply options, HIMPORT) goes through ``pipe.execute()``. Interrupted between its write and its last read
+(a signal, a timeout), it drops the connection, so no later call reads a reply meant for this one.
 """
 
 from __future__ import annotations
@@ -18,11 +15,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import hiredis
-from redis._parsers.hiredis import NOT_ENOUGH_DATA, _HiredisParser
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE, Pipeline
-from redis.connection import AbstractConnection, HiredisRespSerializer
-from redis.exceptions import ConnectionError, ExecAbortError, ResponseError
+from redis.connection import AbstractConnection
+from redis.exceptions import ExecAbortError, ResponseError
 
 
 def send(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
@@ -78,68 +73,11 @@ def exchange(conn: AbstractConnection, commands: list[tuple], n: int) -> list[An
     raised (so every reply is read); interrupted in between (a lost connection, a signal, a killed
     greenlet), the connection is dropped, so no later call reads a reply meant for this one."""
     try:
-        conn.send_packed_command(pack(conn, commands))
-        return _replies(conn, n)
+        conn.send_packed_command(conn.pack_commands(commands))
+        return [_reply(conn) for _ in range(n)]
     except BaseException:
         conn.disconnect()
         raise
-
-
-def pack(conn: AbstractConnection, commands: list[tuple]) -> list[bytes]:
-    """The commands as RESP, as ``conn.pack_commands`` packs them, in one buffer.
-
-    With redis-py's hiredis packer, each command goes to ``hiredis.pack_command`` directly: redis-py's
-    wrapper only splits a command name holding a space and turns bytearray/memoryview arguments into
-    bytes. Those commands take its packer still (hiredis packs a strided memoryview's underlying
-    memory, not the view), and so do the arguments hiredis refuses (redis-py refuses them too).
-    """
-    if type(conn._command_packer) is not HiredisRespSerializer:
-        return conn.pack_commands(commands)
-    packed = []
-    for args in commands:
-        if not _splits(args[0]) and memoryview not in map(type, args):
-            try:
-                packed.append(hiredis.pack_command(args))
-                continue
-            except TypeError:  # bytearray, which redis-py converts, or what it refuses
-                pass
-        packed.extend(conn._command_packer.pack(*args))
-    return [b"".join(packed)]
-
-
-@functools.lru_cache(maxsize=256)
-def _splits(name: str | bytes) -> bool:
-    """Whether redis-py's packer splits this command name into words (``"CLIENT SETNAME"``)."""
-    return name.split() != [name] if isinstance(name, str) else b" " in name
-
-
-def _replies(conn: AbstractConnection, n: int) -> list[Any]:
-    """The next ``n`` replies, each as :func:`_reply` gives it.
-
-    A reply already in the hiredis reader's buffer (after the first, usually all of them: one socket
-    read takes them all) is taken from it directly and treated as redis-py's hiredis parser treats it
-    (a RESP3 push message handed to its handlers, a connection error raised); the rest go through
-    ``conn.read_response()``, with the socket's timeouts and errors.
-    """
-    parser = conn._parser
-    reader = getattr(parser, "_reader", None)
-    if type(parser) is not _HiredisParser or reader is None:
-        return [_reply(conn) for _ in range(n)]
-    push = parser._hiredis_PushNotificationType
-    out: list[Any] = []
-    while len(out) < n:
-        reply = reader.gets()
-        if reply is NOT_ENOUGH_DATA:
-            out.append(_reply(conn))
-        elif isinstance(reply, ConnectionError):
-            raise reply
-        elif push is not None and isinstance(reply, push):
-            parser.handle_push_response(reply)  # not a reply to a command: the next one is
-        elif type(reply) is list and reply and isinstance(reply[0], ConnectionError):
-            raise reply[0]
-        else:
-            out.append(reply)
-    return out
 
 
 def _reply(conn: AbstractConnection) -> Any:

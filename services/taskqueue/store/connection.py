@@ -7,7 +7,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, ExecAbortError, OutOfMemoryError, TimeoutError
 from redis.retry import Retry
 
-from .config import Config
+from taskqueue.config import Config
 
 # Errors that mean "Redis is not reachable right now" rather than a bug.
 UNAVAILABLE_ERRORS = (ConnectionError, TimeoutError, BusyLoadingError, OSError)

@@ -11,12 +11,13 @@ from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.routing import Rule
 
-from . import config as config_module
-from . import errors, metrics
-from .api import bp
-from .connection import connect
-from .jobs import JobService
-from .tasks import TASKS
+from taskqueue import config as config_module
+from taskqueue.api import errors
+from taskqueue.api.jobs import JobService
+from taskqueue.api.routes import bp
+from taskqueue.observability import metrics
+from taskqueue.store.connection import connect
+from taskqueue.tasks import TASKS
 
 MAX_BODY_BYTES = 1024 * 1024
 CONVERTER = re.compile(r"<[^:>]+:")
@@ -70,8 +71,7 @@ class GeneratorApp(Flask):
             return super().full_dispatch_request()
         started = time.perf_counter()
         response = super().full_dispatch_request()
-        req = request._get_current_object()  # one context lookup, not one an attribute
-        rule, method = req.url_rule, req.method
+        rule, method = request.url_rule, request.method
         requests_total, duration = _request_series(
             rule.rule if rule is not None else None,
             method if method in HTTP_METHODS else "other",  # clients choose it: keep the label set bounded

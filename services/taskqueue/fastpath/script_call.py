@@ -33,7 +33,7 @@ from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 from redis.retry import Retry
 
-from .redis_pipeline import exchange
+from taskqueue.fastpath.redis_pipeline import exchange
 
 
 class OwnConnectionScript:
@@ -83,7 +83,7 @@ class OwnConnectionScript:
     def _check(conn: AbstractConnection) -> None:
         """The pool's checks: a reply nobody read, a server's notice to reconnect; either drops the connection."""
         try:
-            stale = conn._sock is not None and (conn.should_reconnect() or conn.can_read())
+            stale = conn.is_connected and (conn.should_reconnect() or conn.can_read())
         except BaseException:  # a closed connection: dropped, and the error raised (the call goes redis-py's way)
             conn.disconnect()
             raise

@@ -49,10 +49,10 @@ from rq.suspension import is_suspended
 from rq.utils import as_text, now
 from rq.worker import WorkerStatus
 
-from . import redis_pipeline
-from .connection import STORE_FULL_ERRORS
-from .outcomes import BoundedResultJob
-from .timestamps import rq_timestamp
+from taskqueue.fastpath import redis_pipeline
+from taskqueue.fastpath.timestamps import rq_timestamp
+from taskqueue.store.connection import STORE_FULL_ERRORS
+from taskqueue.store.outcomes import BoundedResultJob
 
 JOB_FINISH_FIELDS = ("status", "ended_at", "last_heartbeat")
 # Put a popped job back at the front of its queue, if it is still in the intermediate list.
@@ -139,8 +139,8 @@ class LeanJob(BoundedResultJob):
 class LeanJobPath:
     """Mixin for an in-process ``rq.SimpleWorker`` subclass: RQ's job lifecycle in fewer round trips.
 
-    Goes after ``TaskqueueWorkerMixin`` in the bases, which throttles the standalone worker heartbeat
-    and skips rewriting an unchanged state.
+    Goes after ``TaskqueueWorkerMixin`` in the bases, which throttles the standalone worker heartbeat;
+    its worker's ``job_class`` is :class:`LeanJob`.
     """
 
     def __init__(self, *args, **kwargs):
@@ -150,6 +150,8 @@ class LeanJobPath:
         self._prefetched: str | None = None
         self._counts = {"successful_job_count": 0, "failed_job_count": 0}
         self._working_time = 0.0
+        self._last_suspension_check = float("-inf")
+        self._last_state_written: str | None = None
         super().__init__(*args, **kwargs)
         self._give_back = self.connection.register_script(GIVE_BACK)
 
@@ -164,7 +166,11 @@ class LeanJobPath:
         return None
 
     def set_state(self, state: str, pipeline=None):
-        """Going idle writes the counters not yet written, in the same round trip."""
+        """An unchanged state is not written again (RQ writes IDLE twice a job); going idle writes the
+        counters not yet written, in the same round trip."""
+        if state == self._last_state_written:
+            return None
+        self._last_state_written = state
         if pipeline is not None or state != WorkerStatus.IDLE or not self._counters_pending():
             return super().set_state(state, pipeline)
         self._write_with_counters(lambda pipe: super(LeanJobPath, self).set_state(state, pipe))
@@ -373,6 +379,10 @@ class LeanJobPath:
             self._give_back(keys=[queue.intermediate_queue_key, queue.key], args=[job_id], client=self.connection)
 
     def check_for_suspension(self, burst: bool):
+        """``rq suspend`` is noticed within a second, not checked before every job."""
+        if time.monotonic() - self._last_suspension_check < 1.0:
+            return None
+        self._last_suspension_check = time.monotonic()
         if self._prefetched is not None and is_suspended(self.connection, self):
             self._give_back_prefetched()
         return super().check_for_suspension(burst)

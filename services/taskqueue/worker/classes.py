@@ -8,13 +8,16 @@
 - stop of a running job for the non-forking worker (``DELETE /jobs/<id>``);
 - ``shutdown_mode="requeue"``: SIGTERM puts the running job back at the front of its queue at once.
 
-Only public hooks are overridden (``execute_job``, ``handle_job_failure``, ``request_stop``,
-``get_heartbeat_ttl``, ``kill_horse``, the death penalty class), so RQ's timeouts, retries,
-results and registries work unchanged.
+Only public methods of RQ's workers are overridden (``work``, ``execute_job``, ``prepare_job_execution``,
+``handle_execution_ended``, ``handle_job_failure``, ``handle_exception``, ``handle_payload``, ``heartbeat``,
+``clean_registries``, ``request_stop``, ``get_heartbeat_ttl``, ``kill_horse``, the death penalty class), so
+RQ's timeouts, retries, results and registries work unchanged. With fast paths on, the in-process worker
+is :class:`LeanInProcessWorker`: the same, with the job's lifecycle of ``taskqueue/fastpath/job_path.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -30,11 +33,13 @@ from rq.queue import Queue
 from rq.timeouts import UnixSignalDeathPenalty
 from rq.utils import now
 
-from . import logs, metrics, outcomes
-from .connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
-from .job_path import LeanJob, LeanJobPath
-from .logs import current_job_id
-from .tasks import TASKS, task_name
+from taskqueue.fastpath.job_path import LeanJob, LeanJobPath
+from taskqueue.observability import logs, metrics
+from taskqueue.observability.logs import current_job_id
+from taskqueue.store import outcomes
+from taskqueue.store.connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
+from taskqueue.store.outcomes import BoundedResultJob
+from taskqueue.tasks import TASKS, task_name
 
 OUTCOME_BY_STATUS = {
     JobStatus.FINISHED: "succeeded",
@@ -59,7 +64,7 @@ class TaskqueueWorkerMixin:
     """What both worker classes add to RQ's (see the module docstring)."""
 
     refresh_status_after_job = True
-    job_class = LeanJob  # RQ's Job, with cheaper registry properties (job_path.py)
+    job_class = BoundedResultJob  # RQ's Job, failing a job whose result is over max_result_bytes
     # RQ waits up to 60 s between reconnect attempts by default; a queue should come back sooner.
     max_connection_wait_time = 5.0
 
@@ -84,8 +89,7 @@ class TaskqueueWorkerMixin:
         self.shutdown_mode = shutdown_mode
         self.stop_requested = False
         self._requeue_job_id: str | None = None
-        self._last_worker_beat = self._last_suspension_check = float("-inf")
-        self._last_state_written: str | None = None
+        self._last_worker_beat = float("-inf")
         kwargs.setdefault("job_monitoring_interval", max(1, heartbeat_ttl // 3))
         # RQ blocks on the queue for worker_ttl - 15 s between idle beats: below heartbeat_ttl.
         kwargs.setdefault("worker_ttl", heartbeat_ttl)
@@ -121,7 +125,7 @@ class TaskqueueWorkerMixin:
         else:
             self.last_cleaned_at = now()
 
-    # -- fewer bookkeeping round trips (bench/: 57 -> 41 Redis commands and 20 -> 9 round trips a job) --
+    # -- the worker's key ---------------------------------------------------------------------------
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         """Keep the worker key alive for heartbeat_ttl s (not RQ's minutes) and the worker registered."""
@@ -154,21 +158,6 @@ class TaskqueueWorkerMixin:
                 pipe.expire(self.key, ttl)
                 pipe.execute()
         self._last_worker_beat = time.monotonic()
-
-    def set_state(self, state: str, pipeline=None):
-        """Skip rewriting the state this worker last wrote (RQ writes IDLE twice a job)."""
-        if state == self._last_state_written:
-            self._state = state
-            return
-        self._last_state_written = state
-        super().set_state(state, pipeline)
-
-    def check_for_suspension(self, burst: bool):
-        """``rq suspend`` is noticed within a second, not checked before every job."""
-        if time.monotonic() - self._last_suspension_check < 1.0:
-            return
-        self._last_suspension_check = time.monotonic()
-        super().check_for_suspension(burst)
 
     # -- heartbeats --------------------------------------------------------------------------------
 
@@ -238,7 +227,9 @@ class TaskqueueWorkerMixin:
         """Fail a job whose data does not decode as JSON, without running (or unpickling) anything."""
         self.log.error("Worker %s: job %s: %s", self.name, job.id, NOT_JSON)
         execution = self.prepare_execution(job)
-        self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+        # RQ's names the job's function in the process title once the records are written: there is none.
+        with contextlib.suppress(DeserializationError):
+            self.prepare_job_execution(job, remove_from_intermediate_queue=True)
         self.handle_job_failure(
             job, queue, started_job_registry=queue.started_job_registry, exc_string=NOT_JSON, execution=execution
         )
@@ -330,9 +321,10 @@ class StoppableDeathPenalty(UnixSignalDeathPenalty):
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
 
 
-class InProcessWorker(TaskqueueWorkerMixin, LeanJobPath, SimpleWorker):
-    """Runs jobs in the worker process itself: no fork per job, two round trips of bookkeeping a job
-    (:mod:`taskqueue.job_path`); a thread keeps a long job's heartbeats going."""
+class InProcessMixin:
+    """Runs jobs in the worker process itself, no fork per job; a thread keeps a long job's heartbeats going.
+
+    First in the bases, before :class:`TaskqueueWorkerMixin`."""
 
     refresh_status_after_job = False
     death_penalty_class = StoppableDeathPenalty
@@ -342,11 +334,11 @@ class InProcessWorker(TaskqueueWorkerMixin, LeanJobPath, SimpleWorker):
     # where an exception raised into the job lands in RQ's failure handling (see job_interruptible).
     _performing = False
 
-    def _install_signal_handlers(self):
-        """RQ's, and SIGALRM ignored until a job's timeout arms it: a stop that arrives just before
+    def work(self, *args, **kwargs):
+        """RQ's, with SIGALRM ignored until a job's timeout arms it: a stop that arrives just before
         the first job starts must not kill the process (SIGALRM's default action)."""
-        super()._install_signal_handlers()
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        return super().work(*args, **kwargs)
 
     def execute_job(self, job: Job, queue: Queue):
         if self._beat_thread is None:
@@ -408,8 +400,20 @@ class InProcessWorker(TaskqueueWorkerMixin, LeanJobPath, SimpleWorker):
         raise ShutdownRequeue()
 
 
+class InProcessWorker(InProcessMixin, TaskqueueWorkerMixin, SimpleWorker):
+    """RQ's ``SimpleWorker`` job handling, with the above."""
+
+
+class LeanInProcessWorker(InProcessMixin, TaskqueueWorkerMixin, LeanJobPath, SimpleWorker):
+    """:class:`InProcessWorker` with RQ's job lifecycle in two round trips a job (fastpath/job_path.py)."""
+
+    job_class = LeanJob
+
+
 WORKER_CLASSES = {"simple": InProcessWorker, "fork": ForkingWorker}
+# With fast paths on; a fork a job costs far more than the bookkeeping the fast path saves.
+FAST_WORKER_CLASSES = {"simple": LeanInProcessWorker, "fork": ForkingWorker}
 
 
-def worker_class(name: str) -> type[Worker] | type[SimpleWorker]:
-    return WORKER_CLASSES[name]
+def worker_class(name: str, fast_paths: bool = True) -> type[Worker] | type[SimpleWorker]:
+    return (FAST_WORKER_CLASSES if fast_paths else WORKER_CLASSES)[name]

@@ -12,10 +12,8 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
-from . import metrics
-from .enqueue_path import Enqueued
-from .errors import RETRY_AFTER_BACKLOG, RETRY_AFTER_STORE_FULL, ApiError, error_response
-from .jobs import (
+from taskqueue.api.errors import RETRY_AFTER_BACKLOG, RETRY_AFTER_STORE_FULL, ApiError, error_response
+from taskqueue.api.jobs import (
     IDEMPOTENCY_KEY_RE,
     JOB_ID_REGEX,
     LIST_STATES,
@@ -26,10 +24,12 @@ from .jobs import (
     JobService,
     JobStateConflict,
     StoreFull,
+    iso,
 )
-from .openapi import MAX_BATCH, MAX_LIST_LIMIT, MAX_OFFSET, document
-from .tasks import TASKS, TaskInputError, validate
-from .timestamps import iso
+from taskqueue.api.openapi import MAX_BATCH, MAX_LIST_LIMIT, MAX_OFFSET, document
+from taskqueue.observability import metrics
+from taskqueue.store.enqueue import Enqueued
+from taskqueue.tasks import TASKS, TaskInputError, validate
 
 
 class JobIdConverter(BaseConverter):

@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
-from . import config as config_module
-from . import logs
-from .maintenance import maintain
+from taskqueue import config as config_module
+from taskqueue.exporter.maintenance import maintain
+from taskqueue.observability import logs
 
 log = logging.getLogger("taskqueue.exporter")
 
@@ -35,7 +35,7 @@ class QueueState:
     def __init__(self, cfg: config_module.Config, connection):
         from rq import Queue
 
-        from .jobs import REGISTRIES, SERIALIZER
+        from taskqueue.store.records import REGISTRIES, SERIALIZER
 
         self.cfg = cfg
         self.redis = connection
@@ -108,7 +108,7 @@ class QueueState:
         """
         from rq.job import Job, JobStatus
 
-        from .jobs import SERIALIZER
+        from taskqueue.store.records import SERIALIZER
 
         key = queue.intermediate_queue_key
         ids = [i.decode() for i in self.redis.lrange(key, 0, -1)]
@@ -207,7 +207,7 @@ def make_app(registry, state: QueueState):
 
 def serve(app: Callable, host: str, port: int) -> WSGIServer:
     """Serve ``app`` from a daemon thread, with a real listen backlog; returns the server (``shutdown()`` stops it)."""
-    from .metrics import serve_app
+    from taskqueue.observability.metrics import serve_app
 
     return serve_app(app, host, port)
 
@@ -220,7 +220,7 @@ def maintenance_loop(state: QueueState, cfg: config_module.Config, stop: threadi
     """
     from rq.scheduler import RQScheduler
 
-    from .jobs import SERIALIZER
+    from taskqueue.store.records import SERIALIZER
 
     scheduler = RQScheduler(cfg.queues, state.redis, interval=1, serializer=SERIALIZER, logging_level=cfg.log_level)
     last_cleanup = time.monotonic()
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from prometheus_client import CollectorRegistry
 
-    from .connection import connect
+    from taskqueue.store.connection import connect
 
     state = QueueState(cfg, connect(cfg))
     registry = CollectorRegistry()

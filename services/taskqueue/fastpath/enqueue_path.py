@@ -20,20 +20,16 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rq import Queue, Retry
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.utils import get_call_string, now
 
-from .script_call import OwnConnectionScript
-from .timestamps import rq_timestamp
-
-if TYPE_CHECKING:
-    from .jobs import JobRequest
-    from .tasks import Task
+from taskqueue.fastpath.script_call import OwnConnectionScript
+from taskqueue.fastpath.timestamps import rq_timestamp
+from taskqueue.store.enqueue import Enqueued, JobRequest, JobSettings
+from taskqueue.tasks import Task
 
 # Fields written per job; the rest of the hash is the task's template.
 PER_JOB_FIELDS = ("created_at", "enqueued_at", "data", "description")
@@ -93,26 +89,6 @@ def enqueue_script(templates: Mapping[str, Sequence[bytes]]) -> str:
         for name, pairs in templates.items()
     ]
     return "local TEMPLATES = {\n" + "\n".join(rows) + "\n}" + ENQUEUE
-
-
-@dataclass(frozen=True)
-class Enqueued:
-    """What the API reports about an enqueued job."""
-
-    id: str
-    task: str
-    args: list[Any]
-    enqueued_at: datetime | None
-
-
-@dataclass(frozen=True)
-class JobSettings:
-    """The per-job settings the generator gives every job (from its config)."""
-
-    timeout: int
-    result_ttl: int
-    failure_ttl: int
-    retry: Retry | None
 
 
 class Enqueuer:

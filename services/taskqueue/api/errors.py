@@ -9,7 +9,7 @@ from http import HTTPStatus
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from .connection import UNAVAILABLE_ERRORS
+from taskqueue.store.connection import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
-from . import config as config_module
-from . import multiproc
-from .logs import JobIdFilter, JsonFormatter
+from taskqueue import config as config_module
+from taskqueue.observability import multiproc
+from taskqueue.observability.logs import JobIdFilter, JsonFormatter
+from taskqueue.server.balance import ConnectionShare
 
 
 def logconfig(cfg: config_module.Config) -> dict[str, Any]:
@@ -60,11 +61,20 @@ class GeneratorLogger(Logger):
             super().access(resp, req, environ, request_time)
 
 
+def web_worker_class(cfg: config_module.Config) -> str:
+    """gunicorn's worker class for the generator: the fast path's, where one exists and fast paths are on."""
+    if cfg.fast_paths and cfg.web_worker_class in config_module.FAST_WEB_WORKER_CLASSES:
+        return config_module.FAST_WEB_WORKER_CLASSES[cfg.web_worker_class]
+    return config_module.WEB_WORKER_CLASSES[cfg.web_worker_class]
+
+
 class GeneratorServer(BaseApplication):
     """gunicorn configured from :class:`~taskqueue.config.Config` instead of a config file."""
 
     def __init__(self, cfg: config_module.Config):
         self.cfg_app = cfg
+        # Made before the workers are forked, so that they share it (gevent's worker class uses it).
+        self.connections = ConnectionShare(cfg.web_workers)
         super().__init__()
 
     def load_config(self) -> None:
@@ -75,7 +85,7 @@ class GeneratorServer(BaseApplication):
             # gevent by measurement (docs/performance-history.md, change 9): a round trip to Redis costs a
             # thread switch or two under gthread, and with one event loop a process the enqueues in
             # flight share their Redis call (group_commit.py) for next to nothing.
-            "worker_class": config_module.WEB_WORKER_CLASSES[cfg.web_worker_class],
+            "worker_class": web_worker_class(cfg),
             "threads": cfg.web_threads if cfg.web_worker_class == "gthread" else 1,
             # gevent: the connections a process holds open, slow ones included (it serves web_connections
             # requests of them at once: gevent_worker.py); gthread: its connections. The rest wait in the
@@ -104,13 +114,13 @@ class GeneratorServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from .app import create_app
+        from taskqueue.api.app import create_app
 
         return create_app(self.cfg_app)
 
     def _when_ready(self, server) -> None:
         if self.cfg_app.metrics_enabled:
-            from . import metrics
+            from taskqueue.observability import metrics
 
             port = self.cfg_app.metrics_port_for("generator")
             metrics.serve(self.cfg_app.metrics_host, port)
@@ -118,14 +128,15 @@ class GeneratorServer(BaseApplication):
 
     def _worker_exit(self, _server, _worker) -> None:
         """In the exiting worker process: its batched metric updates go out before it does."""
-        from . import metrics
+        from taskqueue.observability import metrics
 
         metrics.BATCHED.flush()
 
     def _child_exit(self, _server, worker) -> None:
-        from . import metrics
+        from taskqueue.observability import metrics
 
         metrics.mark_process_dead(worker.pid)
+        self.connections.leave(worker.pid)
 
 
 def main(argv: list[str] | None = None) -> None:

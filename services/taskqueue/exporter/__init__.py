@@ -1,0 +1,1 @@
+"""``taskqueue-exporter``: queue state for Prometheus and autoscaling, and the queue maintenance."""

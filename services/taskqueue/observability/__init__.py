@@ -1,0 +1,1 @@
+"""Prometheus metrics (multiprocess), JSON logs with the job id."""

@@ -1,0 +1,1 @@
+"""``taskqueue-generator``: gunicorn serving the API, and its worker classes."""

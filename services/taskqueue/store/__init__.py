@@ -1,0 +1,1 @@
+"""Redis as taskqueue uses it: connections, RQ's records (serializer, registries), job outcomes."""

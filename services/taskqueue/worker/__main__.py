@@ -1,0 +1,3 @@
+from taskqueue.worker.cli import main
+
+main()
