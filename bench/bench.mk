@@ -3,10 +3,13 @@
 # (the seed app, stock RQ, Celery in bench/.venv-celery made on demand) in the same run.
 BENCH_ARGS ?=
 
-.PHONY: bench bench-quick bench-profile
+.PHONY: bench bench-stock bench-quick bench-profile
 
-bench: venv ## Run every benchmark (3 repeats; /start at wrk -t1 -c16 and -c6, 5 s each; ~11 min on 2 cores): `make bench BENCH_ARGS="start worker"`
+bench: venv ## Run every benchmark (3 repeats; /start at wrk -t1 -c16, -c4, -c6, -c8, 5 s each; ~25 min on 2 cores): `make bench BENCH_ARGS="start worker"`
 	$(PY) -m bench $(BENCH_ARGS)
+
+bench-stock: venv ## The same with TASKQUEUE_FAST_PATHS=off (results in bench/results-fast-paths-off/)
+	$(PY) -m bench --fast-paths off $(BENCH_ARGS)
 
 bench-quick: venv ## Smoke-run every benchmark (1 repeat, 2 s loads, small N; ~2 min)
 	$(PY) -m bench --quick $(BENCH_ARGS)

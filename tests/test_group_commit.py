@@ -282,6 +282,18 @@ def test_a_killed_waiting_caller_takes_itself_out_of_line_and_passes_its_turn_on
 # -- through gunicorn (gevent) and a real Redis -----------------------------------------------------
 
 
+def _held(client) -> bool:
+    """A client of Redis waits in an EVALSHA (the pause holds it)."""
+    return any(c.get("cmd") == "evalsha" for c in client.client_list())
+
+
+def _connections_to(port: int) -> int:
+    """Established TCP connections to ``port`` on this machine (the server's ends, from /proc/net/tcp)."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for r in rows if int(r[1].rsplit(":", 1)[1], 16) == port and r[3] == "01")
+
+
 def _evalsha_calls(client) -> int:
     return client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
 
@@ -299,7 +311,8 @@ def test_concurrent_starts_share_redis_calls_and_each_gets_its_own_job(app_env, 
         try:
             with concurrent.futures.ThreadPoolExecutor(n) as pool:
                 futures = [pool.submit(requests.get, gen.base + "/start?delay=1", timeout=20) for _ in range(n)]
-                time.sleep(2)
+                wait_for(lambda: _held(redis_client) and _connections_to(gen.port) >= n, timeout=7,
+                         what="every request's connection open and the first script call held by Redis")  # fmt: skip
                 redis_client.execute_command("CLIENT", "UNPAUSE")
                 replies = [f.result() for f in futures]
         finally:

@@ -20,8 +20,6 @@ import requests
 from tests.conftest import FAST_ENV
 from tests.support import Generator, Service, wait_for
 
-pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
-
 MAX_BODY = 1024 * 1024  # app.config MAX_CONTENT_LENGTH
 WEB_WORKER_CLASSES = ("gevent", "gthread", "sync")
 IO_TIMEOUT = 10.0

@@ -16,8 +16,6 @@ from rq import Queue, Worker
 
 from tests.support import Exporter, Generator, Service, WorkerProc, kill_tree, running, wait_for, wait_status
 
-pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
-
 TTL, CLEANUP = 6, 2
 # Short heartbeats so a test sees them expire; the exporter (not a worker) cleans the registries.
 FAST_BEATS = {

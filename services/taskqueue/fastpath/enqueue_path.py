@@ -1,8 +1,8 @@
 """The generator's enqueue path: RQ's records for new jobs in one Redis command, however many jobs.
 
 Stock ``Queue.enqueue_many`` builds a ``Job`` object per job and sends MULTI, SADD, two HSETs and an
-RPUSH per job, then EXEC: about 190 µs of client CPU a job on the bench machine, most of it in
-building and packing those commands (bench/). :class:`Enqueuer` writes the same records - the job
+RPUSH per job, then EXEC: most of its client CPU goes to building and packing those commands
+(docs/performance-history.md). :class:`Enqueuer` writes the same records - the job
 hash field for field, the queue's list and the queues set - with one EVALSHA of a Lua script, which
 Redis runs atomically as it runs a MULTI/EXEC.
 
@@ -68,7 +68,7 @@ LUA_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 
 
 def new_job_id() -> str:
-    """A random UUID's text, as ``str(uuid.uuid4())`` gives it, without building a UUID object (~6x faster)."""
+    """A random UUID's text, as ``str(uuid.uuid4())`` gives it, without building a UUID object."""
     h = os.urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 

@@ -8,14 +8,13 @@ never waited for I/O (the event loop did not turn while it ran: ``/healthz``, a 
 greenlet waits for the loop's next turn, which polls for I/O and runs every connection ready by
 then first. (``gevent.sleep(0)`` would not do: gevent runs callbacks queued meanwhile in the same
 pass and polls only every 50 of them.) A request that waited on Redis has let the others run
-already; yielding after it too cost ~4 % of ``/start``'s throughput. See docs/performance-history.md,
-change 10, for the figures.
+already; yielding after it too cost throughput (docs/performance-history.md, change 10).
 
 **One send.** gunicorn writes a response's status line and headers with one ``sendall`` and its body
 with another: two system calls, and on loopback two deliveries and two wake-ups of the client.
 The worker hands gunicorn a :class:`HeadersWithBody` socket for each request, which holds the
-headers until the first body bytes (or the end of the request's handling) and sends both at once:
-~5 % less CPU a ``/start`` (docs/performance-history.md, change 11). So the first write of a response waits
+headers until the first body bytes (or the end of the request's handling) and sends both at once
+(docs/performance-history.md, change 11). So the first write of a response waits
 for the second: an app that sends 103 Early Hints, or writes to ``environ["gunicorn.socket"]``
 itself and then waits for the client (a protocol upgrade), would need the raw socket; this one does
 neither.

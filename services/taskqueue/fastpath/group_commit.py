@@ -1,15 +1,15 @@
 """Group commit: concurrent callers' items go to Redis together, in one call, with no added wait.
 
-A Redis round trip costs a gunicorn process ~400 µs of CPU on the bench machine (the system calls
-and wake-ups around it), more than Flask and gunicorn together spend on a request, and Redis ~100 µs
-more. :class:`GroupCommit` lets the threads of one process share it: the first caller sends its item
-at once; callers that arrive while a call is in flight queue up, and when it returns the next one in
-line sends everything queued in one call. Nobody waits for a timer, so a lone request takes one
-round trip as before, and under load the calls carry several items each.
+A Redis round trip costs a gunicorn process more CPU (the system calls and wake-ups around it) than Flask
+and gunicorn together spend on a request (docs/performance-history.md). :class:`GroupCommit` lets the
+threads of one process share it: the first caller sends its item at once; callers that arrive while a
+call is in flight queue up, and when it returns the next one in line sends everything queued in one call.
+Nobody waits for a timer, so a lone request takes one round trip as before, and under load the calls
+carry several items each.
 
 A sender may have a step to take before each call that lets other callers run (the enqueue script's
-connection check: under gevent a turn of the event loop). Given as ``before_batch``, it runs before
-the sender takes what is waiting, so the callers it let in go in the same call (docs/performance-history.md,
+connection check: under gevent a turn of the event loop). Given as ``before_batch``, it runs before the
+sender takes what is waiting, so the callers it let in go in the same call (docs/performance-history.md,
 change 19).
 """
 

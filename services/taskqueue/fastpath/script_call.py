@@ -1,19 +1,18 @@
 """A Lua script called over a connection of its own: one send and one read, no pool in between.
 
-The generator calls its enqueue script once per group of concurrent enqueues (group_commit.py), from
-one caller at a time per process; other enqueues (``/jobs/batch``, an ``Idempotency-Key``) call it
-too, and take redis-py's path while the connection is busy. Through redis-py, each call takes a
-pooled connection, wraps the send and the read in its retry loop and telemetry hooks, and gives the
-connection back: about half of the ~24 % of a ``/start`` request's CPU that the call took in py-spy,
-the system calls being the other half (docs/performance-history.md). :class:`OwnConnectionScript` keeps one
-connection for the script and sends EVALSHA on it directly. It keeps the pool's checks: that the
-connection holds no reply nobody read (under gevent a ``poll``, one turn of the event loop, which also
-lets the process's other connections move first: without it the p99 at 16 connections rose by a
-third), and a server's notice to reconnect. Whatever it cannot finish goes to redis-py's path, which
-handles it as before: a second concurrent caller (the connection is busy), a Redis that has forgotten
-the script (NOSCRIPT: redis-py loads it), a lost connection or a timeout (redis-py retries as
-configured). A retry must therefore be safe: the caller's script has to do nothing when it has run
-already, as the enqueue script does.
+The generator calls its enqueue script once per group of concurrent enqueues (group_commit.py), from one
+caller at a time per process; other enqueues (``/jobs/batch``, an ``Idempotency-Key``) call it too, and
+take redis-py's path while the connection is busy. Through redis-py, each call takes a pooled connection,
+wraps the send and the read in its retry loop and telemetry hooks, and gives the connection back: about
+half of the call's CPU in a ``/start`` request, the system calls being the other half
+(docs/performance-history.md). :class:`OwnConnectionScript` keeps one connection for the script and sends
+EVALSHA on it directly. It keeps the pool's checks: that the connection holds no reply nobody read (under
+gevent a ``poll``, one turn of the event loop, which also lets the process's other connections move
+first: without it the p99 at 16 connections rose), and a server's notice to reconnect. Whatever it cannot
+finish goes to redis-py's path, which handles it as before: a second concurrent caller (the connection is
+busy), a Redis that has forgotten the script (NOSCRIPT: redis-py loads it), a lost connection or a
+timeout (redis-py retries as configured). A retry must therefore be safe: the caller's script has to do
+nothing when it has run already, as the enqueue script does.
 
 :meth:`OwnConnectionScript.check` runs those checks ahead of the next call, which then skips them: the
 group commit runs it before it gathers a call's jobs, so the callers that the check's turn of the event

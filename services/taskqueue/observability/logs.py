@@ -54,8 +54,8 @@ PER_JOB_TEMPLATES = frozenset(
 class WithoutPerJobLines(logging.LoggerAdapter):
     """A worker's logger that drops the INFO lines RQ writes for every job, before a record is made.
 
-    At hundreds of jobs a second they cost more than a no-op job (bench/), and a logging filter only
-    sees them once the record exists (~20 µs each). Failures, timeouts and retries are logged at
+    At hundreds of jobs a second they cost more than a no-op job (docs/performance-history.md), and a
+    logging filter only sees them once the record exists. Failures, timeouts and retries are logged at
     WARNING and above and pass. ``TASKQUEUE_LOG_JOB_LINES=true`` keeps them all.
     """
 

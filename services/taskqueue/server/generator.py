@@ -53,7 +53,7 @@ class GeneratorLogger(Logger):
     """gunicorn's logger, minus the access line's formatting when nothing would print it.
 
     With a ``logconfig_dict``, gunicorn builds every request's access-log atoms (a dict of ~20
-    values) before its logger drops the line at our WARNING level: ~2 % of a /start request's CPU.
+    values) before its logger drops the line at our WARNING level (docs/performance-history.md).
     """
 
     def access(self, resp, req, environ, request_time) -> None:
