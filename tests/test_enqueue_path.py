@@ -112,12 +112,15 @@ def test_enqueue_works_after_redis_forgets_its_scripts(service, redis_client):
 
 def test_the_same_call_sent_twice_queues_its_jobs_once(service, redis_client):
     """redis-py re-sends a command whose reply it lost (its Retry, on timeouts and dropped
-    connections); the script must not queue the jobs again when the first send had run."""
+    connections); on that path the script checks that the first send had not run. The first call
+    goes over the script's own connection; the repeat takes redis-py's path (the own connection
+    held, as by a concurrent call)."""
     reqs = requests()
     ids = [f"retried-{i}" for i in range(len(reqs))]
     service.enqueuer.enqueue(reqs, ids)
     before = {i: redis_client.hgetall(Job.key_for(i)) for i in ids}
-    service.enqueuer.enqueue(reqs, ids)  # what the retry sends: the same ids and arguments
+    with service.enqueuer._script._lock:
+        service.enqueuer.enqueue(reqs, ids)  # what the retry sends: the same ids and arguments
     assert redis_client.lrange(service.queue.key, 0, -1) == [i.encode() for i in ids]
     assert {i: redis_client.hgetall(Job.key_for(i)) for i in ids} == before
 

@@ -41,16 +41,17 @@ KEPT_PAYLOADS = 1024
 UUID_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 # The script's text: the tasks' templates as a Lua table, then this. KEYS: the queue's list, RQ's
-# set of queues, an idempotency key ('' for none), one job hash per job. ARGV: the idempotency key's
-# TTL (0: none), then per job its task, id, timestamp, data and description. Jobs go on the queue in
-# the order given. Returns the number of jobs written: 0 when the first job exists already, i.e.
-# when this is redis-py retrying a call whose reply was lost (job ids are fresh uuid4s, and a script
-# runs whole), so a retry never queues the jobs twice.
+# set of queues, an idempotency key ('' for none), one job hash per job. ARGV: '1' if this call may be
+# a repeat (else '0'), the idempotency key's TTL (0: none), then per job its task, id, timestamp, data
+# and description. Jobs go on the queue in the order given. Returns the number of jobs written: 0 when
+# a call that may be a repeat finds its first job written already, i.e. when redis-py retries a call
+# whose reply was lost (job ids are fresh uuid4s, and a script runs whole), so a retry never queues the
+# jobs twice. The first and only attempt on the script's own connection is no repeat: no check.
 ENQUEUE = """
-if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
-local ttl, ids = tonumber(ARGV[1]), {}
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local ttl, ids = tonumber(ARGV[2]), {}
 for j = 4, #KEYS do
-    local a = 2 + (j - 4) * 5
+    local a = 3 + (j - 4) * 5
     redis.call('HSET', KEYS[j], 'created_at', ARGV[a + 2], 'enqueued_at', ARGV[a + 2],
                'data', ARGV[a + 3], 'description', ARGV[a + 4], unpack(TEMPLATES[ARGV[a]]))
     ids[#ids + 1] = ARGV[a + 1]
@@ -139,14 +140,15 @@ class Enqueuer:
         stamp = rq_timestamp(enqueued_at)
         idem_key, idem_ttl = idempotency if idempotency is not None else ("", 0)
         keys = [self.queue.key, Queue.redis_queues_keys, idem_key]
-        args: list[Any] = [idem_ttl]
+        args: list[Any] = [0, idem_ttl]
         for job_id, req in zip(ids, reqs, strict=True):
             name = req.task.name
             func_name = self._func_names[name]
             keys.append(Job.key_for(job_id))
             data, description = self._payload(func_name, req.args)
             args += (name, job_id, stamp, data, req.description or description)
-        self._script(keys=keys, args=args)  # returns 0 for a retry of a call that had run: the jobs exist
+        # Returns 0 for a retry of a call that had run: the jobs exist.
+        self._script(keys=keys, args=args, repeat_args=[1, *args[1:]])
         return [Enqueued(job_id, req.task.name, req.args, enqueued_at) for job_id, req in zip(ids, reqs, strict=True)]
 
     def _payload(self, func_name: str, args: list[Any]) -> tuple[bytes, str]:

@@ -12,7 +12,8 @@ first: without it the p99 at 16 connections rose), and a server's notice to reco
 finish goes to redis-py's path, which handles it as before: a second concurrent caller (the connection is
 busy), a Redis that has forgotten the script (NOSCRIPT: redis-py loads it), a lost connection or a
 timeout (redis-py retries as configured). A retry must therefore be safe: the caller's script has to do
-nothing when it has run already, as the enqueue script does.
+nothing when it has run already, as the enqueue script does. The call on the own connection is a single
+attempt, never a repeat: a script can skip that check there (``repeat_args`` are for redis-py's path).
 
 :meth:`OwnConnectionScript.check` runs those checks ahead of the next call, which then skips them: the
 group commit runs it before it gathers a call's jobs, so the callers that the check's turn of the event
@@ -58,7 +59,8 @@ class OwnConnectionScript:
             self._lock.release()
         self._checked = True
 
-    def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    def __call__(self, keys: Sequence[Any], args: Sequence[Any], repeat_args: Sequence[Any] | None = None) -> Any:
+        """Run the script with ``args``; on redis-py's path, which may run it twice, with ``repeat_args``."""
         checked, self._checked = self._checked, False
         if self._lock.acquire(blocking=False):
             try:
@@ -67,7 +69,7 @@ class OwnConnectionScript:
                 pass  # not run, or not known to have run: redis-py's path below loads, retries
             finally:
                 self._lock.release()
-        return self.script(keys=keys, args=args)
+        return self.script(keys=keys, args=args if repeat_args is None else repeat_args)
 
     def _call(self, keys: Sequence[Any], args: Sequence[Any], checked: bool) -> Any:
         conn = self._connection()
