@@ -102,10 +102,10 @@ CASES: dict[str, Case] = {
                 _secret("redis-ca", NAMESPACE, {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}),
             ),
         ),
-        # Another release and namespace, several worker processes, a longer job timeout.
+        # Another release and namespace, several worker processes, a longer job timeout, fast paths off.
         Case(
             "other-release",
-            {"worker": {"processes": 3}, "config": {"job_timeout": 600, "queues": "high,low"}},
+            {"worker": {"processes": 3}, "config": {"job_timeout": 600, "queues": "high,low", "fast_paths": "off"}},
             release="demo",
             namespace="jobs",
         ),

@@ -73,6 +73,11 @@ def test_matrix_toggles_what_it_says():
         d for d in by_kind(objects(CASES["autoscaling-off"]), "Deployment") if d["metadata"]["name"].endswith("-worker")
     )
     assert worker["spec"]["replicas"] == 2
+    fast_paths = {
+        name: by_kind(objects(CASES[name]), "ConfigMap")[0]["data"]["TASKQUEUE_FAST_PATHS"]
+        for name in ("defaults", "other-release")
+    }
+    assert fast_paths == {"defaults": "on", "other-release": "off"}
 
 
 @pytest.mark.parametrize(
@@ -82,6 +87,7 @@ def test_matrix_toggles_what_it_says():
         {"externalRedis": {"enabled": True}},
         {"externalRedis": {"enabled": True, "url": "redis://user:pw@host:6379/0"}},
         {"config": {"log_format": "xml"}},
+        {"config": {"fast_paths": True}},  # a bare YAML on
         {"config": {"job_timeout": 0}},
         {"redis": {"appendfsync": "sometimes"}},
         {"extraEnv": {"PATH": "/evil"}},
