@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
-from tests.support import Generator, RedisServer, WorkerProc
+from tests.support import Generator, Processes, RedisServer, WorkerProc
 
 # Short retry intervals so the failure path finishes in a test's time.
 FAST_ENV = {"TASKQUEUE_RETRIES": "2", "TASKQUEUE_RETRY_INTERVALS": "1", "TASKQUEUE_MAINTENANCE_INTERVAL": "5"}
@@ -55,17 +56,21 @@ def service(cfg):
 
 
 @pytest.fixture
-def generator(app_env, tmp_path):
-    gen = Generator(app_env, tmp_path).start()
-    yield gen
-    gen.stop()
+def processes(request: pytest.FixtureRequest, tmp_path) -> Iterator[Processes]:
+    """Starts the test's processes (env: app_env unless given) and stops them at its end, last started first."""
+    procs = Processes(lambda: request.getfixturevalue("app_env"), tmp_path)
+    yield procs
+    procs.stop_all()
 
 
 @pytest.fixture
-def worker(app_env, tmp_path):
-    w = WorkerProc(app_env, tmp_path).start()
-    yield w
-    w.stop()
+def generator(processes: Processes) -> Generator:
+    return processes.generator()
+
+
+@pytest.fixture
+def worker(processes: Processes) -> WorkerProc:
+    return processes.worker()
 
 
 def pytest_unconfigure(config) -> None:

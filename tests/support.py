@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 
@@ -215,6 +216,46 @@ def wait_status(base: str, job_id: str, statuses: set[str], timeout: float = 30)
         return doc if doc.get("status") in statuses else None
 
     return wait_for(check, timeout=timeout, interval=0.1, what=f"job {job_id} to be {statuses}")
+
+
+S = TypeVar("S", bound="Service | RedisServer")
+
+
+class Processes:
+    """The processes a test starts, each stopped at its end (a Redis cleaned up), the last started first."""
+
+    def __init__(self, default_env: Callable[[], dict[str, str]], log_dir: Path):
+        self._default_env, self.log_dir = default_env, log_dir
+        self._stops = contextlib.ExitStack()
+
+    def add(self, proc: S, stop_timeout: float = 30) -> S:
+        """Stop ``proc`` at the end; add it before its start(), so that a start that fails is stopped too."""
+        if isinstance(proc, RedisServer):
+            self._stops.callback(proc.cleanup)
+        else:
+            self._stops.callback(proc.stop, timeout=stop_timeout)
+        return proc
+
+    def _env(self, env: dict[str, str] | None) -> dict[str, str]:
+        return self._default_env() if env is None else env
+
+    def generator(self, web_workers: int = 2, env: dict[str, str] | None = None) -> Generator:
+        return self.add(Generator(self._env(env), self.log_dir, web_workers)).start()
+
+    def worker(
+        self,
+        args: list[str] | None = None,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        stop_timeout: float = 30,
+    ) -> WorkerProc:
+        return self.add(WorkerProc(self._env(env), self.log_dir, args), stop_timeout).start(wait=wait)
+
+    def exporter(self, args: list[str] | None = None, env: dict[str, str] | None = None) -> Exporter:
+        return self.add(Exporter(self._env(env), self.log_dir, args)).start()
+
+    def stop_all(self) -> None:
+        self._stops.close()
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from taskqueue.server.generator import web_worker_class
 from taskqueue.store.connection import connect
 from taskqueue.store.enqueue import StockEnqueuer
 from taskqueue.worker.classes import ForkingWorker, InProcessWorker, LeanInProcessWorker, worker_class
-from tests.support import Generator, WorkerProc, wait_for, wait_status
+from tests.support import wait_for, wait_status
 
 CHOICES = {
     "on": (Enqueuer, LeanInProcessWorker, "taskqueue.server.workers.FairGeventWorker"),
@@ -37,19 +37,16 @@ def test_the_switch_is_on_unless_set_off():
 
 
 @pytest.mark.parametrize("switch", ["on", "off"])
-def test_the_processes_run_the_chosen_path(switch, app_env, tmp_path, redis_client):
+def test_the_processes_run_the_chosen_path(switch, app_env, redis_client, processes):
     """The generator and the worker name their classes; the enqueue script runs only with fast paths on."""
     env = {**app_env, "TASKQUEUE_FAST_PATHS": switch}
     _, simple, gevent = CHOICES[switch]
-    gen, worker = Generator(env, tmp_path).start(), WorkerProc(env, tmp_path).start()
-    try:
-        redis_client.config_resetstat()
-        job_id = requests.get(gen.base + "/start", params={"delay": 0}, timeout=5).json()["jobId"]
-        assert wait_status(gen.base, job_id, {"finished"}, timeout=15)["result"].startswith("Processed message")
-        scripts = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
-        assert (scripts > 0) is (switch == "on")
-        wait_for(lambda: f"{simple.__module__}.{simple.__qualname__}" in worker.log(), timeout=5, what="class line")
-    finally:
-        gen.stop()
-        worker.stop()
+    gen, worker = processes.generator(env=env), processes.worker(env=env)
+    redis_client.config_resetstat()
+    job_id = requests.get(gen.base + "/start", params={"delay": 0}, timeout=5).json()["jobId"]
+    assert wait_status(gen.base, job_id, {"finished"}, timeout=15)["result"].startswith("Processed message")
+    scripts = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    assert (scripts > 0) is (switch == "on")
+    wait_for(lambda: f"{simple.__module__}.{simple.__qualname__}" in worker.log(), timeout=5, what="class line")
+    gen.stop()
     assert f"Using worker: {gevent}" in gen.log()

@@ -19,7 +19,6 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from taskqueue.fastpath.gevent_worker import HeadersWithBody, ReadOnceConfig
 from taskqueue.server.workers import FairGeventWorker
-from tests.support import Generator
 
 PIPELINED = 400
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
@@ -38,14 +37,14 @@ def _count_responses(sock: socket.socket, want: int, seen: list[int]) -> None:
         seen[0] = data.count(STATUS_LINE)
 
 
-def test_a_client_pipelining_requests_does_not_hold_up_another_connection(app_env, tmp_path):
+def test_a_client_pipelining_requests_does_not_hold_up_another_connection(processes):
     """One process, one client with 400 requests pipelined on its connection: a request sent on a
     second, open connection once the first answers have come is answered after a few more of them,
     not after all (stock GeventWorker: after all 400, checked by hand)."""
-    gen = Generator(app_env, tmp_path, web_workers=1).start()
+    gen = processes.generator(web_workers=1)
     busy = socket.create_connection(("127.0.0.1", gen.port), timeout=30)
     other = socket.create_connection(("127.0.0.1", gen.port), timeout=30)
-    try:
+    with busy, other:
         seen = [0]
         reader = threading.Thread(target=_count_responses, args=(busy, PIPELINED, seen), daemon=True)
         reader.start()
@@ -60,10 +59,6 @@ def test_a_client_pipelining_requests_does_not_hold_up_another_connection(app_en
         assert answer.startswith(STATUS_LINE)
         assert seen[0] == PIPELINED, "every pipelined request is answered"
         assert served_before < PIPELINED // 4, f"the other connection waited for {served_before} requests"
-    finally:
-        busy.close()
-        other.close()
-        gen.stop()
 
 
 # -- one send a response: gunicorn's own Response writing to a socket that keeps message boundaries --
@@ -160,19 +155,15 @@ def test_any_other_use_of_the_socket_sends_the_held_headers_first():
     assert len(sent) == 2 and sent[0].endswith(b"\r\n\r\n") and sent[1] == b"body"
 
 
-def test_the_generator_answers_pipelined_get_and_head_requests_whole(app_env, tmp_path):
+def test_the_generator_answers_pipelined_get_and_head_requests_whole(processes):
     """Through gunicorn and the gevent worker: keep-alive answers of both kinds, each complete, in order."""
-    gen = Generator(app_env, tmp_path, web_workers=1).start()
-    conn = socket.create_connection(("127.0.0.1", gen.port), timeout=10)
-    try:
+    gen = processes.generator(web_workers=1)
+    with socket.create_connection(("127.0.0.1", gen.port), timeout=10) as conn:
         head = b"HEAD /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
         conn.sendall(REQUEST + head + REQUEST + b"GET /list HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         data = b""
         while chunk := conn.recv(65536):
             data += chunk
-    finally:
-        conn.close()
-        gen.stop()
     answers = [b"HTTP/1.1 " + a for a in data.split(b"HTTP/1.1 ")[1:]]
     assert [a[9:12] for a in answers] == [b"200"] * 4, data
     healthz = answers[0].partition(b"\r\n\r\n")

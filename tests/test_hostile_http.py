@@ -262,22 +262,19 @@ def test_a_script_name_header_from_a_trusted_peer_moves_nothing(web, redis_clien
     assert jobs_in_redis(redis_client) == 2 * 3  # three jobs: each a hash and a queue entry
 
 
-def test_a_mount_point_set_by_the_server_is_kept_and_a_path_outside_it_is_a_json_404(app_env, tmp_path):
+def test_a_mount_point_set_by_the_server_is_kept_and_a_path_outside_it_is_a_json_404(app_env, tmp_path, processes):
     """gunicorn's SCRIPT_NAME environment variable mounts the app: statusUrl carries it; elsewhere, 404 JSON."""
-    gen = Generator({**app_env, "SCRIPT_NAME": "/tq"}, tmp_path)
-    try:
-        Service.start(gen)  # without Generator.start's probe of /healthz: it is /tq/healthz here
-        wait_for(lambda: requests.get(gen.base + "/tq/healthz", timeout=1).ok, what="mounted generator")
-        for extra in (b"", b"SCRIPT_NAME: /evil\r\n"):
-            data = b"GET /tq/start?delay=1 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n" + extra + b"\r\n"
-            doc = json.loads(exchange(gen.port, data).body)
-            assert doc["statusUrl"] == "/tq/status/" + doc["jobId"]
-        for path in ("/start?delay=1", "/healthz", "/t"):
-            answer = exchange(gen.port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: test\r\n\r\n", shut=True)
-            assert answer.status == 404, (path, answer)
-            assert answer.error()["code"] == "not_found"
-    finally:
-        gen.stop()
+    gen = processes.add(Generator({**app_env, "SCRIPT_NAME": "/tq"}, tmp_path))
+    Service.start(gen)  # without Generator.start's probe of /healthz: it is /tq/healthz here
+    wait_for(lambda: requests.get(gen.base + "/tq/healthz", timeout=1).ok, what="mounted generator")
+    for extra in (b"", b"SCRIPT_NAME: /evil\r\n"):
+        data = b"GET /tq/start?delay=1 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n" + extra + b"\r\n"
+        doc = json.loads(exchange(gen.port, data).body)
+        assert doc["statusUrl"] == "/tq/status/" + doc["jobId"]
+    for path in ("/start?delay=1", "/healthz", "/t"):
+        answer = exchange(gen.port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: test\r\n\r\n", shut=True)
+        assert answer.status == 404, (path, answer)
+        assert answer.error()["code"] == "not_found"
 
 
 # -- 5. HEAD has no side effect ---------------------------------------------------------------------------------
@@ -460,10 +457,10 @@ def test_slow_request_heads_do_not_hold_up_other_clients(generator: Generator):
     assert len(latencies) >= SLOW_SECONDS / START_EVERY / 2, figure
 
 
-def test_slow_heads_take_no_request_slot_and_requests_in_flight_stay_bounded(app_env, tmp_path):
+def test_slow_heads_take_no_request_slot_and_requests_in_flight_stay_bounded(app_env, processes):
     """One process, TASKQUEUE_WEB_CONNECTIONS=2: 50 slow heads leave /healthz served; two requests in flight
     (their bodies still coming) hold both request slots, so a third waits until one of them is done."""
-    gen = Generator({**app_env, "TASKQUEUE_WEB_CONNECTIONS": "2"}, tmp_path, web_workers=1).start()
+    gen = processes.generator(web_workers=1, env={**app_env, "TASKQUEUE_WEB_CONNECTIONS": "2"})
     stop = threading.Event()
     heads: dict[str, int] = {}
     attacker = threading.Thread(target=slow_heads, args=(gen.port, 50, 30, stop, heads), daemon=True)
@@ -491,4 +488,3 @@ def test_slow_heads_take_no_request_slot_and_requests_in_flight_stay_bounded(app
         attacker.join(IO_TIMEOUT)
         for sock in [*in_flight, waiting]:
             sock.close()
-        gen.stop()

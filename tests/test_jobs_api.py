@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from tests.support import Generator, WorkerProc, running, wait_status
+from tests.support import WorkerProc, running, wait_status
 
 pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
@@ -136,18 +136,15 @@ def test_batch_enqueue_in_one_request(generator, worker, redis_client):
     assert redis_client.llen("rq:queue:default") == 0  # nothing of a rejected batch was enqueued
 
 
-def test_backlog_limit_answers_429(app_env, tmp_path, redis_client):
-    gen = Generator({**app_env, "TASKQUEUE_MAX_BACKLOG": "3"}, tmp_path).start()
-    try:
-        codes = [requests.get(gen.base + "/start?delay=1", timeout=2).status_code for _ in range(5)]
-        assert codes == [200, 200, 200, 429, 429]
-        r = requests.get(gen.base + "/start?delay=1", timeout=2)
-        assert r.json()["error"]["code"] == "backlog_full" and int(r.headers["Retry-After"]) > 0
-        assert redis_client.llen("rq:queue:default") == 3
-        batch = requests.post(gen.base + "/jobs/batch", json={"jobs": [{"task": "noop"}] * 2}, timeout=2)
-        assert batch.status_code == 429
-    finally:
-        gen.stop()
+def test_backlog_limit_answers_429(app_env, redis_client, processes):
+    gen = processes.generator(env={**app_env, "TASKQUEUE_MAX_BACKLOG": "3"})
+    codes = [requests.get(gen.base + "/start?delay=1", timeout=2).status_code for _ in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+    r = requests.get(gen.base + "/start?delay=1", timeout=2)
+    assert r.json()["error"]["code"] == "backlog_full" and int(r.headers["Retry-After"]) > 0
+    assert redis_client.llen("rq:queue:default") == 3
+    batch = requests.post(gen.base + "/jobs/batch", json={"jobs": [{"task": "noop"}] * 2}, timeout=2)
+    assert batch.status_code == 429
 
 
 def test_backlog_check_reads_the_queue_length_rarely_far_from_the_limit_and_always_near_it(app_env, redis_client):

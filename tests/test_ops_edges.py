@@ -208,34 +208,25 @@ PROBE_TIMEOUT, SYN_RETRY = 5.0, 1.0
         ("busy-worker", 200, PROBE_TIMEOUT),
     ],
 )
-def test_the_metrics_port_answers_the_probe_past_many_idle_connections(
-    generator, app_env, tmp_path, target, idle, bound
-):
-    service: Service | None = None
+def test_the_metrics_port_answers_the_probe_past_many_idle_connections(generator, processes, target, idle, bound):
     if target in ("worker", "busy-worker"):
-        service = w = WorkerProc(app_env, tmp_path).start()
-        port, path = w.metrics_port, "/metrics"
+        port, path = processes.worker().metrics_port, "/metrics"
         if target == "busy-worker":
             body = {"task": "hash", "args": {"rounds": 15_000_000}}  # ~6 s, the probes take ~3
             r = requests.post(generator.base + "/jobs", json=body, timeout=2)
             wait_status(generator.base, r.json()["jobId"], {"started"}, timeout=10)
     elif target == "exporter":
-        service = Exporter(app_env, tmp_path).start()
-        port, path = service.metrics_port, "/healthz"
+        port, path = processes.exporter().metrics_port, "/healthz"
     else:
         port, path = generator.metrics_port, "/metrics"
-    try:
-        backlog = listen_backlog(port)
-        assert backlog is None or backlog >= 128, f"listen backlog {backlog} (socketserver's default is 5)"
-        url = f"http://127.0.0.1:{port}{path}"
-        for burst in range(2):
-            with idle_connections(port, idle):
-                took = probe(url, bound)
-            assert took < bound, (burst, took)
-        probe(url, SYN_RETRY)  # the idle connections left no lasting harm
-    finally:
-        if service is not None:
-            service.stop()
+    backlog = listen_backlog(port)
+    assert backlog is None or backlog >= 128, f"listen backlog {backlog} (socketserver's default is 5)"
+    url = f"http://127.0.0.1:{port}{path}"
+    for burst in range(2):
+        with idle_connections(port, idle):
+            took = probe(url, bound)
+        assert took < bound, (burst, took)
+    probe(url, SYN_RETRY)  # the idle connections left no lasting harm
 
 
 # -- 4. the delay limit is below the job timeout ------------------------------------------------------
@@ -270,13 +261,10 @@ def test_a_delay_limit_not_below_the_job_timeout_is_refused(env, limit, timeout)
 
 
 @pytest.mark.parametrize("command", ["taskqueue-generator", "taskqueue-worker", "taskqueue-exporter"])
-def test_processes_refuse_to_start_with_a_delay_limit_above_the_job_timeout(app_env, tmp_path, command):
+def test_processes_refuse_to_start_with_a_delay_limit_above_the_job_timeout(app_env, tmp_path, processes, command):
     env = {**app_env, "TASKQUEUE_DELAY_LIMIT": "600", "TASKQUEUE_JOB_TIMEOUT": "180"}
-    s = Service(command, [], env, tmp_path).start()
-    try:
-        assert s.proc.wait(timeout=15) == 2
-    finally:
-        s.stop()
+    s = processes.add(Service(command, [], env, tmp_path)).start()
+    assert s.proc.wait(timeout=15) == 2
     lines = [line for line in s.log().splitlines() if line.strip()]
     assert len(lines) == 1, lines
     assert "configuration error" in lines[0] and "delay_limit (600) must be below job_timeout (180)" in lines[0]

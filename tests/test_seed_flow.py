@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.support import Generator, RedisServer, wait_for, wait_status
+from tests.support import RedisServer, wait_for, wait_status
 
 pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
@@ -142,42 +142,36 @@ def test_health_and_readiness(generator):
     assert requests.get(generator.base + "/readyz", timeout=2).json() == {"status": "ready"}
 
 
-def test_redis_down_gives_503_fast_then_recovers(tmp_path):
-    server = RedisServer().start()
-    gen = Generator({**server.env()}, tmp_path).start()
-    try:
-        assert requests.get(gen.base + "/start?delay=1", timeout=2).status_code == 200
-        server.stop()
-        t0 = time.monotonic()
-        r = requests.get(gen.base + "/start?delay=1", timeout=5)
-        elapsed = time.monotonic() - t0
-        assert r.status_code == 503, r.text
-        assert elapsed < 1.0, elapsed
-        assert r.json()["error"]["code"] == "redis_unavailable"
-        assert int(r.headers["Retry-After"]) > 0
-        t0 = time.monotonic()
-        ready = requests.get(gen.base + "/readyz", timeout=5)
-        assert ready.status_code == 503 and time.monotonic() - t0 < 1.0
-        assert requests.get(gen.base + "/healthz", timeout=2).status_code == 200
-        # Redis comes back on the same port with its AOF: the generator recovers without a restart.
-        server.start()
-        wait_for(lambda: requests.get(gen.base + "/readyz", timeout=2).status_code == 200, what="ready again")
-        assert requests.get(gen.base + "/start?delay=1", timeout=2).status_code == 200
-    finally:
-        gen.stop()
-        server.cleanup()
+def test_redis_down_gives_503_fast_then_recovers(processes):
+    server = processes.add(RedisServer()).start()
+    gen = processes.generator(env={**server.env()})
+    assert requests.get(gen.base + "/start?delay=1", timeout=2).status_code == 200
+    server.stop()
+    t0 = time.monotonic()
+    r = requests.get(gen.base + "/start?delay=1", timeout=5)
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 503, r.text
+    assert elapsed < 1.0, elapsed
+    assert r.json()["error"]["code"] == "redis_unavailable"
+    assert int(r.headers["Retry-After"]) > 0
+    t0 = time.monotonic()
+    ready = requests.get(gen.base + "/readyz", timeout=5)
+    assert ready.status_code == 503 and time.monotonic() - t0 < 1.0
+    assert requests.get(gen.base + "/healthz", timeout=2).status_code == 200
+    # Redis comes back on the same port with its AOF: the generator recovers without a restart.
+    server.start()
+    wait_for(lambda: requests.get(gen.base + "/readyz", timeout=2).status_code == 200, what="ready again")
+    assert requests.get(gen.base + "/start?delay=1", timeout=2).status_code == 200
 
 
 @pytest.mark.parametrize(
     ("worker_class", "gunicorn_class"), [("gthread", "JsonThreadWorker"), ("sync", "JsonSyncWorker")]
 )
-def test_the_other_gunicorn_worker_classes_serve_the_seed_api(worker_class, gunicorn_class, app_env, tmp_path, worker):
+def test_the_other_gunicorn_worker_classes_serve_the_seed_api(worker_class, gunicorn_class, app_env, worker, processes):
     """gevent is the default (docs/performance.md); the two others stay selectable and work."""
-    gen = Generator({**app_env, "TASKQUEUE_WEB_WORKER_CLASS": worker_class}, tmp_path).start()
-    try:
-        job_id = requests.get(gen.base + "/start", params={"delay": 0}, timeout=5).json()["jobId"]
-        assert wait_status(gen.base, job_id, {"finished"}, timeout=15)["result"].startswith("Processed message")
-        assert job_id in requests.get(gen.base + "/list?state=finished", timeout=5).json()["jobs"]
-    finally:
-        gen.stop()
+    gen = processes.generator(env={**app_env, "TASKQUEUE_WEB_WORKER_CLASS": worker_class})
+    job_id = requests.get(gen.base + "/start", params={"delay": 0}, timeout=5).json()["jobId"]
+    assert wait_status(gen.base, job_id, {"finished"}, timeout=15)["result"].startswith("Processed message")
+    assert job_id in requests.get(gen.base + "/list?state=finished", timeout=5).json()["jobs"]
+    gen.stop()
     assert f"Using worker: taskqueue.server.workers.{gunicorn_class}" in gen.log()
