@@ -1,12 +1,12 @@
 """Kept-alive connections spread evenly over the generator's worker processes.
 
-The kernel hands each new connection to one process (``SO_REUSEPORT`` hashes the client's address and
-port), and a kept-alive connection stays there: with 16 connections over 2 processes, a split of 10/6
-or worse happens about half the time, and the process holding more saturates its core while the other
-idles. So the processes count their open connections in memory the master shares with them (one slot
-a process), and a process holding more than its share (the total divided by the processes, rounded up)
-answers its next request on a connection with ``Connection: close``: the client reconnects, and the new
-connection lands anew, on the less busy process as often as not, until the split is even.
+The worker processes share one listening socket, and a new connection goes to whichever process
+accepts it first; a kept-alive connection stays there. A burst of connections can land mostly on one
+process, which then saturates its core while the other idles. So the processes count their open
+connections in memory the master shares with them (one slot a process), and a process holding more
+than its share (the total divided by the processes, rounded up) answers its next request on a
+connection with ``Connection: close``: the client reconnects, and the new connection lands anew, on the
+less busy process as often as not, until the split is even.
 """
 
 from __future__ import annotations

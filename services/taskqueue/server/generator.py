@@ -99,10 +99,11 @@ class GeneratorServer(BaseApplication):
             "worker_tmp_dir": os.environ.get("TMPDIR", "/tmp"),
             "graceful_timeout": 20,
             "keepalive": 5,
-            # Each worker process listens on its own SO_REUSEPORT socket, so the kernel spreads
-            # connections over them; with one shared socket, the first process to wake could take
-            # every kept-alive connection and leave the other core idle (bench/: half the rps).
-            "reuse_port": True,
+            # One listening socket shared by the worker processes. Whichever process accepts first takes
+            # a connection, which can leave one process with most kept-alive connections; balance.py
+            # evens that out. Per-process SO_REUSEPORT sockets measured worse: the kernel's hash of
+            # the client's port split rounds unevenly (docs/performance-history.md, change 21).
+            "reuse_port": False,
             "logconfig_dict": logconfig(cfg),
             "logger_class": f"{GeneratorLogger.__module__}.{GeneratorLogger.__qualname__}",
             "when_ready": self._when_ready,
