@@ -5,7 +5,7 @@ BENCH_ARGS ?=
 
 .PHONY: bench bench-stock bench-quick bench-profile
 
-bench: venv ## Run every benchmark (3 repeats; /start at wrk -t1 -c16, -c4, -c6, -c8, 5 s each; ~25 min on 2 cores): `make bench BENCH_ARGS="start worker"`
+bench: venv ## Run every benchmark (3 repeats; /start at wrk -t1 -c16, -c4, -c6, -c8, 5 s each; ~10 min on 2 cores): `make bench BENCH_ARGS="start worker"`
 	$(PY) -m bench $(BENCH_ARGS)
 
 bench-stock: venv ## The same with TASKQUEUE_FAST_PATHS=off (results in bench/results-fast-paths-off/)
