@@ -209,9 +209,14 @@ def test_job_of_a_sigkilled_worker_is_retried_within_the_heartbeat_bound(app_env
     kill_tree(w.proc.pid)  # the worker and its work-horse, like an OOM kill of the pod
     w.proc.wait()
     t0 = time.monotonic()
-    doc = wait_status(gen.base, job_id, {"queued", "scheduled"}, timeout=30)
+
+    # RQ's retry writes the status at once and the retries left with the rest of it: wait for both.
+    def retried() -> bool:
+        doc = requests.get(f"{gen.base}/status/{job_id}", timeout=2).json()
+        return doc["status"] in {"queued", "scheduled"} and doc["retriesLeft"] == 1
+
+    wait_for(retried, timeout=30, interval=0.1, what="the job retried, one retry spent")
     found = time.monotonic() - t0
     assert found <= 6 + 2 + 2, found  # heartbeat TTL + cleanup interval + slack
-    assert doc["retriesLeft"] == 1
     processes.worker(["--worker-class", worker_class], env=env)
     assert wait_status(gen.base, job_id, {"finished"}, timeout=30)["result"].startswith("Processed")

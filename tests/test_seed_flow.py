@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.support import RedisServer, wait_for, wait_status
+from tests.support import Generator, RedisServer, Service, wait_for, wait_status
 
 pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
@@ -175,3 +175,17 @@ def test_the_other_gunicorn_worker_classes_serve_the_seed_api(worker_class, guni
     assert job_id in requests.get(gen.base + "/list?state=finished", timeout=5).json()["jobs"]
     gen.stop()
     assert f"Using worker: taskqueue.server.workers.{gunicorn_class}" in gen.log()
+
+
+def test_a_stop_while_the_web_workers_boot_ends_the_generator_at_once(app_env, tmp_path):
+    """SIGTERM as soon as gunicorn has forked its workers, before they have set up their signal handlers
+    (gevent's patching and the app's imports take a while): every process ends within seconds, not at
+    the graceful timeout (20 s)."""
+    for _ in range(3):
+        gen = Generator(app_env, tmp_path)
+        Service.start(gen)  # not Generator.start, which waits for /healthz: the workers are still booting
+        wait_for(lambda g=gen: g.log().count("Booting worker") == 2, timeout=15, interval=0.005, what="forks")
+        started = time.monotonic()
+        assert gen.stop(timeout=30) == 0
+        assert time.monotonic() - started < 8, gen.log()
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 from typing import Any
 
@@ -107,6 +108,7 @@ class GeneratorServer(BaseApplication):
             "logconfig_dict": logconfig(cfg),
             "logger_class": f"{GeneratorLogger.__module__}.{GeneratorLogger.__qualname__}",
             "when_ready": self._when_ready,
+            "post_fork": self._post_fork,
             "child_exit": self._child_exit,
             "worker_exit": self._worker_exit,
             "proc_name": "taskqueue-generator",
@@ -126,6 +128,14 @@ class GeneratorServer(BaseApplication):
             port = self.cfg_app.metrics_port_for("generator")
             metrics.serve(self.cfg_app.metrics_host, port)
             server.log.info("metrics on %s:%s/metrics", self.cfg_app.metrics_host, port)
+
+    @staticmethod
+    def _post_fork(_server, worker) -> None:
+        """In a new worker process: a SIGTERM from now on ends it. Until gunicorn installs the worker's own
+        handlers, after gevent's patching and the app's imports, the child runs the master's handler, which
+        drops the signal: a stop sent while a worker boots left it running until the graceful timeout
+        killed it (20 s)."""
+        signal.signal(signal.SIGTERM, worker.handle_exit)
 
     def _worker_exit(self, _server, _worker) -> None:
         """In the exiting worker process: its batched metric updates go out before it does."""
