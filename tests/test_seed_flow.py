@@ -188,4 +188,3 @@ def test_a_stop_while_the_web_workers_boot_ends_the_generator_at_once(app_env, t
         started = time.monotonic()
         assert gen.stop(timeout=30) == 0
         assert time.monotonic() - started < 8, gen.log()
-
