@@ -51,8 +51,12 @@ def test_local_mode_runs_the_seed_flow_and_stops_on_ctrl_c(tmp_path):
         if shutil.which("prometheus"):  # CI installs it; then local mode must start and configure it
             prom = f"http://127.0.0.1:{prom_port}"
             wait_for(lambda: requests.get(prom + "/-/ready", timeout=1).ok, timeout=20, what="local Prometheus")
-            targets = requests.get(prom + "/api/v1/targets", timeout=2).json()["data"]["activeTargets"]
-            assert {t["labels"]["job"] for t in targets} >= {"generator", "worker", "exporter"}
+
+            def jobs() -> set[str]:  # ready comes before the first round of target discovery
+                targets = requests.get(prom + "/api/v1/targets", timeout=2).json()["data"]["activeTargets"]
+                return {t["labels"]["job"] for t in targets}
+
+            wait_for(lambda: jobs() >= {"generator", "worker", "exporter"}, timeout=15, what="Prometheus targets")
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
         rc = proc.wait(timeout=30)
