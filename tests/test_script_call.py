@@ -65,14 +65,14 @@ def test_calls_go_over_its_own_connection_and_give_the_scripts_replies(client, r
     assert script._conn is not None and script._conn not in pool._available_connections + list(pool._in_use_connections)
 
 
-def test_repeat_args_go_to_redis_pys_path_only(client, redis_client, redis_py_calls):
+def test_repeat_arguments_go_to_redis_pys_path_only(client, redis_client, redis_py_calls):
     """Its own connection makes one attempt, never a repeat; redis-py's path, which may repeat a call
-    whose reply it lost, gets ``repeat_args`` (a script's check that it has run already)."""
-    script = OwnConnectionScript(client.register_script("return ARGV[1]"))
-    assert script(keys=[], args=["first"], repeat_args=["again"]) == b"again"  # NOSCRIPT: redis-py's path
-    assert script(keys=[], args=["first"], repeat_args=["again"]) == b"first"  # its own connection
+    whose reply it lost, gets the arguments ``as_repeat`` makes (a script's check that it has run already)."""
+    script = OwnConnectionScript(client.register_script("return ARGV[1]"), as_repeat=lambda args: ["again"])
+    assert script(keys=[], args=["first"]) == b"again"  # NOSCRIPT: redis-py's path
+    assert script(keys=[], args=["first"]) == b"first"  # its own connection
     with script._lock:  # busy, as with a concurrent call: redis-py's path
-        assert script(keys=[], args=["first"], repeat_args=["again"]) == b"again"
+        assert script(keys=[], args=["first"]) == b"again"
     assert redis_py_calls == [["again"], ["again"]]
 
 

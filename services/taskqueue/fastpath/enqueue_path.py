@@ -116,7 +116,8 @@ class Enqueuer:
             self._func_names[name] = job.func_name
             fields = job.to_dict().items()
             templates[name] = [encode(v) for k, value in fields if k not in PER_JOB_FIELDS for v in (k, value)]
-        self._script = OwnConnectionScript(queue.connection.register_script(enqueue_script(templates)))
+        script = queue.connection.register_script(enqueue_script(templates))
+        self._script = OwnConnectionScript(script, as_repeat=lambda args: [1, *args[1:]])  # ARGV[1] = 1: check
         self._payloads: dict[bytes, tuple[bytes, str]] = {}  # small calls' data and description, by call
 
     def check_connection(self) -> None:
@@ -147,8 +148,7 @@ class Enqueuer:
             keys.append(Job.key_for(job_id))
             data, description = self._payload(func_name, req.args)
             args += (name, job_id, stamp, data, req.description or description)
-        # Returns 0 for a retry of a call that had run: the jobs exist.
-        self._script(keys=keys, args=args, repeat_args=[1, *args[1:]])
+        self._script(keys=keys, args=args)  # returns 0 for a retry of a call that had run: the jobs exist
         return [Enqueued(job_id, req.task.name, req.args, enqueued_at) for job_id, req in zip(ids, reqs, strict=True)]
 
     def _payload(self, func_name: str, args: list[Any]) -> tuple[bytes, str]:

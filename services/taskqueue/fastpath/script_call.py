@@ -13,7 +13,7 @@ finish goes to redis-py's path, which handles it as before: a second concurrent 
 busy), a Redis that has forgotten the script (NOSCRIPT: redis-py loads it), a lost connection or a
 timeout (redis-py retries as configured). A retry must therefore be safe: the caller's script has to do
 nothing when it has run already, as the enqueue script does. The call on the own connection is a single
-attempt, never a repeat: a script can skip that check there (``repeat_args`` are for redis-py's path).
+attempt, never a repeat: a script can skip that check there (``as_repeat`` gives redis-py's path its arguments).
 
 :meth:`OwnConnectionScript.check` runs those checks ahead of the next call, which then skips them: the
 group commit runs it before it gathers a call's jobs, so the callers that the check's turn of the event
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.backoff import NoBackoff
@@ -39,8 +39,10 @@ from taskqueue.fastpath.redis_pipeline import exchange
 class OwnConnectionScript:
     """Call ``script`` as ``script(keys=..., args=...)`` does, on a connection of its own when free."""
 
-    def __init__(self, script: Script):
+    def __init__(self, script: Script, as_repeat: Callable[[Sequence[Any]], Sequence[Any]] | None = None):
+        """``as_repeat``: a call's arguments as redis-py's path, which may run the call twice, sends them."""
         self.script = script
+        self._as_repeat = as_repeat
         self._lock = threading.Lock()  # held by the call on the own connection
         self._conn: AbstractConnection | None = None
         self._pid = 0  # the process that made _conn (a forked child makes its own)
@@ -59,8 +61,7 @@ class OwnConnectionScript:
             self._lock.release()
         self._checked = True
 
-    def __call__(self, keys: Sequence[Any], args: Sequence[Any], repeat_args: Sequence[Any] | None = None) -> Any:
-        """Run the script with ``args``; on redis-py's path, which may run it twice, with ``repeat_args``."""
+    def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         checked, self._checked = self._checked, False
         if self._lock.acquire(blocking=False):
             try:
@@ -69,7 +70,7 @@ class OwnConnectionScript:
                 pass  # not run, or not known to have run: redis-py's path below loads, retries
             finally:
                 self._lock.release()
-        return self.script(keys=keys, args=args if repeat_args is None else repeat_args)
+        return self.script(keys=keys, args=args if self._as_repeat is None else self._as_repeat(args))
 
     def _call(self, keys: Sequence[Any], args: Sequence[Any], checked: bool) -> Any:
         conn = self._connection()
