@@ -1,12 +1,15 @@
-"""``python -m bench.fastpaths``: what each fast path that relies on another library's private names gains
-against the path it replaces, paired in one process (fastpath/COUPLING.md lists them).
+"""``python -m bench.fastpaths``: what a fast path gains against the path it replaces, paired in one
+process (fastpath/COUPLING.md lists them).
 
 - ``job_path``: the in-process worker's job lifecycle in two round trips (``LeanInProcessWorker``)
   against RQ's ``SimpleWorker`` job handling with our additions (``InProcessWorker``, fast paths off).
   Whole burst runs over the same number of no-op jobs, the two in a random order each round.
+- ``plain_start``: ``GET /start?delay=1`` answered by ``fastpath/plain_start.py`` against Flask's
+  dispatch of the same route (the app with fast paths off), both driving the WSGI app in this process
+  with Redis behind; the two in a random order each round.
 
-The figure is the worker process's CPU a job (``time.process_time``): steadier than wall time on a
-shared 2-core host. A fast path with private names stays only if it saves >= 10 %.
+The figure is this process's CPU a job or a request (``time.process_time``): steadier than wall time
+on a shared 2-core host. A fast path with private names stays only if it saves >= 10 %.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def gain(on: list[float], off: list[float]) -> dict[str, Any]:
 def report(name: str, doc: dict[str, Any]) -> None:
     verdict = "keep" if doc["keep"] else "remove"
     print(
-        f"{name}: {doc['on_us']:.0f} µs a job with it, {doc['off_us']:.0f} without (medians); "
+        f"{name}: {doc['on_us']:.0f} µs a job (or request) with it, {doc['off_us']:.0f} without (medians); "
         f"paired saving {doc['saving']:.1%} -> {verdict} (>= {KEEP_AT:.0%})"
     )
 
@@ -65,11 +68,41 @@ def job_path_rounds(redis, rounds: int, jobs: int) -> dict[str, Any]:
     return gain(cpu["on"], cpu["off"])
 
 
+def plain_start_rounds(redis, rounds: int, requests: int) -> dict[str, Any]:
+    """The same requests through the app with the fast path and through Flask, in a random order each round."""
+    from werkzeug.test import EnvironBuilder
+
+    from taskqueue import config as config_module
+    from taskqueue.api.app import create_app
+
+    apps = {
+        side: create_app(config_module.load(environ={**redis.env(), "TASKQUEUE_FAST_PATHS": side}))
+        for side in ("on", "off")
+    }
+    environ = EnvironBuilder(path="/start", query_string="delay=1").get_environ()
+    statuses: list[str] = []
+    rng = random.Random(12)
+    cpu: dict[str, list[float]] = {"on": [], "off": []}
+    for i in range(rounds + 1):  # the first round warms up
+        for side in rng.sample(("on", "off"), 2):
+            app = apps[side]
+            t0 = time.process_time()
+            for _ in range(requests):
+                b"".join(app(dict(environ), lambda status, headers: statuses.append(status)))
+            spent = time.process_time() - t0
+            redis.client().flushall()
+            if i:
+                cpu[side].append(spent / requests * 1e6)
+    if set(statuses) != {"200 OK"}:
+        raise RuntimeError(f"answers other than 200: {set(statuses)}")
+    return gain(cpu["on"], cpu["off"])
+
+
 def run(rounds: int, jobs: int) -> dict[str, Any]:
     from bench import procs
 
     with procs.redis_server() as redis:
-        out = {"job_path": job_path_rounds(redis, rounds, jobs)}
+        out = {"job_path": job_path_rounds(redis, rounds, jobs), "plain_start": plain_start_rounds(redis, rounds, jobs)}
     for name, doc in out.items():
         report(name, doc)
     write_result("fastpaths", Opts(repeats=rounds), out)
@@ -84,7 +117,7 @@ def fastpaths(opts: Opts) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.fastpaths", description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--jobs", type=int, default=1000, help="no-op jobs a round")
+    p.add_argument("--jobs", type=int, default=1000, help="no-op jobs (and /start requests) a round")
     args = p.parse_args(argv)
     run(args.rounds, args.jobs)
     return 0

@@ -12,15 +12,16 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.routing import Rule
 
 from taskqueue import config as config_module
-from taskqueue.api import errors
+from taskqueue.api import errors, routes
 from taskqueue.api.jobs import JobService
-from taskqueue.api.routes import bp
+from taskqueue.fastpath.plain_start import PlainStart
 from taskqueue.observability import metrics
 from taskqueue.store.connection import connect
 from taskqueue.tasks import TASKS
 
 MAX_BODY_BYTES = 1024 * 1024
 CONVERTER = re.compile(r"<[^:>]+:")
+START_RULE = "/start"
 # Label values for the request method; any other (a client can send any token) counts as "other".
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -72,14 +73,41 @@ class GeneratorApp(Flask):
         started = time.perf_counter()
         response = super().full_dispatch_request()
         rule, method = request.url_rule, request.method
-        requests_total, duration = _request_series(
+        self.count_request(
             rule.rule if rule is not None else None,
             method if method in HTTP_METHODS else "other",  # clients choose it: keep the label set bounded
             response.status_code,
+            started,
         )
+        return response
+
+    def count_request(self, rule: str | None, method: str, status: int, started: float) -> None:
+        """Count a request and its duration since ``started`` (a ``perf_counter()``)."""
+        requests_total, duration = _request_series(rule, method, status)
         metrics.BATCHED.inc(requests_total)
         metrics.BATCHED.observe(duration, time.perf_counter() - started)
-        return response
+
+    def plain_start(self, delay: int | None) -> tuple[str, list[tuple[str, str]], bytes]:
+        """``GET /start`` answered outside a request context (fastpath/plain_start.py): the view's job and
+        JSON (``delay`` None: the random default), the error handlers' answers, counted as a dispatch is."""
+        started = time.perf_counter()
+        svc: JobService = self.extensions["taskqueue"]
+        try:
+            req = routes.start_request(svc.cfg, routes.random_delay(svc.cfg) if delay is None else delay)
+            payload, headers = routes.accepted(*routes.enqueue_job(svc, req), "")
+            status = 200
+        except Exception as exc:  # what the Flask view would raise: answered as its error handler does
+            err = errors.as_api_error(exc)
+            status, payload, headers = (
+                err.status,
+                errors.error_payload(err.code, err.message),
+                errors.error_headers(err.retry_after),
+            )
+        body = self.json.dumps(payload, indent=None, separators=(",", ":")).encode() + b"\n"  # jsonify's bytes
+        if self.count_requests:
+            self.count_request(START_RULE, "GET", status, started)
+        head = [("Content-Type", self.json.mimetype), ("Content-Length", str(len(body))), *headers.items()]
+        return _status_line(status), head, body
 
 
 def create_app(cfg: config_module.Config | None = None) -> Flask:
@@ -90,16 +118,25 @@ def create_app(cfg: config_module.Config | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions["taskqueue"] = JobService(cfg, connect(cfg))
     errors.register(app)
-    app.register_blueprint(bp)
+    app.register_blueprint(routes.bp)
     if cfg.metrics_enabled:
         metrics.init_generator_series(cfg.queue, TASKS)
         app.count_requests = True
+    if cfg.fast_paths and not app.debug:  # (debug: Flask indents its JSON)
+        # Flask's documented way to add WSGI middleware; the Flask app still answers all but plain /start.
+        app.wsgi_app = PlainStart(app.wsgi_app, app.plain_start, cfg.delay_limit)  # type: ignore[method-assign]
     return app
 
 
 def _route_label(rule: str | None) -> str:
     """'/status/<job_id:job_id>' -> '/status/<job_id>': the route template without converters."""
     return CONVERTER.sub("<", rule) if rule is not None else "unmatched"
+
+
+@cache
+def _status_line(status: int) -> str:
+    """Werkzeug's status line for a status code (``200 OK``, ``429 TOO MANY REQUESTS``)."""
+    return GeneratorApp.response_class(status=status).status
 
 
 @cache  # routes x methods x statuses, all bounded: the label lookups were a third of the metrics' cost

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from http import HTTPStatus
+from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -29,12 +30,32 @@ class ApiError(Exception):
         self.retry_after = retry_after
 
 
+def error_payload(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_headers(retry_after: int | None) -> dict[str, str]:
+    return {} if retry_after is None else {"Retry-After": str(retry_after)}
+
+
 def error_response(status: int, code: str, message: str, retry_after: int | None = None) -> Response:
-    response = jsonify({"error": {"code": code, "message": message}})
+    response = jsonify(error_payload(code, message))
     response.status_code = status
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(retry_after)
+    response.headers.update(error_headers(retry_after))
     return response
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """The answer to an exception: its own for an ApiError, 503 while Redis is unreachable, else 500 (logged)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        log.warning("redis unavailable: %s", exc)
+        return ApiError(
+            503, "redis_unavailable", "the job store is unavailable, try again shortly", RETRY_AFTER_UNAVAILABLE
+        )
+    log.error("unhandled error", exc_info=exc)
+    return ApiError(500, "internal_error", "internal error")
 
 
 def _code_for(status: int) -> str:
@@ -58,7 +79,7 @@ def _code_for(status: int) -> str:
 def raw_error_response(status: int, message: str) -> bytes:
     """A whole HTTP/1.1 error response, JSON like every other, that closes the connection: for the server's
     own refusals (gunicorn's parser), which come before or around the app."""
-    body = json.dumps({"error": {"code": _code_for(status), "message": message}}).encode() + b"\n"
+    body = json.dumps(error_payload(_code_for(status), message)).encode() + b"\n"
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
@@ -73,10 +94,6 @@ def raw_error_response(status: int, message: str) -> bytes:
 def register(app: Flask) -> None:
     """Install handlers so that no request ends in an HTML page or a stack trace."""
 
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.retry_after)
-
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         status = exc.code or 500
@@ -85,15 +102,7 @@ def register(app: Flask) -> None:
             response.headers["Allow"] = exc.get_response().headers["Allow"]
         return response
 
-    @app.errorhandler(Exception)
+    @app.errorhandler(Exception)  # ApiError included
     def _unexpected(exc: Exception):
-        if isinstance(exc, UNAVAILABLE_ERRORS):
-            log.warning("redis unavailable: %s", exc)
-            return error_response(
-                503,
-                "redis_unavailable",
-                "the job store is unavailable, try again shortly",
-                RETRY_AFTER_UNAVAILABLE,
-            )
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error")
+        err = as_api_error(exc)
+        return error_response(err.status, err.code, err.message, err.retry_after)

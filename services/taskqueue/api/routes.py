@@ -27,6 +27,7 @@ from taskqueue.api.jobs import (
     iso,
 )
 from taskqueue.api.openapi import MAX_BATCH, MAX_LIST_LIMIT, MAX_OFFSET, document
+from taskqueue.config import Config
 from taskqueue.observability import metrics
 from taskqueue.store.enqueue import Enqueued
 from taskqueue.tasks import TASKS, TaskInputError, validate
@@ -136,13 +137,18 @@ def _fingerprint() -> str:
     return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Enqueued, bool]:
-    svc = service()
+def enqueue_job(
+    svc: JobService, req: JobRequest, idempotency_key: str | None = None, fingerprint: str = ""
+) -> tuple[Enqueued, bool]:
+    """Enqueue one job (see JobService.enqueue); a refusal is an ApiError (429, 409, 503 when Redis is full)."""
     try:
-        job, created = svc.enqueue(req, idempotency_key, _fingerprint() if idempotency_key is not None else "")
+        job, created = svc.enqueue(req, idempotency_key, fingerprint)
     except BacklogFull as exc:
         metrics.ENQUEUE_REJECTED.labels("backlog_full").inc()
         raise ApiError(429, "backlog_full", str(exc), RETRY_AFTER_BACKLOG) from None
+    except StoreFull as exc:
+        metrics.ENQUEUE_REJECTED.labels("redis_full").inc()
+        raise _store_full(exc) from None
     except JobStateConflict as exc:
         raise ApiError(409, "idempotency_conflict", str(exc), 1) from None
     except IdempotencyMismatch as exc:
@@ -152,34 +158,58 @@ def _enqueue(req: JobRequest, idempotency_key: str | None) -> tuple[Enqueued, bo
     return job, created
 
 
+def _enqueue(req: JobRequest) -> tuple[Enqueued, bool]:
+    key = _idempotency_key()
+    return enqueue_job(service(), req, key, _fingerprint() if key is not None else "")
+
+
 def _message(job: Enqueued, when: str | None) -> str:
     """The seed's message: what was enqueued, its id and when."""
     what = job.args[0] if job.task == "sleep" and job.args else f"task {job.task}"
     return f"{what} with id: {job.id} added to queue at {when}"
 
 
-def _accepted(job: Enqueued, created: bool, status: int):
-    status_url = _status_prefix() + job.id  # url_for's URL, without its URL building
+def accepted(job: Enqueued, created: bool, script_root: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The JSON and the headers (beyond Content-Type and -Length) that answer an enqueued job."""
+    status_url = script_root + STATUS_PATH + job.id  # url_for's URL, without its URL building
     when = iso(job.enqueued_at)
-    response = jsonify(
-        {"jobId": job.id, "timeOfEnqueue": when, "message": _message(job, when), "statusUrl": status_url}
-    )
-    response.status_code = status
-    response.headers["Location"] = status_url
+    payload = {"jobId": job.id, "timeOfEnqueue": when, "message": _message(job, when), "statusUrl": status_url}
+    headers = {"Location": status_url}
     if not created:
-        response.headers["Idempotent-Replayed"] = "true"
+        headers["Idempotent-Replayed"] = "true"
+    return payload, headers
+
+
+def _accepted(job: Enqueued, created: bool, status: int):
+    payload, headers = accepted(job, created, request.script_root)
+    response = jsonify(payload)
+    response.status_code = status
+    response.headers.update(headers)
     return response
+
+
+def random_delay(cfg: Config) -> int:
+    """The seed's delay when none is asked for: 20-30 s (the configured range)."""
+    return random.randint(cfg.delay_min, cfg.delay_max)
+
+
+def start_request(cfg: Config, delay: int) -> JobRequest:
+    """The seed's job: the sleep task for ``delay`` seconds."""
+    return JobRequest(TASKS["sleep"], TASKS["sleep"].arguments({"seconds": delay}, cfg.delay_limit))
 
 
 # HEAD /start answers 405 (Allow: GET, OPTIONS) and enqueues nothing: a HEAD must have no side effect, and an
 # empty 200 would describe a job (its Location) that does not exist. (Werkzeug would run the GET view for it.)
 @bp.get("/start", head=False)
 def start():
-    """The seed's route: enqueue the sleep task with ``?delay=`` or a random 20-30 s."""
+    """The seed's route: enqueue the sleep task with ``?delay=`` or a random 20-30 s.
+
+    With fast paths on, fastpath/plain_start.py answers the plain requests (no query or only ``delay``)
+    through GeneratorApp.plain_start, which enqueues and renders with the functions this view uses.
+    """
     cfg = service().cfg
-    delay = _int_param("delay", random.randint(cfg.delay_min, cfg.delay_max), 0, cfg.delay_limit)
-    req = JobRequest(TASKS["sleep"], TASKS["sleep"].arguments({"seconds": delay}, cfg.delay_limit))
-    job, created = _enqueue(req, _idempotency_key())
+    delay = _int_param("delay", random_delay(cfg), 0, cfg.delay_limit)
+    job, created = _enqueue(start_request(cfg, delay))
     return _accepted(job, created, 200)
 
 
@@ -187,7 +217,7 @@ def start():
 def create_job():
     """Enqueue one task from the allow-list: ``{"task": "hash", "args": {"rounds": 100000}}``."""
     req = _job_request(_json_body())
-    job, created = _enqueue(req, _idempotency_key())
+    job, created = _enqueue(req)
     return _accepted(job, created, 202)
 
 
