@@ -36,21 +36,43 @@ MIX_FAIL_EVERY = 50
 
 @dataclass
 class Report:
-    submitted: int = 0
+    """What a run submitted, what became of the jobs (their statuses read back) and what it did to the system."""
+
+    submitted: int
     accepted: int = 0
-    finished: int = 0
-    failed: int = 0
-    failed_on_purpose: int = 0
-    lost: int = 0
-    left_started: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)  # "missing": no record left
     worker_kills: int = 0
     redis_restarts: int = 0
     http_503: int = 0
-    enqueued_counter: float = 0
+    enqueued_counter: float = 0  # the generator's and the worker's metrics at the end
     succeeded_counter: float = 0
     seconds: float = 0.0
     timed_out: bool = False
-    statuses: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> int:
+        return self.statuses.get("finished", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.statuses.get("failed", 0)
+
+    @property
+    def lost(self) -> int:
+        return self.statuses.get("missing", 0)
+
+    @property
+    def left_started(self) -> int:
+        """Jobs neither ended nor lost: still queued, started or scheduled for a retry."""
+        return sum(n for s, n in self.statuses.items() if s not in ("finished", "failed", "missing"))
+
+    @property
+    def failed_on_purpose(self) -> int:
+        return sum(1 for i in range(self.submitted) if i % MIX_FAIL_EVERY == 0)
+
+    def summary(self) -> dict:
+        derived = ("finished", "failed", "lost", "left_started", "failed_on_purpose")
+        return {**asdict(self), **{name: getattr(self, name) for name in derived}}
 
 
 def job_body(i: int) -> dict:
@@ -169,11 +191,6 @@ def run(jobs: int, workers: int = 4, kill_every: float = 2.0, time_limit: float 
         stop.set()
         statuses = _statuses(redis, ids) if ids else Counter()
         report.statuses = dict(statuses)
-        report.finished = statuses.get("finished", 0)
-        report.failed = statuses.get("failed", 0)
-        report.left_started = sum(n for s, n in statuses.items() if s not in ("finished", "failed", "missing"))
-        report.lost = statuses.get("missing", 0)
-        report.failed_on_purpose = sum(1 for i in range(jobs) if i % MIX_FAIL_EVERY == 0)
         try:
             gen_metrics = requests.get(f"http://127.0.0.1:{gen.metrics_port}/metrics", timeout=5).text
             worker_metrics = requests.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).text
@@ -206,7 +223,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"chaos: {args.jobs} jobs, {args.workers} worker processes, a SIGKILL every {args.kill_every} s")
     report = run(args.jobs, args.workers, args.kill_every, args.time_limit)
-    print(json.dumps(asdict(report), indent=2))
+    print(json.dumps(report.summary(), indent=2))
     ok = (
         not report.timed_out
         and report.lost == 0

@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import requests
 
@@ -149,39 +149,30 @@ class Generator(Service):
         return self
 
 
-class WorkerProc(Service):
-    def __init__(self, env: dict[str, str], log_dir: Path, args: list[str] | None = None):
-        self.metrics_port = free_port()
-        super().__init__(
-            "taskqueue-worker",
-            ["--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port), *(args or [])],
-            env,
-            log_dir,
-        )
+class MetricsService(Service):
+    """A worker or the exporter: its ``/metrics`` on a port of its own, up once started."""
 
-    def start(self, wait: bool = True) -> WorkerProc:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, args: list[str] | None = None):
+        self.metrics_port = free_port()
+        metrics_args = ["--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port)]
+        super().__init__(name, [*metrics_args, *(args or [])], env, log_dir)
+
+    def start(self, wait: bool = True) -> Self:
         super().start()
         if wait:
-            wait_for(lambda: requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1).ok,
-                     what="worker metrics endpoint")  # fmt: skip
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            wait_for(lambda: requests.get(url, timeout=1).ok, what=f"{self.name} metrics endpoint")
         return self
 
 
-class Exporter(Service):
+class WorkerProc(MetricsService):
     def __init__(self, env: dict[str, str], log_dir: Path, args: list[str] | None = None):
-        self.metrics_port = free_port()
-        super().__init__(
-            "taskqueue-exporter",
-            ["--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port), *(args or [])],
-            env,
-            log_dir,
-        )
+        super().__init__("taskqueue-worker", env, log_dir, args)
 
-    def start(self) -> Exporter:
-        super().start()
-        wait_for(lambda: requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=1).ok,
-                 what="exporter metrics endpoint")  # fmt: skip
-        return self
+
+class Exporter(MetricsService):
+    def __init__(self, env: dict[str, str], log_dir: Path, args: list[str] | None = None):
+        super().__init__("taskqueue-exporter", env, log_dir, args)
 
 
 def descendants(pid: int) -> list[int]:

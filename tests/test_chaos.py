@@ -12,7 +12,7 @@ pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make te
 def test_chaos_loses_nothing(tmp_path):
     jobs = 600
     report = run(jobs, workers=4, kill_every=1.5, time_limit=240, log_dir=tmp_path)
-    print(report)
+    print(report.summary())
     assert not report.timed_out, report.statuses
     assert report.accepted == jobs  # clients retried through the Redis restart; keys made it exactly-once
     assert report.lost == 0 and report.left_started == 0

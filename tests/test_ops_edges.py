@@ -47,6 +47,20 @@ def name_of(redis_client, w: WorkerProc) -> str:
     return next(x.name for x in workers if x.pid == w.proc.pid)
 
 
+@contextmanager
+def exporter_and_worker(
+    app_env, redis_client, tmp_path, worker_class: str
+) -> Iterator[tuple[dict, list[str], Exporter, WorkerProc]]:
+    """The exporter and a registered worker on short heartbeats; the env and args for more workers, then the two."""
+    env = {**app_env, **FAST_BEATS}
+    args = ["--worker-class", worker_class]
+    exporter = Exporter(env, tmp_path).start()
+    worker = WorkerProc(env, tmp_path, args).start()
+    with running(exporter, worker):
+        wait_for(lambda: listed(redis_client)[0] == 1, what="the first worker registered")
+        yield env, args, exporter, worker
+
+
 def holds(check: Callable[[], object], seconds: float, interval: float = 0.25, what: str = "condition") -> int:
     """Assert ``check()`` is truthy at every poll for ``seconds``; returns the number of polls."""
     deadline, polls = time.monotonic() + seconds, 0
@@ -65,12 +79,7 @@ def holds(check: Callable[[], object], seconds: float, interval: float = 0.25, w
 def test_a_killed_worker_leaves_the_worker_list_within_the_heartbeat_bound(
     generator, app_env, redis_client, tmp_path, worker_class, victim_busy
 ):
-    env = {**app_env, **FAST_BEATS}
-    args = ["--worker-class", worker_class]
-    exporter = Exporter(env, tmp_path).start()
-    victim = WorkerProc(env, tmp_path, args).start()
-    with running(exporter, victim):
-        wait_for(lambda: listed(redis_client)[0] == 1, what="the first worker registered")
+    with exporter_and_worker(app_env, redis_client, tmp_path, worker_class) as (env, args, exporter, victim):
         victim_name = name_of(redis_client, victim)
         if victim_busy:
             job_id = requests.get(generator.base + "/start?delay=60", timeout=2).json()["jobId"]
@@ -101,12 +110,7 @@ def test_a_killed_worker_leaves_the_worker_list_within_the_heartbeat_bound(
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_a_worker_busy_longer_than_the_ttl_stays_listed(generator, app_env, redis_client, tmp_path, worker_class):
     """A job of 2.5 TTLs: the busy worker (and an idle one) stay listed, their keys on the short TTL."""
-    env = {**app_env, **FAST_BEATS}
-    args = ["--worker-class", worker_class]
-    exporter = Exporter(env, tmp_path).start()
-    busy = WorkerProc(env, tmp_path, args).start()
-    with running(exporter, busy):
-        wait_for(lambda: listed(redis_client)[0] == 1, what="the busy worker registered")
+    with exporter_and_worker(app_env, redis_client, tmp_path, worker_class) as (env, args, exporter, _busy):
         seconds = int(TTL * 2.5)
         job_id = requests.get(f"{generator.base}/start?delay={seconds}", timeout=2).json()["jobId"]
         wait_status(generator.base, job_id, {"started"}, timeout=10)

@@ -23,7 +23,7 @@ from taskqueue.config import Config
 from taskqueue.fastpath.enqueue_path import Enqueuer
 from taskqueue.fastpath.group_commit import GroupCommit
 from taskqueue.store.connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
-from taskqueue.store.enqueue import Enqueued, JobRequest, JobSettings, StockEnqueuer
+from taskqueue.store.enqueue import BaseEnqueuer, Enqueued, JobRequest, JobSettings, StockEnqueuer
 from taskqueue.store.outcomes import error_summary
 from taskqueue.store.records import REGISTRIES, SERIALIZER
 from taskqueue.tasks import TASKS, task_name
@@ -88,7 +88,7 @@ class JobService:
         self.queue = Queue(cfg.queue, connection=connection, serializer=SERIALIZER)
         self.retry = Retry(max=cfg.retries, interval=list(cfg.retry_intervals)) if cfg.retries else None
         settings = JobSettings(cfg.job_timeout, cfg.result_ttl, cfg.failure_ttl, self.retry)
-        self.enqueuer: Enqueuer | StockEnqueuer
+        self.enqueuer: BaseEnqueuer
         self._commit: GroupCommit[JobRequest, Enqueued] | None = None
         if cfg.fast_paths:
             self.enqueuer = Enqueuer(self.queue, settings, TASKS)
@@ -96,7 +96,7 @@ class JobService:
             # connection check before it lets the requests ready by then join it.
             self._commit = GroupCommit(self.enqueuer.enqueue, before_batch=self.enqueuer.check_connection)
         else:
-            self.enqueuer = StockEnqueuer(self.queue, settings, TASKS)
+            self.enqueuer = StockEnqueuer(self.queue, settings)
         self._backlog, self._memory_full, self._capacity_read_at = 0, False, float("-inf")
 
     def queue_for(self, name: str) -> Queue:

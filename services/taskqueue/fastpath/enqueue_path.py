@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from rq import Queue
@@ -28,7 +29,7 @@ from rq.utils import get_call_string, now
 
 from taskqueue.fastpath.script_call import OwnConnectionScript
 from taskqueue.fastpath.timestamps import rq_timestamp
-from taskqueue.store.enqueue import Enqueued, JobRequest, JobSettings
+from taskqueue.store.enqueue import BaseEnqueuer, JobRequest, JobSettings
 from taskqueue.tasks import Task
 
 # Fields written per job; the rest of the hash is the task's template.
@@ -92,11 +93,11 @@ def enqueue_script(templates: Mapping[str, Sequence[bytes]]) -> str:
     return "local TEMPLATES = {\n" + "\n".join(rows) + "\n}" + ENQUEUE
 
 
-class Enqueuer:
-    """Enqueue plain jobs of the given tasks on one queue: RQ's job records in one Lua script call."""
+class Enqueuer(BaseEnqueuer):
+    """RQ's job records for plain jobs of the given tasks, in one Lua script call."""
 
     def __init__(self, queue: Queue, settings: JobSettings, tasks: Mapping[str, Task]):
-        self.queue = queue
+        super().__init__(queue, settings)
         encode = queue.connection.get_encoder().encode  # the bytes redis-py would send for each value
         self._func_names: dict[str, str] = {}
         templates: dict[str, list[bytes]] = {}
@@ -105,13 +106,10 @@ class Enqueuer:
                 task.func,
                 connection=queue.connection,
                 serializer=queue.serializer,
-                timeout=settings.timeout,
-                result_ttl=settings.result_ttl,
-                failure_ttl=settings.failure_ttl,
-                retry=settings.retry,
                 meta={"task": name},
                 status=JobStatus.QUEUED,
                 origin=queue.name,
+                **settings.job_options(),
             )
             self._func_names[name] = job.func_name
             fields = job.to_dict().items()
@@ -124,18 +122,9 @@ class Enqueuer:
         """The script connection's checks, ahead of the next :meth:`enqueue` (which skips them)."""
         self._script.check()
 
-    def enqueue(
-        self,
-        reqs: Sequence[JobRequest],
-        job_ids: Sequence[str] | None = None,
-        idempotency: tuple[str, int] | None = None,
-    ) -> list[Enqueued]:
-        """Enqueue ``reqs`` at the back of the queue, in order, in one atomic script call.
-
-        ``idempotency`` is a key and a TTL to set on it in the same step (the key must exist).
-        """
-        if not reqs:
-            return []
+    def _write(
+        self, reqs: Sequence[JobRequest], job_ids: Sequence[str] | None, idempotency: tuple[str, int] | None
+    ) -> list[tuple[str, datetime | None]]:
         ids = list(job_ids) if job_ids is not None else [new_job_id() for _ in reqs]
         enqueued_at = now()
         stamp = rq_timestamp(enqueued_at)
@@ -149,7 +138,7 @@ class Enqueuer:
             data, description = self._payload(func_name, req.args)
             args += (name, job_id, stamp, data, req.description or description)
         self._script(keys=keys, args=args)  # returns 0 for a retry of a call that had run: the jobs exist
-        return [Enqueued(job_id, req.task.name, req.args, enqueued_at) for job_id, req in zip(ids, reqs, strict=True)]
+        return [(job_id, enqueued_at) for job_id in ids]
 
     def _payload(self, func_name: str, args: list[Any]) -> tuple[bytes, str]:
         """A call's job data (RQ's serialized, compressed form) and description; a small call's are kept,

@@ -7,7 +7,8 @@ interface, in one script call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,17 +46,26 @@ class JobSettings:
     failure_ttl: int
     retry: Retry | None
 
+    def job_options(self) -> dict[str, Any]:
+        """These settings as the keyword arguments of RQ's ``Job.create`` and ``Queue.prepare_data``."""
+        return {
+            "timeout": self.timeout,
+            "result_ttl": self.result_ttl,
+            "failure_ttl": self.failure_ttl,
+            "retry": self.retry,
+        }
 
-class StockEnqueuer:
-    """Enqueue plain jobs on one queue with RQ's ``Queue.enqueue_many``, atomically."""
 
-    def __init__(self, queue: Queue, settings: JobSettings, tasks: Mapping[str, Task]):
+class BaseEnqueuer(ABC):
+    """Writes plain jobs of the given tasks at the back of one queue, in order, in one atomic step."""
+
+    def __init__(self, queue: Queue, settings: JobSettings):
         self.queue = queue
         self.settings = settings
-        self.tasks = tasks
 
     def check_connection(self) -> None:
-        """Nothing to check ahead of a call: redis-py checks its pooled connection itself."""
+        """The checks to make ahead of the next :meth:`enqueue`: none, unless the writer skips redis-py's."""
+        return None
 
     def enqueue(
         self,
@@ -63,25 +73,37 @@ class StockEnqueuer:
         job_ids: Sequence[str] | None = None,
         idempotency: tuple[str, int] | None = None,
     ) -> list[Enqueued]:
-        """Enqueue ``reqs`` at the back of the queue, in order, in one transaction.
+        """Enqueue ``reqs`` (with ``job_ids``, else new ids), in order, in one atomic step.
 
-        ``idempotency`` is a key and a TTL to set on it in the same transaction (the key must exist).
+        ``idempotency`` is a key and a TTL to set on it in the same step (the key must exist).
         """
         if not reqs:
             return []
+        written = self._write(reqs, job_ids, idempotency)
+        return [Enqueued(job_id, req.task.name, req.args, at) for (job_id, at), req in zip(written, reqs, strict=True)]
+
+    @abstractmethod
+    def _write(
+        self, reqs: Sequence[JobRequest], job_ids: Sequence[str] | None, idempotency: tuple[str, int] | None
+    ) -> list[tuple[str, datetime | None]]:
+        """Write the jobs; each one's id and enqueue time."""
+
+
+class StockEnqueuer(BaseEnqueuer):
+    """RQ's ``Queue.enqueue_many``, in one transaction."""
+
+    def _write(
+        self, reqs: Sequence[JobRequest], job_ids: Sequence[str] | None, idempotency: tuple[str, int] | None
+    ) -> list[tuple[str, datetime | None]]:
         ids: Sequence[str | None] = job_ids if job_ids is not None else [None] * len(reqs)
-        settings = self.settings
         datas = [
             Queue.prepare_data(
                 req.task.func,
                 args=req.args,
-                timeout=settings.timeout,
-                result_ttl=settings.result_ttl,
-                failure_ttl=settings.failure_ttl,
                 description=req.description,
                 job_id=job_id,
                 meta={"task": req.task.name},
-                retry=settings.retry,
+                **self.settings.job_options(),
             )
             for req, job_id in zip(reqs, ids, strict=True)
         ]
@@ -90,4 +112,4 @@ class StockEnqueuer:
             if idempotency is not None:
                 pipe.expire(*idempotency)
             pipe.execute()
-        return [Enqueued(job.id, req.task.name, req.args, job.enqueued_at) for job, req in zip(jobs, reqs, strict=True)]
+        return [(job.id, job.enqueued_at) for job in jobs]
