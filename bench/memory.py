@@ -21,7 +21,9 @@ from bench.common import Opts, fast_paths_env, print_rows, summary, write_result
 from taskqueue import config as config_module
 from taskqueue.api.jobs import JobRequest, JobService
 from taskqueue.store.connection import connect
-from taskqueue.tasks import TASKS
+from taskqueue.tasks import load
+
+TASKS = load()  # the built-in tasks
 
 # (task, the API's arguments): the seed's job (with no wait), CPU work, nothing, a failure.
 JOBS = {
@@ -41,7 +43,7 @@ def _ours(redis, task: str, n: int) -> dict[str, float]:
     client.flushall()
     cfg = config_module.load(environ={**redis.env(), **fast_paths_env(), "TASKQUEUE_RETRIES": "0"})
     svc = JobService(cfg, connect(cfg))
-    req = JobRequest(TASKS[task], TASKS[task].arguments(JOBS[task], cfg.delay_limit))
+    req = JobRequest(TASKS[task], TASKS[task].arguments(JOBS[task]))
     before = _used(client)
     for i in range(0, n, 1000):
         svc.enqueue_batch([req] * min(1000, n - i))
@@ -55,7 +57,7 @@ def _stock(redis, task: str, n: int) -> dict[str, float]:
     client.flushall()
     cfg = config_module.load(environ={**redis.env(), **fast_paths_env()})
     queue = Queue("default", connection=client, serializer=JSONSerializer)
-    args = TASKS[task].arguments(JOBS[task], cfg.delay_limit)
+    args = TASKS[task].arguments(JOBS[task])
     before = _used(client)
     for i in range(0, n, 1000):
         data = [

@@ -28,11 +28,11 @@ from bench.common import (
 from taskqueue import config as config_module
 from taskqueue.api.jobs import JobRequest, JobService
 from taskqueue.store.connection import connect
-from taskqueue.tasks import TASKS, noop
+from taskqueue.tasks import load, noop
 
 RQ_LIST = "rq:queue:default"
 CELERY_LIST = "celery"
-NOOP = JobRequest(TASKS["noop"], [])
+NOOP = JobRequest(load()["noop"], [])
 WORKER_METRICS = ("jobs_per_s", "cpu_us_per_job", "startup_s")
 
 

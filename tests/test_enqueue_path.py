@@ -6,12 +6,14 @@ reference records, and stock RQ's ``SimpleWorker`` runs what ours wrote.
 
 from __future__ import annotations
 
-from rq import Queue, SimpleWorker
+from rq import Queue, Retry, SimpleWorker
 from rq.job import Job
 from rq.utils import utcformat
 
 from taskqueue.api.jobs import IDEMPOTENCY_PREFIX, SERIALIZER, JobRequest, JobService
-from taskqueue.tasks import TASKS
+from taskqueue.tasks import load
+
+TASKS = load()  # the built-in tasks
 
 PER_JOB = {b"created_at", b"enqueued_at"}  # timestamps: ours are one instant, stock's two
 
@@ -19,10 +21,10 @@ PER_JOB = {b"created_at", b"enqueued_at"}  # timestamps: ours are one instant, s
 def requests() -> list[JobRequest]:
     """One job of every task, with arguments that exercise repr() and JSON (quotes, unicode, long)."""
     return [
-        JobRequest(TASKS["sleep"], TASKS["sleep"].arguments({"seconds": 3}, 60)),
-        JobRequest(TASKS["hash"], TASKS["hash"].arguments({"rounds": 10}, 60)),
+        JobRequest(TASKS["sleep"], TASKS["sleep"].arguments({"seconds": 3})),
+        JobRequest(TASKS["hash"], TASKS["hash"].arguments({"rounds": 10})),
         JobRequest(TASKS["noop"], []),
-        JobRequest(TASKS["fail"], TASKS["fail"].arguments({"message": 'it\'s "é" ' + "x" * 120}, 60)),
+        JobRequest(TASKS["fail"], TASKS["fail"].arguments({"message": 'it\'s "é" ' + "x" * 120})),
     ]
 
 
@@ -35,7 +37,7 @@ def stock_enqueue(svc: JobService, reqs: list[JobRequest]) -> list[str]:
             timeout=svc.cfg.job_timeout,
             result_ttl=svc.cfg.result_ttl,
             failure_ttl=svc.cfg.failure_ttl,
-            retry=svc.retry,
+            retry=Retry(max=svc.cfg.retries, interval=list(svc.cfg.retry_intervals)) if svc.cfg.retries else None,
             meta={"task": r.task.name},
         )
         for r in reqs

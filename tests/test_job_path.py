@@ -26,10 +26,11 @@ from taskqueue.fastpath import job_path, redis_pipeline
 from taskqueue.fastpath.job_path import LeanJob, LeanResult
 from taskqueue.store.connection import connect
 from taskqueue.store.outcomes import BoundedResultJob
-from taskqueue.tasks import TASKS, noop
+from taskqueue.tasks import load, noop
 from taskqueue.worker.classes import ForkingWorker, InProcessWorker, LeanInProcessWorker
 from tests.support import WorkerProc, wait_for
 
+TASKS = load()  # the built-in tasks
 NOOP = JobRequest(TASKS["noop"], [])
 
 
@@ -39,7 +40,7 @@ def enqueue_job(service: JobService, req: JobRequest) -> Job:
 
 
 def sleep(seconds: int) -> JobRequest:
-    return JobRequest(TASKS["sleep"], TASKS["sleep"].arguments({"seconds": seconds}, 60))
+    return JobRequest(TASKS["sleep"], TASKS["sleep"].arguments({"seconds": seconds}))
 
 
 @pytest.fixture(autouse=True)
@@ -344,7 +345,7 @@ def test_result_ttl_zero_takes_rqs_path_and_deletes_the_job(cfg, redis_client):
 
 def test_a_job_with_a_ttl_does_not_expire_while_running(cfg, redis_client):
     q = Queue("default", connection=redis_client, serializer=SERIALIZER)
-    job = q.enqueue(TASKS["sleep"].func, "two seconds", 2, ttl=1)
+    job = q.enqueue(TASKS["sleep"].func, 2, ttl=1)
     seen = {}
 
     def watch():

@@ -152,11 +152,11 @@ def test_backlog_check_reads_the_queue_length_rarely_far_from_the_limit_and_alwa
     from taskqueue import config as config_module
     from taskqueue.api.jobs import BACKLOG_MARGIN, CAPACITY_READ_EVERY, BacklogFull, JobRequest, JobService
     from taskqueue.store.connection import connect
-    from taskqueue.tasks import TASKS
+    from taskqueue.tasks import load
 
     limit = 10 * BACKLOG_MARGIN
     cfg = config_module.load(environ={**app_env, "TASKQUEUE_MAX_BACKLOG": str(limit)})
-    svc, noop = JobService(cfg, connect(cfg)), JobRequest(TASKS["noop"], [])
+    svc, noop = JobService(cfg, connect(cfg)), JobRequest(load()["noop"], [])
     redis_client.config_resetstat()
     for _ in range(50):  # well under 0.1 s a request here: a handful of reads, not 50
         svc.enqueue(noop)

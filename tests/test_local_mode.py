@@ -29,13 +29,17 @@ def test_local_mode_runs_the_seed_flow_and_stops_on_ctrl_c(tmp_path):
            "--redis-port", str(redis_port), "--metrics-port-base", str(metrics_base),
            "--prometheus-port", str(prom_port)]  # fmt: skip
     log = open(tmp_path / "local.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # A team's task module, named as a user would name theirs: local mode passes TASKQUEUE_* on to every process.
+    env = {**os.environ, "TASKQUEUE_TASK_MODULES": "tests.team_tasks", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: requests.get(base + "/readyz", timeout=1).ok, timeout=30, what="local generator ready")
         job_id = requests.get(base + "/start?delay=1", timeout=2).json()["jobId"]
         doc = wait_status(base, job_id, {"finished"}, timeout=20)
         assert doc["result"] == "Processed message generating task with delay: 1 after 1 seconds"
+        team = requests.post(base + "/jobs", json={"task": "team.summarize", "args": {"values": [2, 4]}}, timeout=2)
+        assert wait_status(base, team.json()["jobId"], {"finished"}, timeout=20)["result"]["mean"] == 3.0
         # Redis is password-protected and writes an append-only file.
         anon = redis.Redis(port=redis_port, socket_timeout=2)
         try:

@@ -28,8 +28,8 @@ LOOP_ENDED = ("found an unhandled exception", "starting a new worker", "worker l
 
 @pytest.fixture
 def poison_env(app_env):
-    """No retries (each poison fails once), and the checkout importable so the worker finds tests.user_tasks."""
-    return {**app_env, "TASKQUEUE_RETRIES": "0", "PYTHONPATH": str(ROOT)}
+    """No retries (each poison fails once), and the checkout importable so the worker loads tests.user_tasks."""
+    return {**app_env, "TASKQUEUE_RETRIES": "0", "PYTHONPATH": str(ROOT), "TASKQUEUE_TASK_MODULES": "tests.user_tasks"}
 
 
 @pytest.fixture(params=["simple", "fork"])
@@ -58,13 +58,14 @@ def stored_error_chars(redis_client, job_id: str) -> int:
 
 @pytest.mark.parametrize(
     "message",
-    ["\\ud800", "bad \\udfff tail", "x\\ud83d", "nul \\u0000 and \\ud800\\ud800", "x\\nValueError: forged"],
-    ids=["lone-high", "lone-low", "unpaired-end", "nul-and-pairless", "forged-line"],
+    ["nul \\u0000 and \\u0001", "x\\nValueError: forged", "tab\\tand \\u2028 separator"],
+    ids=["nul", "forged-line", "separators"],
 )
 def test_a_fail_job_with_hostile_text_fails_cleanly_and_the_worker_goes_on(
     generator, poison_worker, redis_client, message
 ):
-    """The API takes the text (it is valid JSON); the failure is stored and read back as the job's own."""
+    """The API takes the text (it is valid JSON and valid Unicode); the failure is stored and read back as the
+    job's own."""
     body = '{"task": "fail", "args": {"message": "' + message + '"}}'  # the escape as a client sends it
     r = requests.post(generator.base + "/jobs", data=body, headers={"Content-Type": "application/json"}, timeout=2)
     assert r.status_code == 202, r.text
@@ -74,10 +75,27 @@ def test_a_fail_job_with_hostile_text_fails_cleanly_and_the_worker_goes_on(
     assert_still_serving(generator.base, poison_worker)
 
 
+@pytest.mark.parametrize(
+    "message",
+    ["\\ud800", "bad \\udfff tail", "x\\ud83d", "nul \\u0000 and \\ud800\\ud800"],
+    ids=["lone-high", "lone-low", "unpaired-end", "nul-and-pairless"],
+)
+def test_text_that_is_not_unicode_is_refused_at_the_api(generator, redis_client, message):
+    """JSON can escape a lone UTF-16 surrogate; no UTF-8 text holds one: a task's string argument refuses it
+    (400 naming the argument), one job alone or in a batch, and nothing is enqueued. (Such text from a task's
+    own code: test_a_users_job_with_an_outcome_hard_to_store_ends_cleanly.)"""
+    one = '{"task": "fail", "args": {"message": "' + message + '"}}'
+    batch = '{"jobs": [{"task": "noop"}, ' + one + "]}"
+    for path, body in (("/jobs", one), ("/jobs/batch", batch)):
+        r = requests.post(generator.base + path, data=body, headers={"Content-Type": "application/json"}, timeout=2)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "invalid_task" and r.json()["error"]["field"] == "message"
+    assert redis_client.llen("rq:queue:default") == 0
+
+
 def test_ten_poison_jobs_in_one_batch_do_not_stall_the_worker(generator, poison_worker):
-    jobs = [{"task": "fail", "args": {"message": f"poison {i} \ud800"}} for i in range(10)]
-    body = json.dumps({"jobs": jobs})  # json.dumps writes the lone surrogates as \ud800 escapes
-    r = requests.post(generator.base + "/jobs/batch", data=body, headers={"Content-Type": "application/json"})
+    jobs = [{"task": "fail", "args": {"message": f"poison {i} \x00\nValueError: forged"}} for i in range(10)]
+    r = requests.post(generator.base + "/jobs/batch", json={"jobs": jobs}, timeout=2)
     assert r.status_code == 202, r.text
     assert_still_serving(generator.base, poison_worker)
     for job in r.json()["jobs"]:

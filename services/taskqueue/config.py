@@ -71,6 +71,13 @@ SETTINGS: tuple[Setting, ...] = (
         _str_list,
         "Comma-separated queue names; the generator enqueues to the first, workers listen to all.",
     ),
+    Setting(
+        "task_modules",
+        "",
+        _str_list,
+        "Comma-separated modules whose `@task` functions join the catalogue, beside the built-in tasks and"
+        " installed packages' `taskqueue.tasks` entry points; every process must load the same.",
+    ),
     Setting("job_timeout", "180", int, "Seconds a job may run before it is stopped and failed.", (G,)),
     Setting("result_ttl", "3600", int, "Seconds a finished job and its result are kept.", (G, W)),
     Setting("failure_ttl", "86400", int, "Seconds a failed job is kept.", (G,)),
@@ -229,6 +236,7 @@ class Config:
     redis_ca_cert: str
     redis_timeout: float
     queues: tuple[str, ...]
+    task_modules: tuple[str, ...]
     job_timeout: int
     result_ttl: int
     failure_ttl: int

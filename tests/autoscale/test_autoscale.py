@@ -20,7 +20,7 @@ from tests.autoscale.emulator import Chaos
 from tests.autoscale.stack import FAST_HPA_SYNC, FAST_VALUES, stack, wait_for
 
 BURST = [{"task": "sleep", "args": {"seconds": 1}}] * 200
-START_RE = re.compile(r"^Worker \S+: [\w-]+: taskqueue\.tasks\.\w+\(.*\) \(([\w-]+)\)$")
+START_RE = re.compile(r"^Worker \S+: [\w-]+: taskqueue\.tasks\.[\w.]+\(.*\) \(([\w-]+)\)$")
 OK_RE = re.compile(r"^Worker \S+: [\w-]+: Job OK \(([\w-]+)\)$")
 SLACK = 1.0  # the emulator's 0.1 s tick, HTTP round trips and process scheduling on 2 busy cores
 

@@ -17,7 +17,7 @@ from taskqueue.api.jobs import JobService
 from taskqueue.fastpath.plain_start import PlainStart
 from taskqueue.observability import metrics
 from taskqueue.store.connection import connect
-from taskqueue.tasks import TASKS
+from taskqueue.tasks import Catalogue
 
 MAX_BODY_BYTES = 1024 * 1024
 CONVERTER = re.compile(r"<[^:>]+:")
@@ -93,7 +93,7 @@ class GeneratorApp(Flask):
         started = time.perf_counter()
         svc: JobService = self.extensions["taskqueue"]
         try:
-            req = routes.start_request(svc.cfg, routes.random_delay(svc.cfg) if delay is None else delay)
+            req = routes.start_request(svc, routes.random_delay(svc.cfg) if delay is None else delay)
             payload, headers = routes.accepted(*routes.enqueue_job(svc, req), "")
             status = 200
         except Exception as exc:  # what the Flask view would raise: answered as its error handler does
@@ -110,17 +110,18 @@ class GeneratorApp(Flask):
         return _status_line(status), head, body
 
 
-def create_app(cfg: config_module.Config | None = None) -> Flask:
-    """Build the generator app from ``cfg`` (default: the environment)."""
+def create_app(cfg: config_module.Config | None = None, catalogue: Catalogue | None = None) -> Flask:
+    """Build the generator app from ``cfg`` (default: the environment) for the ``catalogue``'s tasks
+    (default: loaded from ``cfg.task_modules``)."""
     cfg = cfg or config_module.load()
     app = GeneratorApp(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
-    app.extensions["taskqueue"] = JobService(cfg, connect(cfg))
+    app.extensions["taskqueue"] = JobService(cfg, connect(cfg), catalogue)
     errors.register(app)
     app.register_blueprint(routes.bp)
     if cfg.metrics_enabled:
-        metrics.init_generator_series(cfg.queue, TASKS)
+        metrics.init_generator_series(cfg.queue, app.extensions["taskqueue"].catalogue)
         app.count_requests = True
     if cfg.fast_paths and not app.debug:  # (debug: Flask indents its JSON)
         # Flask's documented way to add WSGI middleware; the Flask app still answers all but plain /start.

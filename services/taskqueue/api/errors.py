@@ -22,24 +22,30 @@ RETRY_AFTER_STORE_FULL = 30  # finished jobs expire and workers drain the queue:
 class ApiError(Exception):
     """An error with an HTTP status, a stable machine-readable code and a message for people."""
 
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None, field: str | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.field = field  # the request's argument at fault, when one is
 
 
-def error_payload(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
+def error_payload(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    error = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    return {"error": error}
 
 
 def error_headers(retry_after: int | None) -> dict[str, str]:
     return {} if retry_after is None else {"Retry-After": str(retry_after)}
 
 
-def error_response(status: int, code: str, message: str, retry_after: int | None = None) -> Response:
-    response = jsonify(error_payload(code, message))
+def error_response(
+    status: int, code: str, message: str, retry_after: int | None = None, field: str | None = None
+) -> Response:
+    response = jsonify(error_payload(code, message, field))
     response.status_code = status
     response.headers.update(error_headers(retry_after))
     return response
@@ -105,4 +111,4 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)  # ApiError included
     def _unexpected(exc: Exception):
         err = as_api_error(exc)
-        return error_response(err.status, err.code, err.message, err.retry_after)
+        return error_response(err.status, err.code, err.message, err.retry_after, err.field)

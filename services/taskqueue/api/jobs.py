@@ -12,7 +12,7 @@ from uuid import uuid4
 
 from redis import Redis
 from redis.exceptions import WatchError
-from rq import Queue, Retry
+from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
@@ -26,7 +26,8 @@ from taskqueue.store.connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
 from taskqueue.store.enqueue import BaseEnqueuer, Enqueued, JobRequest, JobSettings, StockEnqueuer
 from taskqueue.store.outcomes import error_summary
 from taskqueue.store.records import REGISTRIES, SERIALIZER
-from taskqueue.tasks import TASKS, task_name
+from taskqueue.tasks import Catalogue
+from taskqueue.tasks import load as load_catalogue
 
 # Job ids as RQ makes them; "batch" is not one, so GET /jobs/batch is a 405, not a lookup.
 JOB_ID_REGEX = r"(?!batch$)[A-Za-z0-9_-]{1,64}"
@@ -82,16 +83,17 @@ class IdempotencyMismatch(RuntimeError):
 class JobService:
     """The queue operations the API needs, bound to one Redis connection and config."""
 
-    def __init__(self, cfg: Config, connection: Redis):
+    def __init__(self, cfg: Config, connection: Redis, catalogue: Catalogue | None = None):
+        """``catalogue``: the tasks jobs may name (default: loaded from ``cfg.task_modules``)."""
         self.cfg = cfg
         self.redis = connection
+        self.catalogue = catalogue if catalogue is not None else load_catalogue(cfg.task_modules)
         self.queue = Queue(cfg.queue, connection=connection, serializer=SERIALIZER)
-        self.retry = Retry(max=cfg.retries, interval=list(cfg.retry_intervals)) if cfg.retries else None
-        settings = JobSettings(cfg.job_timeout, cfg.result_ttl, cfg.failure_ttl, self.retry)
+        settings = JobSettings.from_config(cfg)
         self.enqueuer: BaseEnqueuer
         self._commit: GroupCommit[JobRequest, Enqueued] | None = None
         if cfg.fast_paths:
-            self.enqueuer = Enqueuer(self.queue, settings, TASKS)
+            self.enqueuer = Enqueuer(self.queue, settings, self.catalogue)
             # Concurrent enqueues without an Idempotency-Key share one script call (group_commit.py); the
             # connection check before it lets the requests ready by then join it.
             self._commit = GroupCommit(self.enqueuer.enqueue, before_batch=self.enqueuer.check_connection)
@@ -181,7 +183,7 @@ class JobService:
                 if bound and first_fingerprint != fingerprint:  # (a key written before keys were bound: any)
                     raise IdempotencyMismatch("this Idempotency-Key was used with another request")
                 try:
-                    return enqueued(self.fetch(existing_id)), False
+                    return self.enqueued(self.fetch(existing_id)), False
                 except JobNotFound:
                     pass  # the winner of the race has not enqueued it yet
             if time.monotonic() > deadline:
@@ -195,6 +197,18 @@ class JobService:
             return self.enqueuer.enqueue(reqs)
 
     # -- inspect -----------------------------------------------------------------------------------
+
+    def enqueued(self, job: Job) -> Enqueued:
+        """What the API reports about an existing job (an Idempotency-Key's replay)."""
+        task = self.job_task(job)
+        return Enqueued(job.id, task, list(job.args) if task != "other" else [], job.enqueued_at)
+
+    def job_task(self, job: Job) -> str:
+        """The task name of a job; 'other' for one not in the catalogue, or whose data is not ours (not JSON)."""
+        try:
+            return self.catalogue.task_name(job.func_name)
+        except DeserializationError:
+            return "other"
 
     def fetch(self, job_id: str) -> Job:
         if not JOB_ID_RE.match(job_id):
@@ -217,7 +231,7 @@ class JobService:
             error = error_summary(latest.exc_string if latest is not None else None)
         return {
             "jobId": job.id,
-            "task": job_task(job),
+            "task": self.job_task(job),
             "status": status_value,
             "result": result,
             "error": error,
@@ -322,17 +336,3 @@ def memory_full(info: dict[str, Any], limit_percent: int, growth: int = 0) -> bo
     ``maxmemory`` (never without a maxmemory)."""
     maxmemory = int(info.get("maxmemory") or 0)
     return maxmemory > 0 and (int(info.get("used_memory") or 0) + growth) * 100 >= maxmemory * limit_percent
-
-
-def enqueued(job: Job) -> Enqueued:
-    """What the API reports about an existing job (an Idempotency-Key's replay)."""
-    task = job_task(job)
-    return Enqueued(job.id, task, list(job.args) if task != "other" else [], job.enqueued_at)
-
-
-def job_task(job: Job) -> str:
-    """The task key of a job; 'other' for one whose data is not ours (e.g. not JSON)."""
-    try:
-        return task_name(job.func_name)
-    except DeserializationError:
-        return "other"

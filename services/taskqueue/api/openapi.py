@@ -7,7 +7,7 @@ from typing import Any
 from taskqueue import __version__
 from taskqueue.api.jobs import IDEMPOTENCY_KEY_PATTERN, JOB_ID_PATTERN, LIST_STATES, STATUSES
 from taskqueue.config import Config
-from taskqueue.tasks import TASKS
+from taskqueue.tasks import Catalogue, Task
 
 MAX_BATCH = 1000
 MAX_LIST_LIMIT = 1000
@@ -56,25 +56,45 @@ IDEMPOTENCY = {
 }
 
 
-def _task_request(cfg: Config) -> dict[str, Any]:
-    """One schema per allow-listed task, from the task's own parameter definitions."""
+def args_schema(task: Task, cfg: Config) -> dict[str, Any]:
+    """The JSON Schema of a task's ``args``; the built-in sleep's bound is the configured delay limit."""
+    schema = task.args_schema()
+    if task.path == "taskqueue.tasks.builtin.sleep":
+        schema["properties"]["seconds"]["maximum"] = cfg.delay_limit
+    return schema
+
+
+def task_document(task: Task, cfg: Config) -> dict[str, Any]:
+    """A task as ``GET /tasks`` lists it: its own timeout and retries, or the generator's settings."""
+    return {
+        "name": task.name,
+        "description": task.description,
+        "schema": args_schema(task, cfg),
+        "queue": cfg.queue,
+        "timeout": cfg.job_timeout if task.timeout is None else task.timeout,
+        "retries": cfg.retries if task.retries is None else task.retries,
+    }
+
+
+def _task_request(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
+    """One schema per catalogue task, from the task's own type hints."""
     variants = []
-    for name, task in TASKS.items():
-        args = task.args_schema(cfg.delay_limit)
+    for name, task in catalogue.items():
+        args = args_schema(task, cfg)
         variants.append(
             {
                 "type": "object",
                 "description": task.description,
                 "properties": {"task": {"const": name}, "args": args},
-                "required": ["task", "args"] if args["required"] else ["task"],
+                "required": ["task", "args"] if args.get("required") else ["task"],
                 "additionalProperties": False,
             }
         )
     return {"oneOf": variants}
 
 
-def document(cfg: Config) -> dict[str, Any]:
-    """The whole OpenAPI document for ``cfg`` (its delay limit bounds the sleep task)."""
+def document(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
+    """The whole OpenAPI document for ``cfg`` (its delay limit bounds the sleep task) and the catalogue."""
     enqueue_errors = {
         "409": {
             **_error(
@@ -202,6 +222,12 @@ def document(cfg: Config) -> dict[str, Any]:
                     "responses": {"200": _json("Health", "Ready."), "503": UNAVAILABLE_OR_FULL},
                 }
             },
+            "/tasks": {
+                "get": {
+                    "summary": "The task catalogue: what POST /jobs accepts, with each task's arguments' schema.",
+                    "responses": {"200": _json("TaskList", "The tasks.")},
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "summary": "This document.",
@@ -209,7 +235,7 @@ def document(cfg: Config) -> dict[str, Any]:
                 }
             },
         },
-        "components": {"schemas": _schemas(cfg)},
+        "components": {"schemas": _schemas(cfg, catalogue)},
     }
 
 
@@ -225,7 +251,7 @@ def _status_op(summary: str) -> dict[str, Any]:
     }
 
 
-def _schemas(cfg: Config) -> dict[str, Any]:
+def _schemas(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
     nullable_time = {"type": ["string", "null"], "format": "date-time"}
     return {
         "Error": {
@@ -235,7 +261,11 @@ def _schemas(cfg: Config) -> dict[str, Any]:
                 "error": {
                     "type": "object",
                     "required": ["code", "message"],
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "field": {"type": "string", "description": "The argument at fault (`invalid_task`)."},
+                    },
                     "additionalProperties": False,
                 }
             },
@@ -271,7 +301,30 @@ def _schemas(cfg: Config) -> dict[str, Any]:
                 },
             },
         },
-        "JobRequest": _task_request(cfg),
+        "JobRequest": _task_request(cfg, catalogue),
+        "TaskList": {
+            "type": "object",
+            "required": ["tasks"],
+            "properties": {
+                "tasks": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "description", "schema", "queue", "timeout", "retries"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "description": {"type": "string"},
+                            "schema": {"type": "object", "description": "The JSON Schema of the task's `args`."},
+                            "queue": {"type": "string"},
+                            "timeout": {"type": "integer", "description": "Seconds a job of it may run."},
+                            "retries": {"type": "integer"},
+                        },
+                        "additionalProperties": False,
+                    },
+                }
+            },
+            "additionalProperties": False,
+        },
         "BatchRequest": {
             "type": "object",
             "required": ["jobs"],

@@ -26,11 +26,12 @@ from taskqueue.api.jobs import (
     StoreFull,
     iso,
 )
-from taskqueue.api.openapi import MAX_BATCH, MAX_LIST_LIMIT, MAX_OFFSET, document
+from taskqueue.api.openapi import MAX_BATCH, MAX_LIST_LIMIT, MAX_OFFSET, document, task_document
 from taskqueue.config import Config
 from taskqueue.observability import metrics
 from taskqueue.store.enqueue import Enqueued
-from taskqueue.tasks import TASKS, TaskInputError, validate
+from taskqueue.tasks import TaskInputError
+from taskqueue.tasks.builtin import seed_message
 
 
 class JobIdConverter(BaseConverter):
@@ -124,10 +125,13 @@ def _job_request(item: Any) -> JobRequest:
     unknown = sorted(set(item) - {"task", "args"})
     if unknown:
         raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
+    svc = service()
     try:
-        task, args = validate(item.get("task"), item.get("args", {}), service().cfg.delay_limit)
+        task, args = svc.catalogue.validate(
+            item.get("task"), item.get("args", {}), {"delay_limit": svc.cfg.delay_limit}
+        )
     except TaskInputError as exc:
-        raise ApiError(400, "invalid_task", str(exc)) from None
+        raise ApiError(400, "invalid_task", str(exc), field=exc.field) from None
     return JobRequest(task, args)
 
 
@@ -165,7 +169,7 @@ def _enqueue(req: JobRequest) -> tuple[Enqueued, bool]:
 
 def _message(job: Enqueued, when: str | None) -> str:
     """The seed's message: what was enqueued, its id and when."""
-    what = job.args[0] if job.task == "sleep" and job.args else f"task {job.task}"
+    what = seed_message(job.args[-1]) if job.task == "sleep" and job.args else f"task {job.task}"
     return f"{what} with id: {job.id} added to queue at {when}"
 
 
@@ -193,9 +197,9 @@ def random_delay(cfg: Config) -> int:
     return random.randint(cfg.delay_min, cfg.delay_max)
 
 
-def start_request(cfg: Config, delay: int) -> JobRequest:
-    """The seed's job: the sleep task for ``delay`` seconds."""
-    return JobRequest(TASKS["sleep"], TASKS["sleep"].arguments({"seconds": delay}, cfg.delay_limit))
+def start_request(svc: JobService, delay: int) -> JobRequest:
+    """The seed's job: the sleep task for ``delay`` seconds (checked already: 0 to the delay limit)."""
+    return JobRequest(svc.catalogue["sleep"], [delay])
 
 
 # HEAD /start answers 405 (Allow: GET, OPTIONS) and enqueues nothing: a HEAD must have no side effect, and an
@@ -207,9 +211,9 @@ def start():
     With fast paths on, fastpath/plain_start.py answers the plain requests (no query or only ``delay``)
     through GeneratorApp.plain_start, which enqueues and renders with the functions this view uses.
     """
-    cfg = service().cfg
-    delay = _int_param("delay", random_delay(cfg), 0, cfg.delay_limit)
-    job, created = _enqueue(start_request(cfg, delay))
+    svc = service()
+    delay = _int_param("delay", random_delay(svc.cfg), 0, svc.cfg.delay_limit)
+    job, created = _enqueue(start_request(svc, delay))
     return _accepted(job, created, 200)
 
 
@@ -307,7 +311,15 @@ def _change(job_id: str, operation):
 @bp.get("/openapi.json")
 def openapi():
     """The OpenAPI document of this API."""
-    return jsonify(document(service().cfg))
+    svc = service()
+    return jsonify(document(svc.cfg, svc.catalogue))
+
+
+@bp.get("/tasks")
+def list_tasks():
+    """The task catalogue: each task's name, description, arguments' JSON Schema, queue, timeout and retries."""
+    svc = service()
+    return jsonify({"tasks": [task_document(t, svc.cfg) for t in svc.catalogue.values()]})
 
 
 @bp.get("/healthz")

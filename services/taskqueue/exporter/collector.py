@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from taskqueue import config as config_module
+from taskqueue import tasks
 from taskqueue.exporter.maintenance import maintain
 from taskqueue.observability import logs
 
@@ -242,6 +243,9 @@ def maintenance_loop(state: QueueState, cfg: config_module.Config, stop: threadi
 def main(argv: list[str] | None = None) -> None:
     _args, cfg = config_module.parse_cli("taskqueue-exporter", "exporter", __doc__.splitlines()[0], argv)
     logs.setup(cfg.log_format, cfg.log_level)
+    # The same catalogue as the generator and the workers: a task module missing here fails here too.
+    catalogue = tasks.load_or_exit("taskqueue-exporter", cfg.task_modules)
+    log.info("%d tasks: %s", len(catalogue), ", ".join(catalogue))
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from prometheus_client import CollectorRegistry
 

@@ -109,7 +109,7 @@ class Enqueuer(BaseEnqueuer):
                 meta={"task": name},
                 status=JobStatus.QUEUED,
                 origin=queue.name,
-                **settings.job_options(),
+                **settings.for_task(task).job_options(),
             )
             self._func_names[name] = job.func_name
             fields = job.to_dict().items()

@@ -17,6 +17,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
 from taskqueue import config as config_module
+from taskqueue import tasks
 from taskqueue.observability import multiproc
 from taskqueue.observability.logs import JobIdFilter, JsonFormatter
 from taskqueue.server.balance import ConnectionShare
@@ -72,8 +73,9 @@ def web_worker_class(cfg: config_module.Config) -> str:
 class GeneratorServer(BaseApplication):
     """gunicorn configured from :class:`~taskqueue.config.Config` instead of a config file."""
 
-    def __init__(self, cfg: config_module.Config):
+    def __init__(self, cfg: config_module.Config, catalogue: tasks.Catalogue):
         self.cfg_app = cfg
+        self.catalogue = catalogue
         # Made before the workers are forked, so that they share it (gevent's worker class uses it).
         self.connections = ConnectionShare(cfg.web_workers)
         super().__init__()
@@ -119,7 +121,7 @@ class GeneratorServer(BaseApplication):
     def load(self):
         from taskqueue.api.app import create_app
 
-        return create_app(self.cfg_app)
+        return create_app(self.cfg_app, self.catalogue)
 
     def _when_ready(self, server) -> None:
         if self.cfg_app.metrics_enabled:
@@ -152,12 +154,13 @@ class GeneratorServer(BaseApplication):
 
 def main(argv: list[str] | None = None) -> None:
     _args, cfg = config_module.parse_cli("taskqueue-generator", "generator", __doc__.splitlines()[0], argv)
+    catalogue = tasks.load_or_exit("taskqueue-generator", cfg.task_modules)  # before any web worker starts
     # Must be decided before prometheus_client is first imported (it picks its storage then).
     default_dir = multiproc.tmp_path(f"taskqueue-metrics-{cfg.http_port}")
     metrics_dir = multiproc.use_fresh_dir(os.environ.get(multiproc.ENV) or default_dir)
     master = os.getpid()
     try:
-        GeneratorServer(cfg).run()
+        GeneratorServer(cfg, catalogue).run()
     finally:
         # The master's folder, not one the environment named, once the master ends: a gunicorn worker
         # process leaves through here too (its SystemExit unwinds the stack it forked with).

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from rq import Queue, Retry
 
+from taskqueue.config import Config
 from taskqueue.tasks import Task
 
 
@@ -44,7 +45,22 @@ class JobSettings:
     timeout: int
     result_ttl: int
     failure_ttl: int
-    retry: Retry | None
+    retries: int
+    retry_intervals: tuple[int, ...]
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> JobSettings:
+        return cls(cfg.job_timeout, cfg.result_ttl, cfg.failure_ttl, cfg.retries, cfg.retry_intervals)
+
+    def for_task(self, task: Task) -> JobSettings:
+        """These settings with the task's own timeout and retries, where it sets them."""
+        timeout = self.timeout if task.timeout is None else task.timeout
+        retries = self.retries if task.retries is None else task.retries
+        return replace(self, timeout=timeout, retries=retries)
+
+    @property
+    def retry(self) -> Retry | None:
+        return Retry(max=self.retries, interval=list(self.retry_intervals)) if self.retries else None
 
     def job_options(self) -> dict[str, Any]:
         """These settings as the keyword arguments of RQ's ``Job.create`` and ``Queue.prepare_data``."""
@@ -103,7 +119,7 @@ class StockEnqueuer(BaseEnqueuer):
                 description=req.description,
                 job_id=job_id,
                 meta={"task": req.task.name},
-                **self.settings.job_options(),
+                **self.settings.for_task(req.task).job_options(),
             )
             for req, job_id in zip(reqs, ids, strict=True)
         ]

@@ -3,6 +3,8 @@
 - metrics counted in the long-lived worker process (never in a forked work-horse);
 - the job id on every log line;
 - job data that is not JSON (e.g. a pickle written into Redis) refused, never executed;
+- a job whose function is not a task of the catalogue (e.g. ``os.system``, written into Redis with plain
+  RQ) refused: its function is never imported or called;
 - heartbeats every ``heartbeat_ttl / 3`` seconds while a job runs, so that the job of a worker
   that was SIGKILLed or OOM-killed is found abandoned within ``heartbeat_ttl`` seconds;
 - stop of a running job for the non-forking worker (``DELETE /jobs/<id>``);
@@ -39,7 +41,8 @@ from taskqueue.observability.logs import current_job_id
 from taskqueue.store import outcomes
 from taskqueue.store.connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
 from taskqueue.store.outcomes import BoundedResultJob
-from taskqueue.tasks import TASKS, task_name
+from taskqueue.tasks import Catalogue
+from taskqueue.tasks import load as load_catalogue
 
 OUTCOME_BY_STATUS = {
     JobStatus.FINISHED: "succeeded",
@@ -54,6 +57,7 @@ OUTCOME_BY_STATUS = {
 # Most seconds between refreshes of the worker's own key outside jobs (a third of its TTL if less).
 WORKER_BEAT_EVERY = 5.0
 NOT_JSON = "refused: the job's data is not JSON (taskqueue never unpickles job data)"
+NOT_A_TASK = "refused: {} is not a task of this worker's catalogue (TASKQUEUE_TASK_MODULES), so it was not run"
 
 
 class ShutdownRequeue(Exception):
@@ -77,8 +81,10 @@ class TaskqueueWorkerMixin:
         log_job_lines: bool = False,
         metrics_enabled: bool = True,
         max_result_bytes: int = 65536,
+        catalogue: Catalogue | None = None,
         **kwargs,
     ):
+        self.catalogue = catalogue if catalogue is not None else load_catalogue()  # default: the built-in tasks
         self.metrics_enabled = metrics_enabled
         self.max_result_bytes = max_result_bytes
         self.stopping_job_id: str | None = None  # the job a DELETE asked to stop
@@ -97,7 +103,7 @@ class TaskqueueWorkerMixin:
         if not log_job_lines:
             self.log_result_lifespan = False
         if metrics_enabled:
-            metrics.init_worker_series((q.name for q in self.queues), TASKS)
+            metrics.init_worker_series((q.name for q in self.queues), self.catalogue)
             # 1 while a job runs, read every 0.5 s rather than set twice a job
             metrics.BATCHED.sample(metrics.worker_gauges()[0], lambda: 1.0 if self.executions else 0.0)
 
@@ -169,9 +175,11 @@ class TaskqueueWorkerMixin:
 
     def execute_job(self, job: Job, queue: Queue):
         try:
-            task = task_name(job.func_name)
+            task = self.catalogue.for_path(job.func_name)
         except DeserializationError:
-            return self._refuse(job, queue)
+            return self._refuse(job, queue, NOT_JSON)
+        if task is None:
+            return self._refuse(job, queue, NOT_A_TASK.format(job.func_name))
         if self.stop_requested and self.shutdown_mode == "requeue":
             # SIGTERM came after the job was taken but before it ran: hand it back unstarted.
             self._requeue_job_id = job.id
@@ -182,7 +190,7 @@ class TaskqueueWorkerMixin:
         try:
             if not self.metrics_enabled:
                 return super().execute_job(job, queue)
-            return self._execute_counted(job, queue, task)
+            return self._execute_counted(job, queue, task.name)
         except (StopRequested, ShutdownRequeue, *UNAVAILABLE_ERRORS):
             raise
         except Exception as exc:  # RQ's loop would quit on it: fail this job, go on with the next
@@ -223,15 +231,16 @@ class TaskqueueWorkerMixin:
             status = job.get_status(refresh=self.refresh_status_after_job)
             completed[OUTCOME_BY_STATUS.get(status, "failed")].inc()
 
-    def _refuse(self, job: Job, queue: Queue) -> None:
-        """Fail a job whose data does not decode as JSON, without running (or unpickling) anything."""
-        self.log.error("Worker %s: job %s: %s", self.name, job.id, NOT_JSON)
+    def _refuse(self, job: Job, queue: Queue, reason: str) -> None:
+        """Fail a job without running (or importing, or unpickling) anything: its data is not JSON, or its
+        function is not a catalogue task."""
+        self.log.error("Worker %s: job %s: %s", self.name, job.id, reason)
         execution = self.prepare_execution(job)
         # RQ's names the job's function in the process title once the records are written: there is none.
         with contextlib.suppress(DeserializationError):
             self.prepare_job_execution(job, remove_from_intermediate_queue=True)
         self.handle_job_failure(
-            job, queue, started_job_registry=queue.started_job_registry, exc_string=NOT_JSON, execution=execution
+            job, queue, started_job_registry=queue.started_job_registry, exc_string=reason, execution=execution
         )
         if self.metrics_enabled:
             metrics.JOBS_COMPLETED.labels(queue.name, "other", "failed").inc()

@@ -19,6 +19,7 @@ import time
 from uuid import uuid4
 
 from taskqueue import config as config_module
+from taskqueue import tasks
 from taskqueue.observability import logs, multiproc
 
 log = logging.getLogger("taskqueue.worker")
@@ -34,8 +35,10 @@ def worker_name(cfg: config_module.Config) -> str:
     return f"{cfg.worker_name or socket.gethostname()}.{os.getpid()}.{uuid4().hex[:6]}"
 
 
-def run_worker(cfg: config_module.Config, *, serve_metrics: bool, burst: bool = False) -> int:
-    """Run one RQ worker in this process until it is asked to stop."""
+def run_worker(
+    cfg: config_module.Config, catalogue: tasks.Catalogue, *, serve_metrics: bool, burst: bool = False
+) -> int:
+    """Run one RQ worker of the ``catalogue``'s tasks in this process until it is asked to stop."""
     from taskqueue.observability import metrics  # after the multiprocess decision
     from taskqueue.store.connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS, connect
     from taskqueue.store.records import SERIALIZER
@@ -67,6 +70,7 @@ def run_worker(cfg: config_module.Config, *, serve_metrics: bool, burst: bool = 
                 log_job_lines=cfg.log_job_lines,
                 metrics_enabled=cfg.metrics_enabled,
                 max_result_bytes=cfg.max_result_bytes,
+                catalogue=catalogue,
             )
             worker.work(with_scheduler=cfg.worker_maintenance, burst=burst, logging_level=cfg.log_level.upper())
             if worker.stop_requested or burst:
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         extra=lambda p: p.add_argument("--burst", action="store_true", help="Quit when the queues are empty."),
     )  # fmt: skip
     logs.setup(cfg.log_format, cfg.log_level)
+    catalogue = tasks.load_or_exit("taskqueue-worker", cfg.task_modules)  # a bad task module: exit 2, not a loop
     child = os.environ.get(CHILD_ENV) == "1"
     if cfg.worker_processes > 1 and not child:
         # Several long-lived processes share one metrics view through prometheus-client's mmap files.
@@ -172,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     if not child:
         # One process keeps its counters in memory; a stray setting must not switch it to files.
         os.environ.pop(multiproc.ENV, None)
-    sys.exit(run_worker(cfg, serve_metrics=not child, burst=args.burst))
+    log.info("%d tasks: %s", len(catalogue), ", ".join(catalogue))
+    sys.exit(run_worker(cfg, catalogue, serve_metrics=not child, burst=args.burst))
 
 
 if __name__ == "__main__":
