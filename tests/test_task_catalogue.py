@@ -18,7 +18,7 @@ from taskqueue.store.records import SERIALIZER
 from taskqueue.tasks import CatalogueError, load, task
 from tests.support import BIN, ROOT, wait_status
 
-pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
+# The tests through the API and workers are marked behaviour: make test runs them again with the fast paths off.
 
 
 @pytest.fixture
@@ -26,6 +26,7 @@ def team_env(app_env):
     return {**app_env, "PYTHONPATH": str(ROOT), "TASKQUEUE_TASK_MODULES": "tests.team_tasks"}
 
 
+@pytest.mark.behaviour
 def test_a_team_task_is_enqueued_over_http_and_finishes_with_its_result(team_env, processes):
     gen, _ = processes.generator(env=team_env), processes.worker(env=team_env)
     body = {"task": "team.summarize", "args": {"values": [1, 2, 4.5], "label": "sizes", "tags": {"csv": True}}}
@@ -41,6 +42,7 @@ def test_a_team_task_is_enqueued_over_http_and_finishes_with_its_result(team_env
     assert done["result"] == "Processed message generating task with delay: 0 after 0 seconds"
 
 
+@pytest.mark.behaviour
 def test_get_tasks_lists_the_catalogue_with_each_schema(team_env, processes):
     gen = processes.generator(env=team_env)
     listed = {t["name"]: t for t in requests.get(gen.base + "/tasks", timeout=5).json()["tasks"]}
@@ -75,26 +77,24 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.mark.parametrize(("args", "field", "reason"), BAD_ARGUMENTS, ids=[b[1] + "-" + b[2] for b in BAD_ARGUMENTS])
-def test_bad_arguments_answer_400_naming_the_field(team_env, processes, redis_client, args, field, reason):
+@pytest.mark.behaviour
+def test_bad_arguments_answer_400_naming_the_field(team_env, processes, redis_client):
+    """Each bad argument of BAD_ARGUMENTS, and NaN and infinities (Python's JSON reads them), through one generator."""
     gen = processes.generator(env=team_env)
-    r = requests.post(gen.base + "/jobs", json={"task": "team.summarize", "args": args}, timeout=5)
-    assert r.status_code == 400, r.text
-    error = r.json()["error"]
-    assert error["code"] == "invalid_task" and error["field"] == field, error
-    assert reason in error["message"] and f"'{field}'" in error["message"], error
-    assert redis_client.llen("rq:queue:default") == 0
-
-
-def test_nan_and_infinity_are_refused(team_env, processes):
-    """Python's JSON reads NaN and Infinity (not JSON): a number argument refuses them."""
-    gen = processes.generator(env=team_env)
+    for args, field, reason in BAD_ARGUMENTS:
+        r = requests.post(gen.base + "/jobs", json={"task": "team.summarize", "args": args}, timeout=5)
+        assert r.status_code == 400, (args, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "invalid_task" and error["field"] == field, (args, error)
+        assert reason in error["message"] and f"'{field}'" in error["message"], (args, error)
     for literal in ("NaN", "Infinity", "-Infinity"):
         data = '{"task": "team.summarize", "args": {"values": [' + literal + "]}}"
         r = requests.post(gen.base + "/jobs", data=data, headers={"Content-Type": "application/json"}, timeout=5)
         assert r.status_code == 400 and r.json()["error"]["field"] == "values.0", r.text
+    assert redis_client.llen("rq:queue:default") == 0
 
 
+@pytest.mark.behaviour
 def test_a_plain_rq_job_naming_a_function_outside_the_catalogue_never_runs(team_env, processes, redis_client, tmp_path):
     """Jobs written with plain RQ, as anyone who can write to Redis could: os.system, and an importable function of
     the team's module that is not a task. Neither is called; each fails with a clear error; the worker goes on."""
