@@ -100,7 +100,7 @@ class GeneratorApp(Flask):
             err = errors.as_api_error(exc)
             status, payload, headers = (
                 err.status,
-                errors.error_payload(err.code, err.message),
+                errors.error_payload(err.code, err.message, err.field),
                 errors.error_headers(err.retry_after),
             )
         body = self.json.dumps(payload, indent=None, separators=(",", ":")).encode() + b"\n"  # jsonify's bytes

@@ -161,6 +161,11 @@ def task(
     return mark if func is None else mark(func)
 
 
+def tasks_in(modules: Iterable[ModuleType]) -> list[Task]:
+    """The tasks in the modules' namespaces: each function marked with :func:`task`."""
+    return [getattr(v, MARK) for m in modules for v in vars(m).values() if isinstance(getattr(v, MARK, None), Task)]
+
+
 class Catalogue(Mapping[str, Task]):
     """The tasks by name, and by the import path a job names (with ``aliases``: older paths of a task)."""
 
@@ -174,14 +179,6 @@ class Catalogue(Mapping[str, Task]):
         self._by_path = {t.path: t for t in self._by_name.values()}
         for path, name in (aliases or {}).items():
             self._by_path.setdefault(path, self._by_name[name])
-
-    @classmethod
-    def from_modules(cls, modules: Iterable[ModuleType], aliases: Mapping[str, str] | None = None) -> Catalogue:
-        """The tasks found in the modules' namespaces (each function marked with :func:`task`)."""
-        found = [
-            getattr(v, MARK) for m in modules for v in vars(m).values() if isinstance(getattr(v, MARK, None), Task)
-        ]
-        return cls(found, aliases)
 
     def __getitem__(self, name: str) -> Task:
         return self._by_name[name]

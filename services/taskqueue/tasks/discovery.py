@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from taskqueue.tasks import builtin
-from taskqueue.tasks.catalogue import MARK, Catalogue, CatalogueError, Task
+from taskqueue.tasks.catalogue import MARK, Catalogue, CatalogueError, Task, tasks_in
 
 ENTRY_POINT_GROUP = "taskqueue.tasks"
 
@@ -49,8 +49,7 @@ def load(module_names: Sequence[str] = (), entry_points: bool = True) -> Catalog
                 functions.append(getattr(loaded, MARK))
             else:
                 raise CatalogueError(f"entry point {ep.name!r} ({ep.value}) is neither a module nor a task")
-    found = Catalogue.from_modules(modules, builtin.LEGACY_PATHS)
-    return Catalogue([*found.values(), *functions], builtin.LEGACY_PATHS)
+    return Catalogue([*tasks_in(modules), *functions], builtin.LEGACY_PATHS)
 
 
 def load_or_exit(prog: str, module_names: Sequence[str]) -> Catalogue:
