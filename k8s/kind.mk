@@ -31,6 +31,19 @@ GENERATOR_IMAGE := taskqueue-generator:$(APP_VERSION)
 WORKER_IMAGE := taskqueue-worker:$(APP_VERSION)
 APP_IMAGES := $(GENERATOR_IMAGE) $(WORKER_IMAGE)
 
+# Your own tasks (README, "Your own tasks"): TASKS_PACKAGE=examples/csv_summary (any directory with an
+# installable package of tasks) builds examples/Dockerfile on both images with the package installed,
+# as <name>-generator and <name>-worker (<name>: the directory's name, _ as -), loads those into kind
+# and installs the chart with them (the exporter runs from the generator image).
+TASKS_PACKAGE ?=
+ifneq ($(strip $(TASKS_PACKAGE)),)
+TASKS_NAME := $(subst _,-,$(notdir $(abspath $(TASKS_PACKAGE))))
+TASKS_GENERATOR_IMAGE := $(TASKS_NAME)-generator:$(APP_VERSION)
+TASKS_WORKER_IMAGE := $(TASKS_NAME)-worker:$(APP_VERSION)
+APP_IMAGES := $(TASKS_GENERATOR_IMAGE) $(TASKS_WORKER_IMAGE)
+TASKS_HELM_ARGS := --set generator.image.repository=$(TASKS_NAME)-generator --set worker.image.repository=$(TASKS_NAME)-worker
+endif
+
 # The chart's fullname: the release name when it contains "taskqueue", else <release>-taskqueue.
 FULLNAME := $(if $(findstring taskqueue,$(RELEASE)),$(RELEASE),$(RELEASE)-taskqueue)
 GENERATOR := $(FULLNAME)-generator
@@ -65,9 +78,13 @@ $(BIN)/.helm-$(HELM_VERSION):
 	touch $@
 
 # -- images ------------------------------------------------------------------------------------
-images: ## Build the generator and worker images from services/Dockerfile (CONTAINER_ENGINE=docker|podman)
+images: ## Build the generator and worker images (CONTAINER_ENGINE=docker|podman; TASKS_PACKAGE=dir adds your tasks)
 	$(CONTAINER_ENGINE) build -f services/Dockerfile --target generator -t $(GENERATOR_IMAGE) .
 	$(CONTAINER_ENGINE) build -f services/Dockerfile --target worker -t $(WORKER_IMAGE) .
+ifneq ($(strip $(TASKS_PACKAGE)),)
+	$(CONTAINER_ENGINE) build -f examples/Dockerfile --build-arg BASE_IMAGE=$(GENERATOR_IMAGE) -t $(TASKS_GENERATOR_IMAGE) $(TASKS_PACKAGE)
+	$(CONTAINER_ENGINE) build -f examples/Dockerfile --build-arg BASE_IMAGE=$(WORKER_IMAGE) -t $(TASKS_WORKER_IMAGE) $(TASKS_PACKAGE)
+endif
 
 # Copy the images into the kind node: `kind load docker-image` with Docker, an archive otherwise.
 ifeq ($(CONTAINER_ENGINE),docker)
@@ -104,7 +121,7 @@ kind-up: tools images ## Create the kind cluster (idempotent), install KEDA, Pro
 	$(KCTL) create namespace $(NAMESPACE) --dry-run=client -o yaml | $(KCTL) apply -f -
 	$(KCTL) label namespace $(NAMESPACE) --overwrite \
 	  pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/warn=restricted
-	$(HELM_CTX) upgrade --install $(RELEASE) $(CHART_DIR) --namespace $(NAMESPACE) --wait --timeout 5m $(HELM_ARGS)
+	$(HELM_CTX) upgrade --install $(RELEASE) $(CHART_DIR) --namespace $(NAMESPACE) --wait --timeout 5m $(TASKS_HELM_ARGS) $(HELM_ARGS)
 	$(KCTL) -n $(NAMESPACE) rollout status statefulset/$(FULLNAME)-redis --timeout 180s
 	$(KCTL) -n $(NAMESPACE) rollout status deployment/$(GENERATOR) --timeout 180s
 	$(KCTL) -n $(NAMESPACE) rollout status deployment/$(WORKER) --timeout 180s

@@ -102,6 +102,21 @@ CASES: dict[str, Case] = {
                 _secret("redis-ca", NAMESPACE, {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}),
             ),
         ),
+        # A team's own tasks (README, "Your own tasks"): their images, and a module named by the setting.
+        Case(
+            "own-tasks",
+            {
+                "generator": {"image": {"repository": "csv-summary-generator"}},
+                "worker": {"image": {"repository": "csv-summary-worker"}},
+                "config": {"task_modules": "team_tasks.reports, team_tasks.mail"},
+                # Its tasks call a third-party API: the workers, and only they, may reach it.
+                "networkPolicy": {
+                    "workerEgress": [
+                        {"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+                    ]
+                },
+            },
+        ),
         # Another release and namespace, several worker processes, a longer job timeout, fast paths off.
         Case(
             "other-release",

@@ -478,3 +478,20 @@ def test_images_are_the_ones_make_builds_and_loads():
     assert " --target generator " in builds[0] + " " and " --target worker " in builds[1] + " "
     versions_mk = (ROOT / "k8s" / "versions.mk").read_text().splitlines()
     assert images["redis"] == next(x for x in versions_mk if x.startswith("REDIS_IMAGE")).split(":=")[1].strip()
+
+
+def test_own_tasks_images_and_modules_reach_every_component():
+    """A team's images replace ours in each pod that loads the catalogue (the exporter runs the generator's),
+    and TASKQUEUE_TASK_MODULES reaches all three: every process must load the same catalogue."""
+    objs = objects(CASES["own-tasks"])
+    app_version = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
+    apps = {component(w): w for w in workloads(objs) if component(w) != "redis"}
+    images = {name: pod_spec(w)["containers"][0]["image"] for name, w in apps.items()}
+    assert images == {
+        "generator": f"csv-summary-generator:{app_version}",
+        "exporter": f"csv-summary-generator:{app_version}",
+        "worker": f"csv-summary-worker:{app_version}",
+    }
+    for name, w in apps.items():
+        env = resolve_env(w, pod_spec(w)["containers"][0], objs)
+        assert env["TASKQUEUE_TASK_MODULES"] == "team_tasks.reports, team_tasks.mail", name

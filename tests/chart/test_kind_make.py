@@ -138,3 +138,24 @@ def test_kind_config():
     assert [n["role"] for n in cfg["nodes"]].count("control-plane") == 1
     # kindnet (the default CNI) enforces NetworkPolicies; another CNI must be chosen on purpose.
     assert not cfg.get("networking", {}).get("disableDefaultCNI")
+
+
+def test_kind_up_with_a_tasks_package_builds_loads_and_installs_its_images():
+    """TASKS_PACKAGE: examples/Dockerfile on each of our images, those two loaded, the chart pointed at them."""
+    app_version = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
+    out = make_dry_run("kind-up", TASKS_PACKAGE="examples/csv_summary", **fresh())
+    lines = out.replace("\\\n", " ").splitlines()
+    builds = [line for line in lines if "build -f examples/Dockerfile" in line]
+    assert builds == [
+        f"docker build -f examples/Dockerfile --build-arg BASE_IMAGE=taskqueue-{c}:{app_version} "
+        f"-t csv-summary-{c}:{app_version} examples/csv_summary"
+        for c in ("generator", "worker")
+    ]
+    load = next(line for line in lines if "kind load docker-image" in line)
+    assert load.endswith(f" csv-summary-generator:{app_version} csv-summary-worker:{app_version}")
+    install = next(line for line in lines if "upgrade --install taskqueue " in line)
+    assert "--set generator.image.repository=csv-summary-generator" in install
+    assert "--set worker.image.repository=csv-summary-worker" in install
+    # Without it, nothing of the above.
+    plain = make_dry_run("kind-up", **fresh())
+    assert "examples/Dockerfile" not in plain and "csv-summary" not in plain

@@ -157,6 +157,9 @@ def needed_connections(case, model: Model, objs) -> set[tuple[str, str, int, str
             if trigger["type"] == "metrics-api":
                 # KEDA's metrics-api scaler GETs the exporter's /scale on its metrics port.
                 need.add(("keda-operator", "exporter", ports["exporter"]["metrics"], "TCP"))
+    # networkPolicy.workerEgress: the workers' calls out for their tasks (the case's rule: 443 to 203.0.113.0/24).
+    if case.values.get("networkPolicy", {}).get("workerEgress"):
+        need.add(("worker", "internet", 443, "TCP"))
     # The API is public: any client pod may call it (our own pods never do: their egress is closed).
     for client in model.endpoints:
         if not client.ours and client.namespace is not None:

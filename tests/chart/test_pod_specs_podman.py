@@ -3,6 +3,11 @@ tests/images with exactly the rendered command, args, env (ConfigMap and Secret 
 securityContext and volumes, on the host network (Service names -> 127.0.0.1); the chart's probes
 pass, and the seed's curl flow (/start, /list, /status) goes through them.
 
+The images are a team's, as a user deploys their own tasks (README, "Your own tasks"):
+examples/Dockerfile on our two images with examples/csv_summary installed (tests/images/build-tasks.sh),
+named by the chart's ``generator.image.repository`` and ``worker.image.repository``. So the same run
+shows that our images work as bases, and that a job of the example's task runs through the API in them.
+
 Redis runs from the chart's Redis spec too when its image is in the local store (or TQ_REDIS_IMAGE
 names one); CI cannot pull docker.io, so otherwise a host redis-server runs the chart's rendered
 redis.conf and password file instead (said in the test's output).
@@ -24,6 +29,10 @@ from tests.chart.rendering import ROOT, Case, find, objects, one, pod_spec, reso
 pytestmark = pytest.mark.images
 
 SEED_RESULT = "Processed message generating task with delay: 1 after 1 seconds"
+# The team's images, as make kind-up TASKS_PACKAGE=examples/csv_summary names them.
+TASKS_REPOSITORIES = {"generator": "csv-summary-generator", "worker": "csv-summary-worker"}
+BUILD_SCRIPTS = ("build-base.sh", "build.sh", "build-tasks.sh")
+CSV = "city,population\nOslo,709000\nBergen,291000\n"
 
 
 def ensure_images(images: list[str]) -> None:
@@ -31,20 +40,26 @@ def ensure_images(images: list[str]) -> None:
     if not missing:
         return
     if os.environ.get("CI") != "true":
-        pytest.skip(f"images {missing} not built (bash tests/images/build-base.sh && bash tests/images/build.sh)")
-    for script in ("build-base.sh", "build.sh"):
+        pytest.skip(f"images {missing} not built (bash tests/images/{{{','.join(BUILD_SCRIPTS)}}} in turn)")
+    for script in BUILD_SCRIPTS:
         subprocess.run(["bash", str(ROOT / "tests" / "images" / script)], check=True, timeout=1800)
     still = [i for i in images if not podrun.image_exists(i)]
-    assert not still, f"tests/images/build.sh did not produce {still}"
+    assert not still, f"tests/images/{BUILD_SCRIPTS} did not produce {still}"
 
 
 @pytest.fixture
 def case():
-    """The default values, on free loopback ports (several test runs may share this machine)."""
+    """The default values with the team's images, on free loopback ports (several test runs may share this
+    machine)."""
     ports = [podrun.free_port() for _ in range(5)]
     values = {
-        "generator": {"httpPort": ports[0], "metricsPort": ports[1], "service": {"port": ports[0]}},
-        "worker": {"metricsPort": ports[2]},
+        "generator": {
+            "image": {"repository": TASKS_REPOSITORIES["generator"]},
+            "httpPort": ports[0],
+            "metricsPort": ports[1],
+            "service": {"port": ports[0]},
+        },
+        "worker": {"image": {"repository": TASKS_REPOSITORIES["worker"]}, "metricsPort": ports[2]},
         "exporter": {"metricsPort": ports[3]},
         "redis": {"port": ports[4]},
     }
@@ -81,13 +96,29 @@ def host_redis(objs, workdir):
     raise AssertionError("host redis-server did not start")
 
 
-def test_rendered_pods_run_the_seed_flow(case, tmp_path):
+def wait_for(base: str, job_id: str, timeout: float) -> dict:
+    """The job's status document once it has ended, or the last one seen after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = requests.get(f"{base}/status/{job_id}", timeout=5).json()
+        if doc["status"] in ("finished", "failed") or time.monotonic() > deadline:
+            return doc
+        time.sleep(0.25)
+
+
+def test_rendered_pods_run_the_seed_flow_and_a_teams_task(case, tmp_path):
     if shutil.which("podman") is None:
         pytest.fail("podman is needed (apt-get install podman)")
     objs = objects(case)
     apps = {w["metadata"]["labels"]["app.kubernetes.io/component"]: w for w in workloads(objs)}
     images = {comp: podrun.local_image(pod_spec(w)["containers"][0]["image"]) for comp, w in apps.items()
               if comp != "redis"}  # fmt: skip
+    # The exporter runs from the generator image: the team's too.
+    assert {c: images[c].rsplit("/", 1)[1].split(":")[0] for c in ("generator", "worker", "exporter")} == {
+        "generator": "taskqueue-csv-summary-generator",
+        "worker": "taskqueue-csv-summary-worker",
+        "exporter": "taskqueue-csv-summary-generator",
+    }
     ensure_images(sorted(set(images.values())))
     redis_svc = one(objs, "Service", component="redis")
     hosts = {f"{redis_svc['metadata']['name']}.{case.namespace}.svc.cluster.local": "127.0.0.1"}
@@ -109,12 +140,7 @@ def test_rendered_pods_run_the_seed_flow(case, tmp_path):
         assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
         body = requests.get(f"{base}/start", params={"delay": 1}, timeout=5).json()
         job_id = body["jobId"]
-        deadline = time.monotonic() + 30
-        while True:
-            doc = requests.get(f"{base}/status/{job_id}", timeout=5).json()
-            if doc["status"] == "finished" or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        doc = wait_for(base, job_id, timeout=30)
         assert doc["status"] == "finished", (doc, runner.logs(runner.started[-2]))
         assert doc["result"] == SEED_RESULT
         assert requests.get(f"{base}/list", params={"state": "finished"}, timeout=5).json()["jobs"] == [job_id]
@@ -124,6 +150,15 @@ def test_rendered_pods_run_the_seed_flow(case, tmp_path):
         exp_metrics = requests.get(f"http://127.0.0.1:{case.values['exporter']['metricsPort']}/metrics", timeout=5)
         assert "taskqueue_redis_up 1.0" in exp_metrics.text
         assert find(objs, "ConfigMap", case.release, case.namespace) is not None
+
+        # The team's task, from the package's entry point in the images: listed, run, its result.
+        tasks = {t["name"] for t in requests.get(f"{base}/tasks", timeout=5).json()["tasks"]}
+        assert {"csv.summarize", "sleep"} <= tasks
+        r = requests.post(f"{base}/jobs", json={"task": "csv.summarize", "args": {"csv_text": CSV}}, timeout=5)
+        assert r.status_code == 202, r.text
+        doc = wait_for(base, r.json()["jobId"], timeout=30)
+        assert doc["status"] == "finished", (doc, runner.logs(runner.started[-2]))
+        assert (doc["result"]["rows"], doc["result"]["columns"]["population"]["max"]) == (2, 709000)
     finally:
         runner.stop_all()
         if redis_proc:

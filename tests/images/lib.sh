@@ -31,4 +31,23 @@ tq_buildah() {
   buildah "${TQ_STORAGE_OPTS[@]}" "$@"
 }
 
+# Build options every image build takes.
+TQ_BUILD_OPTS=(
+  # chroot: no nested user/mount namespaces needed; host network: pip reaches the index.
+  --isolation chroot --network host
+  "${TQ_ULIMITS[@]}"
+  # No intermediate layers: with vfs every committed layer is a full copy of the root
+  # filesystem (3-5 s each); building the builder stage twice is cheaper (~40 s a target).
+  --layers=false
+  # Never try a registry: the bases are local.
+  --pull-never
+)
+
+# tq_pip_secrets DIR: write DIR/pip.conf and DIR/pip-cert for `--secret id=pip.conf,...`.
+# The pip settings of this machine are read now (pip_secrets.py) and passed to the build as
+# secrets, so they reach pip in the build and no layer and no file in the repository.
+tq_pip_secrets() {
+  python3 "$TQ_REPO_ROOT/tests/images/pip_secrets.py" "$1"
+}
+
 tq_log() { printf '[images %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
