@@ -86,7 +86,7 @@ def test_rq_reads_our_jobs_back_and_stock_workers_run_them(service, redis_client
 
 def test_a_mixed_batch_keeps_its_order_and_each_job_its_own_task(service, redis_client):
     tasks = [requests()[i % 3] for i in range(2500)]  # > the script's 1,000 ids an RPUSH
-    ids = [j.id for j in service.enqueuer.enqueue(tasks)]
+    ids = [j.id for j in service.enqueuers[service.queue.name].enqueue(tasks)]
     assert redis_client.lrange(service.queue.key, 0, -1) == [i.encode() for i in ids]
     metas = [redis_client.hget(Job.key_for(i), "meta") for i in ids[:6]]
     assert metas == [f'{{"task": "{tasks[k].task.name}"}}'.encode() for k in range(6)]
@@ -119,10 +119,10 @@ def test_the_same_call_sent_twice_queues_its_jobs_once(service, redis_client):
     held, as by a concurrent call)."""
     reqs = requests()
     ids = [f"retried-{i}" for i in range(len(reqs))]
-    service.enqueuer.enqueue(reqs, ids)
+    service.enqueuers[service.queue.name].enqueue(reqs, ids)
     before = {i: redis_client.hgetall(Job.key_for(i)) for i in ids}
-    with service.enqueuer._script._lock:
-        service.enqueuer.enqueue(reqs, ids)  # what the retry sends: the same ids and arguments
+    with service.enqueuers[service.queue.name]._script._lock:
+        service.enqueuers[service.queue.name].enqueue(reqs, ids)  # what the retry sends: the same ids and arguments
     assert redis_client.lrange(service.queue.key, 0, -1) == [i.encode() for i in ids]
     assert {i: redis_client.hgetall(Job.key_for(i)) for i in ids} == before
 
@@ -153,7 +153,7 @@ def test_enqueues_check_the_script_connection_before_their_batch_is_taken(servic
     real = OwnConnectionScript._check
 
     def counted(conn):
-        in_line.append(len(service._commit._waiting))  # the sender's item: still waiting, or taken
+        in_line.append(len(service._commits[service.queue.name]._waiting))  # the sender's item: still waiting, or taken
         return real(conn)
 
     service.enqueue(requests()[2])  # the script is loaded (redis-py's path, no check of ours)
@@ -192,7 +192,7 @@ def test_a_small_calls_data_and_description_are_made_once_and_kept_apart_by_valu
             return real_zlib.compress(data)
 
     monkeypatch.setattr(enqueue_path, "zlib", CountingZlib)
-    enqueuer = service.enqueuer
+    enqueuer = service.enqueuers[service.queue.name]
     func = "taskqueue.tasks.sleep"
     first = enqueuer._payload(func, [25])
     assert enqueuer._payload(func, [25]) is first and len(compressed) == 1  # kept

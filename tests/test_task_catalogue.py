@@ -122,6 +122,45 @@ def test_a_plain_rq_job_naming_a_function_outside_the_catalogue_never_runs(team_
     assert [float(ln.rsplit(" ", 1)[1]) for ln in refused] == [2.0], text
 
 
+@pytest.mark.behaviour
+def test_a_task_for_its_own_queue_waits_there_for_that_queues_workers(app_env, processes, redis_client, tmp_path):
+    """``@task(queue="reports")``: its jobs wait on ``reports``, with a backlog of their own, and only a worker of
+    that queue takes them; a batch is one queue's; a generator without the queue refuses to start."""
+    env = {**app_env, "PYTHONPATH": str(ROOT), "TASKQUEUE_TASK_MODULES": "tests.team_tasks_reports"}
+    proc = subprocess.run(
+        [str(BIN / "taskqueue-generator"), "--metrics-port", "0"],
+        env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "is for queue 'reports', which is not in TASKQUEUE_QUEUES (default)" in proc.stderr
+    env |= {"TASKQUEUE_QUEUES": "default,reports", "TASKQUEUE_MAX_BACKLOG": "2"}
+    gen = processes.generator(env=env)
+    listed = {t["name"]: t["queue"] for t in requests.get(gen.base + "/tasks", timeout=5).json()["tasks"]}
+    assert (listed["team.report"], listed["sleep"]) == ("reports", "default")
+    seed = requests.get(gen.base + "/start?delay=0", timeout=5)
+    reports = [
+        requests.post(gen.base + "/jobs", json={"task": "team.report", "args": {"title": title}}, timeout=5)
+        for title in ("q3", "q4", "q5")
+    ]
+    assert [r.status_code for r in [seed, *reports]] == [200, 202, 202, 429], [r.text for r in reports]
+    # Each queue's backlog (2) is its own: the default queue's job took none of the reports queue's room.
+    assert "queue 'reports'" in reports[2].json()["error"]["message"]
+    assert (redis_client.llen("rq:queue:reports"), redis_client.llen("rq:queue:default")) == (2, 1)
+    # /list covers the generator's queues, in TASKQUEUE_QUEUES order.
+    ids = [r.json()["jobId"] for r in [seed, *reports[:2]]]
+    queued = requests.get(gen.base + "/list?state=queued", timeout=5).json()
+    assert (queued["jobs"], queued["total"]) == (ids, 3)
+    page = requests.get(gen.base + "/list?state=queued&offset=1&limit=1", timeout=5).json()
+    assert page["jobs"] == ids[1:2]
+    mixed = {"jobs": [{"task": "noop"}, {"task": "team.report", "args": {"title": "x"}}]}
+    r = requests.post(gen.base + "/jobs/batch", json=mixed, timeout=5)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "mixed_queues", r.text
+    # A worker of the reports queue alone runs the report, and leaves the default queue's job where it is.
+    processes.worker(env={**env, "TASKQUEUE_QUEUES": "reports"})
+    doc = wait_status(gen.base, ids[2], {"finished", "failed"}, timeout=15)
+    assert (doc["status"], doc["result"], doc["queue"]) == ("finished", "report: q4", "reports"), doc
+    assert requests.get(f"{gen.base}/status/{ids[0]}", timeout=5).json()["status"] == "queued"
+
+
 @pytest.mark.parametrize(
     ("modules", "said"),
     [
@@ -140,6 +179,10 @@ def test_a_bad_task_module_stops_each_process_at_start_with_one_line(app_env, co
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith(f"{command}: task catalogue error: ") and said in lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def ok_task(x: int) -> int:  # (a function the decorator takes, but for the options given it)
+    return x
 
 
 def bad_untyped(x):  # (top-level functions the decorator refuses; not decorated here: this module must import)
@@ -172,6 +215,9 @@ def test_the_decorator_refuses_what_cannot_be_a_task():
         task(name="Has Spaces")(bad_star)
     with pytest.raises(CatalogueError, match="timeout must be >= 1"):
         task(timeout=0)(bad_star)
+    for queue in ("", "two words", "q" * 101):
+        with pytest.raises(CatalogueError, match="a queue name is 1-100 of"):
+            task(queue=queue)(ok_task)
 
 
 def test_the_built_in_tasks_check_their_arguments_strictly():

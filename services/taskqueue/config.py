@@ -69,7 +69,8 @@ SETTINGS: tuple[Setting, ...] = (
         "queues",
         "default",
         _str_list,
-        "Comma-separated queue names; the generator enqueues to the first, workers listen to all.",
+        "Comma-separated queue names; the generator enqueues to the first, or to a task's own `queue` (one of"
+        " these), and lists them all; workers listen to all.",
     ),
     Setting(
         "task_modules",

@@ -121,7 +121,8 @@ def create_app(cfg: config_module.Config | None = None, catalogue: Catalogue | N
     errors.register(app)
     app.register_blueprint(routes.bp)
     if cfg.metrics_enabled:
-        metrics.init_generator_series(cfg.queue, app.extensions["taskqueue"].catalogue)
+        svc = app.extensions["taskqueue"]
+        metrics.init_generator_series((svc.task_queue(t), t.name) for t in svc.catalogue.values())
         app.count_requests = True
     if cfg.fast_paths and not app.debug:  # (debug: Flask indents its JSON)
         # Flask's documented way to add WSGI middleware; the Flask app still answers all but plain /start.

@@ -26,7 +26,7 @@ from taskqueue.store.connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
 from taskqueue.store.enqueue import BaseEnqueuer, Enqueued, JobRequest, JobSettings, StockEnqueuer
 from taskqueue.store.outcomes import error_summary
 from taskqueue.store.records import REGISTRIES, SERIALIZER
-from taskqueue.tasks import Catalogue
+from taskqueue.tasks import Catalogue, Task
 from taskqueue.tasks import load as load_catalogue
 
 # Job ids as RQ makes them; "batch" is not one, so GET /jobs/batch is a 405, not a lookup.
@@ -80,61 +80,81 @@ class IdempotencyMismatch(RuntimeError):
     """An Idempotency-Key was first used with another request (another route, task or arguments)."""
 
 
+class MixedQueues(ValueError):
+    """A batch whose tasks are for different queues (a batch is one atomic write to one queue)."""
+
+
 class JobService:
     """The queue operations the API needs, bound to one Redis connection and config."""
 
     def __init__(self, cfg: Config, connection: Redis, catalogue: Catalogue | None = None):
-        """``catalogue``: the tasks jobs may name (default: loaded from ``cfg.task_modules``)."""
+        """``catalogue``: the tasks jobs may name (default: loaded from ``cfg.task_modules``); each task's
+        ``queue`` must be one of ``cfg.queues`` (else CatalogueError)."""
         self.cfg = cfg
         self.redis = connection
         self.catalogue = catalogue if catalogue is not None else load_catalogue(cfg.task_modules)
-        self.queue = Queue(cfg.queue, connection=connection, serializer=SERIALIZER)
+        self.catalogue.check_queues(cfg.queues)
+        # The queues the API lists, the first (the default of a task without one) first.
+        self.queues = {name: self.queue_for(name) for name in cfg.queues}
+        self.queue = self.queues[cfg.queue]
         settings = JobSettings.from_config(cfg)
-        self.enqueuer: BaseEnqueuer
-        self._commit: GroupCommit[JobRequest, Enqueued] | None = None
-        if cfg.fast_paths:
-            self.enqueuer = Enqueuer(self.queue, settings, self.catalogue)
-            # Concurrent enqueues without an Idempotency-Key share one script call (group_commit.py); the
-            # connection check before it lets the requests ready by then join it.
-            self._commit = GroupCommit(self.enqueuer.enqueue, before_batch=self.enqueuer.check_connection)
-        else:
-            self.enqueuer = StockEnqueuer(self.queue, settings)
-        self._backlog, self._memory_full, self._capacity_read_at = 0, False, float("-inf")
+        # One writer per queue that some task is for, each knowing that queue's tasks.
+        self.enqueuers: dict[str, BaseEnqueuer] = {}
+        self._commits: dict[str, GroupCommit[JobRequest, Enqueued]] = {}
+        for name in dict.fromkeys(self.task_queue(t) for t in self.catalogue.values()):
+            queue = self.queues[name]
+            if cfg.fast_paths:
+                tasks = {n: t for n, t in self.catalogue.items() if self.task_queue(t) == name}
+                enqueuer = self.enqueuers[name] = Enqueuer(queue, settings, tasks)
+                # Concurrent enqueues without an Idempotency-Key share one script call (group_commit.py); the
+                # connection check before it lets the requests ready by then join it.
+                self._commits[name] = GroupCommit(enqueuer.enqueue, before_batch=enqueuer.check_connection)
+            else:
+                self.enqueuers[name] = StockEnqueuer(queue, settings)
+        self._backlog = dict.fromkeys(self.queues, 0)
+        self._memory_full, self._capacity_read_at = False, float("-inf")
 
     def queue_for(self, name: str) -> Queue:
         return Queue(name, connection=self.redis, serializer=SERIALIZER)
 
+    def task_queue(self, task: Task) -> str:
+        """The name of the queue a task's jobs wait on: its own, else the generator's first."""
+        return task.queue or self.cfg.queue
+
     # -- enqueue -----------------------------------------------------------------------------------
 
-    def _check_capacity(self, adding: int) -> None:
-        """Refuse work beyond ``max_backlog`` queued jobs, or while Redis is nearly full, without a Redis
-        call for most requests.
+    def _check_capacity(self, queue: str, adding: int) -> None:
+        """Refuse work beyond ``max_backlog`` jobs queued on ``queue``, or while Redis is nearly full, without a
+        Redis call for most requests.
 
-        The queue's length and Redis's memory are read at most every CAPACITY_READ_EVERY seconds and
+        The queues' lengths and Redis's memory are read at most every CAPACITY_READ_EVERY seconds and
         this process's own enqueues are added to the length; within max(BACKLOG_MARGIN, 10 %) of the
         backlog limit it is read every time. Like any check-then-enqueue across processes, both limits
         are soft: the memory limit leaves the rest of ``maxmemory`` for the jobs already accepted.
         """
         limit = self.cfg.max_backlog
-        near = limit and self._backlog + adding > limit - max(BACKLOG_MARGIN, limit // 10)
+        near = limit and self._backlog.get(queue, 0) + adding > limit - max(BACKLOG_MARGIN, limit // 10)
         if near or time.monotonic() - self._capacity_read_at > CAPACITY_READ_EVERY:
             self._read_capacity()
         if self._memory_full:
             raise StoreFull(f"redis holds {self.cfg.redis_memory_limit} % of its maxmemory or more")
-        if limit and self._backlog + adding > limit:
-            raise BacklogFull(f"queue '{self.queue.name}' holds {limit} jobs or more")
-        self._backlog += adding
+        if limit and self._backlog.get(queue, 0) + adding > limit:
+            raise BacklogFull(f"queue '{queue}' holds {limit} jobs or more")
+        if queue in self._backlog:  # (a requeue to a queue this generator does not serve: no count kept)
+            self._backlog[queue] += adding
 
     def _read_capacity(self) -> None:
-        """Read the queue's length and Redis's memory use in one round trip."""
+        """Read the lengths of the generator's queues, and Redis's memory use, in one round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(self.queue.key)
+            for name in self._backlog:
+                pipe.llen(self.queues[name].key)
             if self.cfg.redis_memory_limit:
                 pipe.info("memory")
             replies = pipe.execute()
-        self._backlog = int(replies[0])
-        growth = self._backlog * QUEUED_JOB_GROWTH  # what the queued jobs will add when they end
-        self._memory_full = len(replies) > 1 and memory_full(replies[1], self.cfg.redis_memory_limit, growth)
+        self._backlog = {name: int(n) for name, n in zip(self._backlog, replies, strict=False)}
+        growth = sum(self._backlog.values()) * QUEUED_JOB_GROWTH  # what the queued jobs will add when they end
+        memory = replies[len(self._backlog) :]
+        self._memory_full = bool(memory) and memory_full(memory[0], self.cfg.redis_memory_limit, growth)
         self._capacity_read_at = time.monotonic()
 
     def store_full(self) -> bool:
@@ -153,12 +173,14 @@ class JobService:
         ``fingerprint`` names the request the key is first used with: the key answers only requests with
         the same one (else :class:`IdempotencyMismatch`). Returns the job and whether this call created it.
         """
+        queue = self.task_queue(req.task)
         with _store_full_as_refusal():
             if idempotency_key is None:
-                self._check_capacity(1)
-                if self._commit is None:
-                    return self.enqueuer.enqueue([req])[0], True
-                return self._commit.submit(req), True
+                self._check_capacity(queue, 1)
+                commit = self._commits.get(queue)
+                if commit is None:
+                    return self.enqueuers[queue].enqueue([req])[0], True
+                return commit.submit(req), True
             return self._enqueue_once(req, IDEMPOTENCY_PREFIX + idempotency_key, fingerprint)
 
     def _enqueue_once(self, req: JobRequest, key: str, fingerprint: str) -> tuple[Enqueued, bool]:
@@ -169,9 +191,10 @@ class JobService:
             # short-lived until the job exists, so a request that dies in between blocks no one for long.
             if self.redis.set(key, f"{job_id} {fingerprint}", nx=True, ex=IDEMPOTENCY_CLAIM_TTL):
                 try:
-                    self._check_capacity(1)
+                    queue = self.task_queue(req.task)
+                    self._check_capacity(queue, 1)
                     # The job and the key's full lifetime in one atomic step: both or neither.
-                    (job,) = self.enqueuer.enqueue([req], [job_id], (key, self.cfg.result_ttl))
+                    (job,) = self.enqueuers[queue].enqueue([req], [job_id], (key, self.cfg.result_ttl))
                 except BaseException:
                     with contextlib.suppress(*UNAVAILABLE_ERRORS):
                         self.redis.delete(key)
@@ -191,10 +214,15 @@ class JobService:
             time.sleep(0.02)
 
     def enqueue_batch(self, reqs: Sequence[JobRequest]) -> list[Enqueued]:
-        """Enqueue many jobs in one atomic Redis call."""
+        """Enqueue many jobs of one queue's tasks in one atomic Redis call (else :class:`MixedQueues`)."""
+        queues = {self.task_queue(req.task): req.task.name for req in reqs}
+        if len(queues) > 1:
+            named = ", ".join(f"{task!r} on {queue!r}" for queue, task in queues.items())
+            raise MixedQueues(f"a batch is written to one queue; its tasks are for several: {named}")
+        (queue,) = queues
         with _store_full_as_refusal():
-            self._check_capacity(len(reqs))
-            return self.enqueuer.enqueue(reqs)
+            self._check_capacity(queue, len(reqs))
+            return self.enqueuers[queue].enqueue(reqs)
 
     # -- inspect -----------------------------------------------------------------------------------
 
@@ -243,22 +271,33 @@ class JobService:
         }
 
     def list_ids(self, state: str, offset: int, limit: int) -> tuple[list[str], int]:
-        """A page of job ids in ``state`` for the default queue, and the total in that state."""
+        """A page of the ids of jobs in ``state`` on the generator's queues, and the total in that state.
+
+        The queues' jobs follow each other in TASKQUEUE_QUEUES order; with one queue, that queue's order.
+        """
+        ids: list[str] = []
+        total = 0
+        for name in self.queues:
+            page, count = self._list_queue(name, state, max(0, offset - total), max(1, limit - len(ids)))
+            ids += page[: limit - len(ids)]
+            total += count
+        return ids, total
+
+    def _list_queue(self, name: str, state: str, offset: int, limit: int) -> tuple[list[str], int]:
         if state == "queued":
-            total = self.queue.count
-            ids = self.queue.get_job_ids(offset=offset, length=limit)
-            return ids, total
+            queue = self.queues[name]
+            return queue.get_job_ids(offset=offset, length=limit), queue.count
         if state == "started":
-            return self._running(offset, limit)
-        registry = REGISTRIES[state](self.queue.name, connection=self.redis, serializer=SERIALIZER)
+            return self._running(name, offset, limit)
+        registry = REGISTRIES[state](name, connection=self.redis, serializer=SERIALIZER)
         # No cleanup from the request path: maintenance is the exporter's job.
         total = registry.get_job_count(cleanup=False)
         ids = registry.get_job_ids(start=offset, end=offset + limit - 1, cleanup=False)
         return ids, total
 
-    def _running(self, offset: int, limit: int) -> tuple[list[str], int]:
+    def _running(self, name: str, offset: int, limit: int) -> tuple[list[str], int]:
         """Started jobs whose claim is alive (an expired one belongs to a dead worker)."""
-        registry = StartedJobRegistry(self.queue.name, connection=self.redis, serializer=SERIALIZER)
+        registry = StartedJobRegistry(name, connection=self.redis, serializer=SERIALIZER)
         now = time.time()
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrangebyscore(registry.key, now, "+inf", start=offset, num=limit)
@@ -303,7 +342,7 @@ class JobService:
             job.origin, connection=self.redis, serializer=SERIALIZER
         )
         with _store_full_as_refusal(), self.redis.pipeline() as pipe:
-            self._check_capacity(1)
+            self._check_capacity(job.origin, 1)
             try:
                 pipe.watch(registry.key)
                 if pipe.zscore(registry.key, job.id) is None:

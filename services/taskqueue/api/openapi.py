@@ -65,12 +65,12 @@ def args_schema(task: Task, cfg: Config) -> dict[str, Any]:
 
 
 def task_document(task: Task, cfg: Config) -> dict[str, Any]:
-    """A task as ``GET /tasks`` lists it: its own timeout and retries, or the generator's settings."""
+    """A task as ``GET /tasks`` lists it: its own queue, timeout and retries, or the generator's settings."""
     return {
         "name": task.name,
         "description": task.description,
         "schema": args_schema(task, cfg),
-        "queue": cfg.queue,
+        "queue": task.queue or cfg.queue,
         "timeout": cfg.job_timeout if task.timeout is None else task.timeout,
         "retries": cfg.retries if task.retries is None else task.retries,
     }

@@ -23,6 +23,7 @@ from taskqueue.api.jobs import (
     JobRequest,
     JobService,
     JobStateConflict,
+    MixedQueues,
     StoreFull,
     iso,
 )
@@ -158,7 +159,7 @@ def enqueue_job(
     except IdempotencyMismatch as exc:
         raise ApiError(409, "idempotency_key_reused", f"{exc}; use a new key for a new request") from None
     if created and svc.cfg.metrics_enabled:
-        metrics.BATCHED.inc(metrics.jobs_enqueued(svc.queue.name, req.task.name))
+        metrics.BATCHED.inc(metrics.jobs_enqueued(svc.task_queue(req.task), req.task.name))
     return job, created
 
 
@@ -241,6 +242,8 @@ def create_batch():
     reqs = [_job_request(item) for item in items]
     try:
         jobs = svc.enqueue_batch(reqs)
+    except MixedQueues as exc:
+        raise ApiError(400, "mixed_queues", str(exc)) from None
     except BacklogFull as exc:
         metrics.ENQUEUE_REJECTED.labels("backlog_full").inc(len(reqs))
         raise ApiError(429, "backlog_full", str(exc), RETRY_AFTER_BACKLOG) from None
@@ -248,8 +251,9 @@ def create_batch():
     for r in reqs:
         counts[r.task.name] = counts.get(r.task.name, 0) + 1
     if svc.cfg.metrics_enabled:
+        queue = svc.task_queue(reqs[0].task)  # one for the whole batch
         for name, n in counts.items():
-            metrics.BATCHED.inc(metrics.jobs_enqueued(svc.queue.name, name), n)
+            metrics.BATCHED.inc(metrics.jobs_enqueued(queue, name), n)
     status_prefix = _status_prefix()
     response = jsonify(
         {

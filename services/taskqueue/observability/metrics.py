@@ -187,13 +187,13 @@ class Batched:
 BATCHED = Batched()
 
 
-def init_generator_series(queue: str, tasks: Iterable[str]) -> None:
-    """Create the generator's counters at 0 for every known label value.
+def init_generator_series(tasks: Iterable[tuple[str, str]]) -> None:
+    """Create the generator's counters at 0 for every known label value: ``tasks`` are (queue, task) pairs.
 
     A series that first appears at 1 hides that first increment from rate() and increase(), and a
     missing series makes ratios and alerts return nothing instead of 0.
     """
-    for task in tasks:
+    for queue, task in tasks:
         jobs_enqueued(queue, task)
     for reason in REJECT_REASONS:
         ENQUEUE_REJECTED.labels(reason)

@@ -154,7 +154,7 @@ class GeneratorServer(BaseApplication):
 
 def main(argv: list[str] | None = None) -> None:
     _args, cfg = config_module.parse_cli("taskqueue-generator", "generator", __doc__.splitlines()[0], argv)
-    catalogue = tasks.load_or_exit("taskqueue-generator", cfg.task_modules)  # before any web worker starts
+    catalogue = tasks.load_or_exit("taskqueue-generator", cfg.task_modules, cfg.queues)  # before any web worker starts
     # Must be decided before prometheus_client is first imported (it picks its storage then).
     default_dir = multiproc.tmp_path(f"taskqueue-metrics-{cfg.http_port}")
     metrics_dir = multiproc.use_fresh_dir(os.environ.get(multiproc.ENV) or default_dir)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, overload
@@ -49,6 +49,7 @@ class Task:
     arguments_model: type[BaseModel]
     timeout: int | None = None  # seconds; None: the generator's TASKQUEUE_JOB_TIMEOUT
     retries: int | None = None  # None: TASKQUEUE_RETRIES
+    queue: str | None = None  # None: the generator's first queue (TASKQUEUE_QUEUES)
 
     @property
     def path(self) -> str:
@@ -115,6 +116,7 @@ def make_task(
     description: str | None = None,
     timeout: int | None = None,
     retries: int | None = None,
+    queue: str | None = None,
 ) -> Task:
     """The Task of ``func`` (what :func:`task` attaches), or a CatalogueError saying what is wrong with it."""
     name = name or func.__name__
@@ -125,8 +127,11 @@ def make_task(
         raise CatalogueError(f"task {name!r} ({path}): a name is 1-100 of a-z, 0-9, '_', '.' and '-'")
     if (timeout is not None and timeout < 1) or (retries is not None and retries < 0):
         raise CatalogueError(f"task {name!r} ({path}): timeout must be >= 1 second and retries >= 0")
+    if queue is not None and (not queue or not set(queue) <= NAME_CHARS or len(queue) > 100):
+        raise CatalogueError(f"task {name!r} ({path}): a queue name is 1-100 of a-z, 0-9, '_', '.' and '-'")
     doc = description if description is not None else inspect.getdoc(func) or ""
-    return Task(name, func, doc.split("\n\n")[0].replace("\n", " "), _arguments_model(func, name), timeout, retries)
+    summary = doc.split("\n\n")[0].replace("\n", " ")
+    return Task(name, func, summary, _arguments_model(func, name), timeout, retries, queue)
 
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
@@ -136,7 +141,12 @@ F = typing.TypeVar("F", bound=Callable[..., Any])
 def task(func: F, /) -> F: ...
 @overload
 def task(
-    *, name: str | None = None, description: str | None = None, timeout: int | None = None, retries: int | None = None
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: int | None = None,
+    retries: int | None = None,
+    queue: str | None = None,
 ) -> Callable[[F], F]: ...
 def task(
     func: Callable[..., Any] | None = None,
@@ -146,16 +156,18 @@ def task(
     description: str | None = None,
     timeout: int | None = None,
     retries: int | None = None,
+    queue: str | None = None,
 ) -> Any:
     """Mark a function as a task: ``@task`` or ``@task(name="reports.summarize", timeout=600, retries=3)``.
 
     The function is returned unchanged (a direct call runs it as before). ``name`` defaults to the
     function's, ``description`` to its docstring's first paragraph; ``timeout`` and ``retries`` to the
-    generator's settings. A bad signature raises CatalogueError here, when its module is imported.
+    generator's settings; ``queue`` (where its jobs wait, one of the generator's TASKQUEUE_QUEUES) to
+    the first of those. A bad signature raises CatalogueError here, when its module is imported.
     """
 
     def mark(f: Callable[..., Any]) -> Callable[..., Any]:
-        setattr(f, MARK, make_task(f, name, description, timeout, retries))
+        setattr(f, MARK, make_task(f, name, description, timeout, retries, queue))
         return f
 
     return mark if func is None else mark(func)
@@ -197,6 +209,13 @@ class Catalogue(Mapping[str, Task]):
         """The task's name for a job's function path ('other' for anything not in the catalogue)."""
         found = self.for_path(func_path)
         return found.name if found is not None else "other"
+
+    def check_queues(self, queues: Sequence[str]) -> None:
+        """A CatalogueError for a task whose ``queue`` is not one of ``queues`` (no worker would take its jobs)."""
+        for t in self._by_name.values():
+            if t.queue is not None and t.queue not in queues:
+                where = f"task {t.name!r} ({t.path}) is for queue {t.queue!r}"
+                raise CatalogueError(f"{where}, which is not in TASKQUEUE_QUEUES ({','.join(queues)})")
 
     def validate(self, name: Any, args: Any, context: Mapping[str, Any] | None = None) -> tuple[Task, list[Any]]:
         """Check a client's task name and arguments; the task and the function's positional arguments."""

@@ -52,10 +52,16 @@ def load(module_names: Sequence[str] = (), entry_points: bool = True) -> Catalog
     return Catalogue([*tasks_in(modules), *functions], builtin.LEGACY_PATHS)
 
 
-def load_or_exit(prog: str, module_names: Sequence[str]) -> Catalogue:
-    """:func:`load` for a process at its start: a catalogue error ends it with status 2 and one line."""
+def load_or_exit(prog: str, module_names: Sequence[str], queues: Sequence[str] | None = None) -> Catalogue:
+    """:func:`load` for a process at its start: a catalogue error ends it with status 2 and one line.
+
+    With ``queues`` (the generator's), a task for another queue is such an error too.
+    """
     try:
-        return load(module_names)
+        catalogue = load(module_names)
+        if queues is not None:
+            catalogue.check_queues(queues)
+        return catalogue
     except CatalogueError as exc:
         sys.stderr.write(f"{prog}: task catalogue error: {exc}\n")
         raise SystemExit(2) from None
