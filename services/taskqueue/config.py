@@ -170,6 +170,14 @@ SETTINGS: tuple[Setting, ...] = (
         (W,),
     ),
     Setting("worker_processes", "1", int, "Worker processes per container (each its own RQ worker).", (W,)),
+    Setting(
+        "job_slots",
+        "1",
+        int,
+        "Jobs each worker process runs at once, one thread each (each slot its own RQ worker): many for jobs"
+        " that wait (I/O, third-party APIs, the seed's sleep), 1 for CPU-bound jobs (docs/architecture.md).",
+        (W,),
+    ),
     Setting("worker_name", "", str, "RQ worker name prefix (default: host name and pid).", (W,)),
     Setting(
         "maintenance_interval",
@@ -226,6 +234,7 @@ WEB_WORKER_CLASSES = {
 FAST_WEB_WORKER_CLASSES = {"gevent": "taskqueue.server.workers.FairGeventWorker"}
 VALID_WEB_WORKER_CLASSES = tuple(WEB_WORKER_CLASSES)
 VALID_SHUTDOWN_MODES = ("finish", "requeue")
+MAX_JOB_SLOTS = 500  # threads and Redis connections (two a slot) per process
 
 
 @dataclass(frozen=True)
@@ -262,6 +271,7 @@ class Config:
     fast_paths: bool
     worker_class: str
     worker_processes: int
+    job_slots: int
     worker_name: str
     maintenance_interval: int
     worker_maintenance: bool
@@ -309,6 +319,7 @@ def _validate(cfg: Config) -> None:
         "web_connections",
         "web_max_connections",
         "worker_processes",
+        "job_slots",
         "maintenance_interval",
         "cleanup_interval",
     ):
@@ -316,6 +327,10 @@ def _validate(cfg: Config) -> None:
             problems.append(f"{name}: must be >= 1")
     if cfg.worker_class not in VALID_WORKER_CLASSES:
         problems.append(f"worker_class: one of {', '.join(VALID_WORKER_CLASSES)}")
+    if cfg.job_slots > MAX_JOB_SLOTS:
+        problems.append(f"job_slots: at most {MAX_JOB_SLOTS} a process")
+    if cfg.job_slots > 1 and cfg.worker_class != "simple":
+        problems.append("job_slots: more than 1 needs worker_class simple (a forking worker runs one job a process)")
     if cfg.shutdown_mode not in VALID_SHUTDOWN_MODES:
         problems.append(f"shutdown_mode: one of {', '.join(VALID_SHUTDOWN_MODES)}")
     if cfg.heartbeat_ttl < 3:

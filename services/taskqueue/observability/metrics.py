@@ -65,13 +65,14 @@ JOB_WAIT = Histogram(
 )
 
 
-def worker_gauges() -> tuple[Gauge, Gauge]:
-    """The worker's unlabelled gauges, made only in worker processes (they would show on every role)."""
+def worker_gauges() -> tuple[Gauge, Gauge, Gauge]:
+    """The worker's unlabelled gauges (busy slots, processes, slots), made only in worker processes (they
+    would show on every role)."""
     global _WORKER_GAUGES
     if _WORKER_GAUGES is None:
         busy = Gauge(
             "taskqueue_worker_busy",
-            "1 while a worker process runs a job, else 0 (sampled every 0.5 s, summed over live processes).",
+            "Job slots running a job (sampled every 0.5 s, summed over live processes).",
             multiprocess_mode="livesum",
         )
         alive = Gauge(
@@ -79,11 +80,16 @@ def worker_gauges() -> tuple[Gauge, Gauge]:
             "Worker processes alive in this container.",
             multiprocess_mode="livesum",
         )
-        _WORKER_GAUGES = (busy, alive)
+        slots = Gauge(
+            "taskqueue_worker_slots",
+            "Job slots alive in this container: worker processes x TASKQUEUE_JOB_SLOTS.",
+            multiprocess_mode="livesum",
+        )
+        _WORKER_GAUGES = (busy, alive, slots)
     return _WORKER_GAUGES
 
 
-_WORKER_GAUGES: tuple[Gauge, Gauge] | None = None
+_WORKER_GAUGES: tuple[Gauge, Gauge, Gauge] | None = None
 
 OUTCOMES = ("succeeded", "failed", "retried", "stopped")
 REJECT_REASONS = ("backlog_full", "redis_full")

@@ -20,9 +20,21 @@ LEGACY_PATHS = {
 }
 
 
+# The longest the built-in sleep waits in one call: a stop or timeout raised into a job slot's thread
+# lands only between calls (worker/slots.py).
+SLEEP_STEP = 0.1
+
+
+def interruptible_sleep(seconds: float) -> None:
+    """``time.sleep(seconds)`` in steps of at most SLEEP_STEP, to the same deadline."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, SLEEP_STEP))
+
+
 def save_to_file(msg: str, delayTime: int) -> str:  # the seed's function and argument names
     """The seed's job: sleep, then return the seed's message (what jobs of the old path still run)."""
-    time.sleep(delayTime)
+    interruptible_sleep(delayTime)
     return f"Processed message {msg} after {delayTime} seconds"
 
 

@@ -43,41 +43,65 @@ def run_worker(
     from taskqueue.store.connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS, connect
     from taskqueue.store.records import SERIALIZER
     from taskqueue.worker.classes import worker_class
+    from taskqueue.worker.slots import SlotPool, slot_class
 
     if serve_metrics and cfg.metrics_enabled:
         port = cfg.metrics_port_for("worker")
         metrics.serve(cfg.metrics_host, port)
         log.info("metrics on %s:%s/metrics", cfg.metrics_host, port)
-    metrics.worker_gauges()[1].set(1)
-    cls = worker_class(cfg.worker_class, cfg.fast_paths)
-    log.info("worker class %s.%s (fast paths %s)", cls.__module__, cls.__qualname__, "on" if cfg.fast_paths else "off")
+    _busy, processes, slots = metrics.worker_gauges()
+    processes.set(1)
+    slots.set(cfg.job_slots)
+    cls = slot_class(cfg.fast_paths) if cfg.job_slots > 1 else worker_class(cfg.worker_class, cfg.fast_paths)
+    log.info(
+        "worker class %s.%s, %d job slot%s (fast paths %s)",
+        cls.__module__, cls.__qualname__, cfg.job_slots, "s" if cfg.job_slots > 1 else "",
+        "on" if cfg.fast_paths else "off",
+    )  # fmt: skip
+
+    def make_worker(name: str, maintenance: bool):
+        # No retries in the client: RQ's own loop waits and reconnects with backoff.
+        return cls(
+            list(cfg.queues),
+            name=name,
+            connection=connect(cfg, retries=0),
+            serializer=SERIALIZER,
+            default_result_ttl=cfg.result_ttl,
+            maintenance_interval=cfg.maintenance_interval,
+            heartbeat_ttl=cfg.heartbeat_ttl,
+            shutdown_mode=cfg.shutdown_mode,
+            maintenance=maintenance,
+            log_job_lines=cfg.log_job_lines,
+            metrics_enabled=cfg.metrics_enabled,
+            max_result_bytes=cfg.max_result_bytes,
+            catalogue=catalogue,
+        )
+
     backoff = 1.0
     while True:
         started = time.monotonic()
         worker = None
         try:
-            # No retries in the client: RQ's own loop waits and reconnects with backoff.
-            worker = cls(
-                list(cfg.queues),
-                name=worker_name(cfg),
-                connection=connect(cfg, retries=0),
-                serializer=SERIALIZER,
-                default_result_ttl=cfg.result_ttl,
-                maintenance_interval=cfg.maintenance_interval,
-                heartbeat_ttl=cfg.heartbeat_ttl,
-                shutdown_mode=cfg.shutdown_mode,
-                maintenance=cfg.worker_maintenance,
-                log_job_lines=cfg.log_job_lines,
-                metrics_enabled=cfg.metrics_enabled,
-                max_result_bytes=cfg.max_result_bytes,
-                catalogue=catalogue,
-            )
+            if cfg.job_slots > 1:
+                # One RQ worker a slot; the first does the registry maintenance (no scheduler: the exporter's).
+                name = worker_name(cfg)
+                pool = SlotPool(
+                    [make_worker(f"{name}.{i}", cfg.worker_maintenance and i == 0) for i in range(cfg.job_slots)],
+                    burst=burst,
+                    logging_level=cfg.log_level.upper(),
+                )
+                if cfg.metrics_enabled:
+                    metrics.BATCHED.sample(metrics.worker_gauges()[0], pool.busy_slots)
+                worker = pool
+                pool.run()
+                return 0
+            worker = make_worker(worker_name(cfg), cfg.worker_maintenance)
             worker.work(with_scheduler=cfg.worker_maintenance, burst=burst, logging_level=cfg.log_level.upper())
             if worker.stop_requested or burst:
                 return 0
             log.warning("worker loop ended without a stop request (Redis lost?)")
         except (*UNAVAILABLE_ERRORS, *STORE_FULL_ERRORS) as exc:
-            if worker is not None and worker.stop_requested:  # told to stop; its goodbye to Redis failed
+            if worker is not None and stop_was_requested(worker):  # told to stop; its goodbye to Redis failed
                 log.warning("redis unavailable during shutdown: %s; stopping", exc)
                 return 0
             log.warning("redis unavailable: %s", exc)
@@ -87,6 +111,11 @@ def run_worker(
         if sleep_unless_signalled(backoff):
             return 0
         backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+
+
+def stop_was_requested(worker) -> bool:
+    """Whether the worker (or slot pool) was told to stop."""
+    return bool(getattr(worker, "stopping", False) or getattr(worker, "stop_requested", False))
 
 
 def sleep_unless_signalled(seconds: float) -> bool:

@@ -1,0 +1,213 @@
+"""Job slots: one worker process running up to N jobs at once, each in a thread of its own.
+
+Each slot is a whole RQ worker of :mod:`taskqueue.worker.classes` (its own name, registration, heartbeats,
+started-job entry and stop channel), so everything RQ and taskqueue promise a job holds per slot, and
+``rq info`` lists each slot. What a slot does differently from a worker alone in its process:
+
+- its loop is :meth:`SlotPool._run_slot`, made of RQ's public worker methods; signals are the process's
+  and reach the main thread only: SIGTERM or SIGINT once stops every slot (``finish`` or ``requeue``, as
+  the worker's shutdown mode says), twice exits at once;
+- a job's timeout is a timer that raises into the slot's thread (:class:`ThreadDeathPenalty`), not SIGALRM;
+- a stop (``DELETE /jobs/<id>``) and a ``requeue`` shutdown raise into the slot's thread the same way.
+
+An exception raised into a thread lands between two bytecodes: Python code stops at once, but a call
+blocked in C (``time.sleep``, a socket read) returns first. The built-in tasks wait in short steps, so a
+stop reaches them within a fraction of a second; a task of yours that blocks for long in one call is
+stopped when that call returns (give your I/O timeouts).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+
+from rq.exceptions import StopRequested
+from rq.timeouts import BaseDeathPenalty, JobTimeoutException
+
+from taskqueue.store.connection import UNAVAILABLE_ERRORS
+from taskqueue.worker.classes import InProcessWorker, LeanInProcessWorker, ShutdownRequeue
+
+log = logging.getLogger("taskqueue.worker")
+
+# Seconds an idle slot waits on the queues at a time: how soon an idle slot sees a stop.
+IDLE_POLL = 2
+
+
+class JobStopRequested(Exception):
+    """Raised into a slot's running job by ``DELETE /jobs/<id>``; RQ stores the job as stopped."""
+
+
+def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
+    """Raise ``exc_type`` in the thread ``thread_id`` at its next bytecode (CPython's PyThreadState_SetAsyncExc)."""
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+    if done > 1:  # more than one thread state: undo, as the C API asks
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+    return done == 1
+
+
+@functools.cache
+def timeout_exception(seconds: float) -> type[JobTimeoutException]:
+    """A JobTimeoutException class whose message names ``seconds`` (an exception raised into a thread is a
+    class, made without arguments)."""
+
+    def init(self: JobTimeoutException, *args: object) -> None:
+        JobTimeoutException.__init__(self, f"Task exceeded maximum timeout value ({seconds:g} seconds)")
+
+    return type("JobTimeoutException", (JobTimeoutException,), {"__init__": init})
+
+
+class ThreadDeathPenalty(BaseDeathPenalty):
+    """A job's timeout in a slot: a timer raises the timeout into the thread that entered the penalty."""
+
+    def __init__(self, timeout: float, exception: type[BaseException] = JobTimeoutException, **kwargs):
+        super().__init__(timeout, exception, **kwargs)
+        self._thread_id = threading.get_ident()
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def setup_death_penalty(self) -> None:
+        if self._timeout <= 0:
+            return
+        self._timer = threading.Timer(self._timeout, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:  # not after cancel_death_penalty: the job has ended
+            if self._timer is not None:
+                raise_in_thread(self._thread_id, timeout_exception(self._timeout))
+
+    def cancel_death_penalty(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+
+class SlotMixin:
+    """What a worker needs to be one slot of a :class:`SlotPool`; first in the bases."""
+
+    death_penalty_class = ThreadDeathPenalty
+    slot_thread_id: int | None = None  # the thread running this slot's loop
+
+    def _raise_into_job(self, exc_type: type[BaseException]) -> bool:
+        """Raise into the slot's running job while RQ's perform_job can catch it; False if none runs."""
+        if self.slot_thread_id is None or not self.job_interruptible():  # type: ignore[attr-defined]
+            return False
+        return raise_in_thread(self.slot_thread_id, exc_type)
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Stop the running job (``DELETE /jobs/<id>``; RQ has marked it to be stored as stopped)."""
+        self._raise_into_job(JobStopRequested)
+
+    def interrupt_job(self) -> None:
+        self._raise_into_job(ShutdownRequeue)
+
+    def request_stop(self, signum: int | None = None, frame: object = None) -> None:
+        """Stop after the running job (``finish``), or requeue it at once (``requeue``); no signal handlers
+        change (RQ's would, from a thread that may not)."""
+        self.stop_requested = True
+        if self.shutdown_mode == "requeue":  # type: ignore[attr-defined]
+            execution = self.execution  # type: ignore[attr-defined]
+            if execution is not None and self.job_interruptible():  # type: ignore[attr-defined]
+                self._requeue_job_id = execution.job_id
+                self.interrupt_job()
+
+
+class SlotWorker(SlotMixin, InProcessWorker):
+    """A slot with RQ's job lifecycle."""
+
+
+class LeanSlotWorker(SlotMixin, LeanInProcessWorker):
+    """A slot with the job lifecycle of fastpath/job_path.py."""
+
+
+def slot_class(fast_paths: bool) -> type[SlotWorker] | type[LeanSlotWorker]:
+    return LeanSlotWorker if fast_paths else SlotWorker
+
+
+class SlotPool:
+    """Runs one worker per slot, each in a thread, until the process is told to stop."""
+
+    def __init__(self, workers: Sequence[SlotWorker | LeanSlotWorker], *, burst: bool = False, logging_level: str):
+        self.workers = list(workers)
+        self.burst = burst
+        self.logging_level = logging_level
+        self.stopping = False
+        self.failure: BaseException | None = None  # what ended a slot other than a stop
+
+    def busy(self) -> int:
+        """Slots running a job now."""
+        return sum(1 for w in self.workers if w.executions)
+
+    def busy_slots(self) -> float:
+        """:meth:`busy` for the busy-slots gauge."""
+        return float(self.busy())
+
+    def stop(self) -> None:
+        """Every slot: finish (or requeue) its job, take no other."""
+        self.stopping = True
+        for worker in self.workers:
+            worker.request_stop()
+
+    def run(self, on_signal: Callable[[int], None] | None = None) -> None:
+        """Start the slots, wait for them all to end; re-raises what ended one unasked (Redis gone at start)."""
+        signals = {"count": 0}
+
+        def handle(signum: int, _frame: object) -> None:
+            signals["count"] += 1
+            if signals["count"] > 1:
+                log.warning("signal %s again: cold shutdown, %d jobs left to the heartbeat bound", signum, self.busy())
+                raise SystemExit(1)
+            log.info("signal %s: %s shutdown of %d job slots", signum, self.workers[0].shutdown_mode, len(self.workers))
+            self.stop()
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        threads = [
+            threading.Thread(target=self._run_slot, args=(w,), name=f"slot-{i}", daemon=True)
+            for i, w in enumerate(self.workers)
+        ]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.5)  # (a bounded join lets the main thread take signals)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self.failure is not None:
+            raise self.failure
+
+    def _run_slot(self, worker: SlotWorker | LeanSlotWorker) -> None:
+        """RQ's work loop for one slot, of its public methods: take a job, run it, beat; until stopped."""
+        worker.slot_thread_id = threading.get_ident()
+        try:
+            worker.bootstrap(self.logging_level)
+            try:
+                while not worker.stop_requested:
+                    try:
+                        worker.check_for_suspension(self.burst)
+                    except StopRequested:  # suspended (rq suspend) in burst mode
+                        break
+                    wait = None if self.burst else IDLE_POLL
+                    taken = worker.dequeue_job_and_maintain_ttl(wait, max_idle_time=wait)
+                    if taken is None:
+                        if self.burst:
+                            break
+                        continue
+                    worker.execute_job(*taken)
+                    worker.heartbeat()
+            finally:
+                worker.teardown()
+        except BaseException as exc:  # a slot's end is reported, then all slots stop
+            if not (self.stopping and isinstance(exc, UNAVAILABLE_ERRORS)):
+                if not isinstance(exc, UNAVAILABLE_ERRORS):
+                    log.exception("job slot %s ended: %s", worker.name, exc)
+                self.failure = self.failure or exc
+            if not self.stopping:
+                self.stop()

@@ -1,0 +1,127 @@
+"""Job slots (worker/slots.py): one worker process runs many jobs at once, one thread a slot, and keeps every
+promise per job: its own timeout, stop on DELETE, warm and requeue shutdown, recovery after SIGKILL, metrics.
+
+Real redis-server, generator (gunicorn), worker and exporter processes; the tasks are tests/slot_tasks.py.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime
+
+import pytest
+import requests
+from rq import Worker
+
+from tests.support import ROOT, kill_tree, wait_for, wait_status
+
+
+@pytest.fixture
+def slot_env(app_env):
+    return {**app_env, "PYTHONPATH": str(ROOT), "TASKQUEUE_TASK_MODULES": "tests.slot_tasks"}
+
+
+def batch(base: str, jobs: list[dict]) -> list[str]:
+    r = requests.post(base + "/jobs/batch", json={"jobs": jobs}, timeout=10)
+    assert r.status_code == 202, r.text
+    return [j["jobId"] for j in r.json()["jobs"]]
+
+
+def statuses(base: str, ids: list[str]) -> list[dict]:
+    return [requests.get(f"{base}/status/{i}", timeout=5).json() for i in ids]
+
+
+def gauge(metrics_text: str, name: str) -> float | None:
+    for line in metrics_text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def seconds(doc: dict) -> float:
+    return (datetime.fromisoformat(doc["endedAt"]) - datetime.fromisoformat(doc["startedAt"])).total_seconds()
+
+
+@pytest.mark.behaviour
+def test_fifty_jobs_run_at_once_in_one_process_each_with_its_own_timeout_and_stop(slot_env, processes, redis_client):
+    gen = processes.generator(env=slot_env)
+    worker = processes.worker(["--job-slots", "50"], env=slot_env)
+    # Every slot is an RQ worker of its own (`rq info` lists them).
+    wait_for(lambda: len(Worker.all(connection=redis_client)) == 50, what="50 slots registered")
+    waits = [{"task": "slots.wait", "args": {"seconds": 4}} for _ in range(48)]
+    ids = batch(
+        gen.base,
+        [*waits, {"task": "slots.overrun", "args": {"seconds": 10}}, {"task": "sleep", "args": {"seconds": 4}}],
+    )
+    started = time.monotonic()
+    metrics_url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+    text = wait_for(
+        lambda: (t := requests.get(metrics_url, timeout=2).text) and gauge(t, "taskqueue_worker_busy") == 50 and t,
+        timeout=4, interval=0.1, what="50 busy slots",
+    )  # fmt: skip
+    assert gauge(text, "taskqueue_worker_slots") == 50
+    # DELETE stops one running job; the others go on.
+    stopped = ids[0]
+    assert requests.delete(f"{gen.base}/jobs/{stopped}", timeout=5).status_code == 200
+    doc = wait_status(gen.base, stopped, {"stopped", "failed", "finished"}, timeout=3)
+    assert doc["status"] == "stopped" and seconds(doc) < 3.5, doc
+    docs = [wait_status(gen.base, i, {"finished", "failed", "stopped"}, timeout=15) for i in ids]
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, f"50 jobs of 4 s took {elapsed:.1f} s: not run at once"
+    ran = docs[1:48]
+    assert {d["status"] for d in ran} == {"finished"}, [d for d in ran if d["status"] != "finished"][:2]
+    assert {d["result"]["pid"] for d in ran} == {worker.proc.pid}  # one process
+    assert len({d["result"]["thread"] for d in ran}) == 47  # a thread each
+    overrun, seed = docs[48], docs[49]
+    assert overrun["status"] == "failed" and "timeout" in overrun["error"].lower(), overrun
+    assert seconds(overrun) < 2.5, overrun  # its own 1 s timeout, not the others' and not its 10 s
+    assert seed["result"] == "Processed message generating task with delay: 4 after 4 seconds"
+
+
+def test_warm_shutdown_finishes_every_running_job(slot_env, processes):
+    gen = processes.generator(env=slot_env)
+    worker = processes.worker(["--job-slots", "10"], env=slot_env)
+    ids = batch(gen.base, [{"task": "slots.wait", "args": {"seconds": 3}} for _ in range(10)])
+    wait_for(lambda: {d["status"] for d in statuses(gen.base, ids)} == {"started"}, timeout=5, what="10 running")
+    worker.signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=15) == 0
+    assert {d["status"] for d in statuses(gen.base, ids)} == {"finished"}
+
+
+@pytest.mark.behaviour
+def test_requeue_shutdown_puts_every_running_job_back_at_once(slot_env, processes):
+    gen = processes.generator(env=slot_env)
+    worker = processes.worker(["--job-slots", "10", "--shutdown-mode", "requeue"], env=slot_env)
+    ids = batch(gen.base, [{"task": "sleep", "args": {"seconds": 30}} for _ in range(10)])
+    wait_for(lambda: {d["status"] for d in statuses(gen.base, ids)} == {"started"}, timeout=5, what="10 running")
+    t0 = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=10) == 0
+    assert time.monotonic() - t0 < 5, "requeue mode must not wait for the 30 s jobs"
+    docs = statuses(gen.base, ids)
+    assert {(d["status"], d["retriesLeft"]) for d in docs} == {("queued", 2)}, docs  # no retry spent
+    assert sorted(requests.get(gen.base + "/list?state=queued", timeout=5).json()["jobs"]) == sorted(ids)
+
+
+def test_a_sigkilled_process_loses_none_of_its_running_jobs(slot_env, processes):
+    """All ten jobs of the killed process are retried within the heartbeat bound, by the exporter."""
+    env = {**slot_env, "TASKQUEUE_HEARTBEAT_TTL": "6", "TASKQUEUE_CLEANUP_INTERVAL": "2",
+           "TASKQUEUE_WORKER_MAINTENANCE": "false"}  # fmt: skip
+    gen = processes.generator(env=env)
+    processes.exporter(env=env)
+    worker = processes.worker(["--job-slots", "10"], env=env)
+    ids = batch(gen.base, [{"task": "sleep", "args": {"seconds": 4}} for _ in range(10)])
+    wait_for(lambda: {d["status"] for d in statuses(gen.base, ids)} == {"started"}, timeout=5, what="10 running")
+    kill_tree(worker.proc.pid)
+    worker.proc.wait()
+    t0 = time.monotonic()
+
+    def all_retried() -> bool:
+        return all(d["status"] in {"queued", "scheduled"} and d["retriesLeft"] == 1 for d in statuses(gen.base, ids))
+
+    wait_for(all_retried, timeout=30, interval=0.2, what="the ten jobs retried, one retry spent each")
+    assert time.monotonic() - t0 <= 6 + 2 + 2
+    processes.worker(["--job-slots", "10"], env=env)
+    docs = [wait_status(gen.base, i, {"finished"}, timeout=30) for i in ids]
+    assert {d["status"] for d in docs} == {"finished"}
