@@ -22,9 +22,9 @@ from tests.chart.rendering import pod_spec, render_values, resolve_env, workload
 from tests.support import Exporter, Generator, RedisServer, wait_for
 
 # The chart's defaults compressed in time for tests: 2 s polling, 10 s cooldown and scale-down
-# window, 6 s heartbeats, with 2 job slots per pod and at most 4 pods (2 cores).
+# window, 6 s heartbeats, with 2 job slots per pod (2 processes of one slot) and at most 4 pods (2 cores).
 FAST_VALUES: dict[str, Any] = {
-    "worker": {"processes": 2, "shutdownGraceSeconds": 5},
+    "worker": {"processes": 2, "jobSlots": 1, "shutdownGraceSeconds": 5},
     "config": {
         "job_timeout": 30,
         "delay_max": 25,

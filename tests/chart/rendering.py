@@ -120,7 +120,10 @@ CASES: dict[str, Case] = {
         # Another release and namespace, several worker processes, a longer job timeout, fast paths off.
         Case(
             "other-release",
-            {"worker": {"processes": 3}, "config": {"job_timeout": 600, "queues": "high,low", "fast_paths": "off"}},
+            {
+                "worker": {"processes": 3, "jobSlots": 4},
+                "config": {"job_timeout": 600, "queues": "high,low", "fast_paths": "off"},
+            },
             release="demo",
             namespace="jobs",
         ),

@@ -228,6 +228,7 @@ def test_container_env_is_a_valid_app_config(case):
             assert redis_env["REDISCLI_AUTH"] == cfg.redis_password, "app and Redis disagree on the password"
         if comp == "worker":
             assert cfg.worker_processes == values["worker"]["processes"]
+            assert cfg.job_slots == values["worker"]["jobSlots"]
 
 
 # -- worker shutdown --------------------------------------------------------------------------
@@ -322,7 +323,7 @@ def test_metrics_api_trigger_reads_the_exporters_work_remaining(case):
     assert '"workRemaining"' in inspect.getsource(QueueState.work_remaining)
     env = resolve_env(w, pod_spec(w)["containers"][0], objs)
     cfg = tq_config.load(env)
-    assert float(meta["targetValue"]) == cfg.worker_processes  # job slots per replica
+    assert float(meta["targetValue"]) == cfg.worker_processes * cfg.job_slots  # job slots per replica
     assert float(meta["activationTargetValue"]) == values_of(c)["autoscaling"]["activationTargetValue"]
     # The exporter schedules retries and cleans up; the worker pods (maybe zero of them) need not.
     assert cfg.worker_maintenance is False

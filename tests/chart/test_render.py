@@ -84,6 +84,8 @@ def test_matrix_toggles_what_it_says():
     "bad",
     [
         {"worker": {"workerClass": "threads"}},
+        {"worker": {"workerClass": "fork", "jobSlots": 4}},  # a forking worker runs one job a process
+        {"worker": {"jobSlots": 0}},
         {"externalRedis": {"enabled": True}},
         {"externalRedis": {"enabled": True, "url": "redis://user:pw@host:6379/0"}},
         {"config": {"log_format": "xml"}},
