@@ -59,7 +59,7 @@ def metrics(opts: Opts) -> dict[str, Any]:
 
 
 def benchmarks():
-    from bench import fastpaths, http_bench, memory, worker_bench
+    from bench import fastpaths, http_bench, memory, slots_bench, worker_bench
 
     return {
         "start": http_bench.start,
@@ -70,6 +70,7 @@ def benchmarks():
         "metrics": metrics,
         "memory": memory.memory,
         "fastpaths": fastpaths.fastpaths,
+        "slots": slots_bench.slots,
     }
 
 

@@ -1,4 +1,4 @@
-"""Processes the benchmarks start: Redis, the seed app, our generator and workers, stock RQ, Celery."""
+"""Processes the benchmarks start: Redis, the seed app, our generator and workers, stock RQ, Celery, Dramatiq."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from tests.support import Generator, RedisServer, free_port, wait_for
 
 CELERY_VENV = BENCH / ".venv-celery"
 CELERY_PIN = "celery[redis]==5.5.3"
+DRAMATIQ_VENV = BENCH / ".venv-dramatiq"
+DRAMATIQ_PIN = "dramatiq[redis]==2.2.1"
 LOG_DIR = Path(tempfile.mkdtemp(prefix="tq-bench-"))
 
 
@@ -116,17 +118,54 @@ def celery_env(redis: RedisServer) -> dict[str, str]:
     }
 
 
-def celery_fill(redis: RedisServer, n: int) -> None:
+def celery_fill(redis: RedisServer, n: int, wait: float | None = None) -> None:
+    """N no-op tasks, or (``wait``) N tasks that sleep ``wait`` seconds."""
+    extra = ["wait", str(wait)] if wait is not None else []
     subprocess.run(
-        [str(celery_python()), "-m", "celery_noop", "fill", str(n)],
+        [str(celery_python()), "-m", "celery_noop", "fill", str(n), *extra],
         cwd=BENCH, env={**os.environ, **celery_env(redis)}, check=True, timeout=300,
     )  # fmt: skip
 
 
-def celery_worker(redis: RedisServer) -> subprocess.Popen:
-    """``celery worker --pool solo`` on the no-op task, default log level, no result backend."""
+def celery_worker(redis: RedisServer, pool: str = "solo", concurrency: int = 1) -> subprocess.Popen:
+    """``celery worker --pool solo`` (or another pool), default log level, no result backend."""
     cmd = [
-        str(CELERY_VENV / "bin" / "celery"), "-A", "celery_noop", "worker", "--pool", "solo", "--concurrency", "1",
+        str(CELERY_VENV / "bin" / "celery"), "-A", "celery_noop", "worker", "--pool", pool,
+        "--concurrency", str(concurrency),
         "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING",
     ]  # fmt: skip
     return spawn(cmd, celery_env(redis), "celery", cwd=BENCH)
+
+
+def dramatiq_python() -> Path:
+    """The Dramatiq venv's python, made on demand with the pinned Dramatiq (benchmark only)."""
+    py = DRAMATIQ_VENV / "bin" / "python"
+    marker = DRAMATIQ_VENV / ".installed"
+    if not marker.exists() or marker.read_text().strip() != DRAMATIQ_PIN:
+        subprocess.run([sys.executable, "-m", "venv", str(DRAMATIQ_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", DRAMATIQ_PIN], check=True)
+        marker.write_text(DRAMATIQ_PIN)
+    return py
+
+
+def dramatiq_env(redis: RedisServer) -> dict[str, str]:
+    return {"DRAMATIQ_BROKER": f"redis://:{redis.password}@127.0.0.1:{redis.port}/0", "PYTHONPATH": str(BENCH)}
+
+
+def dramatiq_fill(redis: RedisServer, n: int, wait: float | None = None) -> None:
+    """N no-op messages, or (``wait``) N that sleep ``wait`` seconds."""
+    extra = ["wait", str(wait)] if wait is not None else []
+    subprocess.run(
+        [str(dramatiq_python()), "-m", "dramatiq_tasks", "fill", str(n), *extra],
+        cwd=BENCH, env={**os.environ, **dramatiq_env(redis)}, check=True, timeout=300,
+    )  # fmt: skip
+
+
+def dramatiq_worker(redis: RedisServer, processes: int | None = None, threads: int | None = None):
+    """``dramatiq dramatiq_tasks`` at its defaults (a process a CPU, 8 threads each) or with -p/-t."""
+    cmd = [str(DRAMATIQ_VENV / "bin" / "dramatiq"), "dramatiq_tasks"]
+    if processes is not None:
+        cmd += ["--processes", str(processes)]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    return spawn(cmd, dramatiq_env(redis), "dramatiq", cwd=BENCH)

@@ -6,13 +6,16 @@ Real redis-server, generator (gunicorn), worker and exporter processes; the task
 
 from __future__ import annotations
 
+import json
 import signal
+import threading
 import time
 from datetime import datetime
 
 import pytest
 import requests
 from rq import Worker
+from rq.timeouts import JobTimeoutException
 
 from tests.support import ROOT, kill_tree, wait_for, wait_status
 
@@ -77,6 +80,10 @@ def test_fifty_jobs_run_at_once_in_one_process_each_with_its_own_timeout_and_sto
     assert overrun["status"] == "failed" and "timeout" in overrun["error"].lower(), overrun
     assert seconds(overrun) < 2.5, overrun  # its own 1 s timeout, not the others' and not its 10 s
     assert seed["result"] == "Processed message generating task with delay: 4 after 4 seconds"
+    # Each slot's log lines carry its own job's id: the timeout's lines name the job that timed out.
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    timed_out = [x for x in lines if "timeout" in x.get("msg", "").lower()]
+    assert timed_out and {x.get("job_id") for x in timed_out} == {ids[48]}, timed_out[:3]
 
 
 def test_warm_shutdown_finishes_every_running_job(slot_env, processes):
@@ -125,3 +132,39 @@ def test_a_sigkilled_process_loses_none_of_its_running_jobs(slot_env, processes)
     processes.worker(["--job-slots", "10"], env=env)
     docs = [wait_status(gen.base, i, {"finished"}, timeout=30) for i in ids]
     assert {d["status"] for d in docs} == {"finished"}
+
+
+def test_deadlines_raise_into_the_job_thread_at_its_timeout_and_never_after_cancel():
+    """The one timeout thread of a process (worker/slots.py Deadlines), on its own: no worker needed."""
+    from taskqueue.tasks.builtin import interruptible_sleep
+    from taskqueue.worker.slots import Deadlines, timeout_exception
+
+    deadlines = Deadlines()
+    outcome: dict[str, object] = {}
+
+    def job(seconds: float, timeout: float, cancel_after: float | None) -> None:
+        entry = deadlines.add(timeout, threading.get_ident(), timeout_exception(timeout))
+        started = time.monotonic()
+        try:
+            interruptible_sleep(seconds if cancel_after is None else cancel_after)
+            deadlines.cancel(entry)
+            interruptible_sleep(0.0 if cancel_after is None else seconds - cancel_after)
+            outcome[threading.current_thread().name] = ("ran", time.monotonic() - started)
+        except JobTimeoutException as exc:
+            outcome[threading.current_thread().name] = (str(exc), time.monotonic() - started)
+
+    threads = [
+        threading.Thread(target=job, args=(2.0, 0.3, None), name="times out"),
+        threading.Thread(target=job, args=(0.8, 0.5, 0.2), name="cancelled in time"),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    message, took = outcome["times out"]
+    assert message == "Task exceeded maximum timeout value (0.3 seconds)" and 0.3 <= took < 0.6, outcome
+    assert outcome["cancelled in time"][0] == "ran", outcome
+    # Cancelled entries do not pile up in the heap.
+    for _ in range(1000):
+        deadlines.cancel(deadlines.add(60, threading.get_ident(), timeout_exception(60)))
+    assert len(deadlines._heap) <= 64 + 2

@@ -9,8 +9,9 @@ backlog, in-flight jobs and replicas over time, plus the timings (burst -> targe
 cooldownPeriod, stabilization windows, policy periods, heartbeat, cleanup), the HPA sync period and
 the jobs' lengths are divided by k; the timeline and timings are reported in cluster seconds (x k).
 
-Load profile (cluster seconds): a burst of 30 seed-like jobs (20-30 s each) at t=10; one job every
-3 s from t=120 to t=180; a burst of 15 at t=240; then nothing until the workers are back at min.
+Load profile (cluster seconds): a burst of 200 seed-like jobs (20-30 s each) at t=10 (with the chart's 50
+job slots a pod: 4 pods); 10 jobs every 3 s from t=120 to t=180; a burst of 100 at t=240; then nothing
+until the workers are back at min.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "autoscaling": {"minReplicaCount": 0, "pollingInterval": 30, "cooldownPeriod": 300, "behavior": {}}
     },
 }
+
+
+BURSTS = (200, 100)  # seed jobs at t=10 and t=240
+TRICKLE = 10  # seed jobs every 3 s from t=120 to t=180
 
 
 def chart_defaults() -> dict[str, Any]:
@@ -111,15 +116,15 @@ def run(value_set: str, speed: float, out_dir: Path, seed: int = 1) -> dict[str,
         marks: dict[str, float] = {}
         at(10)
         marks["burst1"] = em.now()
-        st.burst(seed_jobs(30, speed, rng))
-        marks["peak1"] = st.predicted_peak(30)
+        st.burst(seed_jobs(BURSTS[0], speed, rng))
+        marks["peak1"] = st.predicted_peak(BURSTS[0])
         at(120)
         while em.now() * speed < 180:
-            st.burst(seed_jobs(1, speed, rng))
+            st.burst(seed_jobs(TRICKLE, speed, rng))
             time.sleep(3 / speed)
         at(240)
         marks["burst2"] = em.now()
-        st.burst(seed_jobs(15, speed, rng))
+        st.burst(seed_jobs(BURSTS[1], speed, rng))
         # Back at min after the last job, plus a little to show it stays there.
         deadline = em.now() + 900 / speed
         while em.now() < deadline:

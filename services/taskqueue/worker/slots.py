@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import heapq
+import itertools
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
+from typing import Any
 
 from rq.exceptions import StopRequested
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
@@ -60,32 +64,74 @@ def timeout_exception(seconds: float) -> type[JobTimeoutException]:
     return type("JobTimeoutException", (JobTimeoutException,), {"__init__": init})
 
 
+class Deadlines:
+    """The running jobs' timeouts of a process, kept by one thread: at a deadline it raises the job's timeout
+    into the job's thread. (A timer thread a job would cost a thread start a job.)"""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[list[Any]] = []  # [deadline, seq, thread id, exception, live]
+        self._live = 0
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, seconds: float, thread_id: int, exc_type: type[BaseException]) -> list[Any]:
+        entry = [time.monotonic() + seconds, next(self._seq), thread_id, exc_type, True]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            self._live += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="job-timeouts", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        """After this returns the entry's exception is not raised (one raised before may still land)."""
+        with self._cond:
+            if entry[4]:
+                entry[4] = False
+                self._live -= 1
+                if len(self._heap) > 2 * self._live + 64:  # drop the cancelled ones the heap still holds
+                    self._heap = [e for e in self._heap if e[4]]
+                    heapq.heapify(self._heap)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and not self._heap[0][4]:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                entry = heapq.heappop(self._heap)
+                entry[4] = False
+                self._live -= 1
+                raise_in_thread(entry[2], entry[3])
+
+
+DEADLINES = Deadlines()
+
+
 class ThreadDeathPenalty(BaseDeathPenalty):
-    """A job's timeout in a slot: a timer raises the timeout into the thread that entered the penalty."""
+    """A job's timeout in a slot: raised into the thread that entered the penalty at its deadline."""
 
     def __init__(self, timeout: float, exception: type[BaseException] = JobTimeoutException, **kwargs):
         super().__init__(timeout, exception, **kwargs)
-        self._thread_id = threading.get_ident()
-        self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
+        self._entry: list[Any] | None = None
 
     def setup_death_penalty(self) -> None:
-        if self._timeout <= 0:
-            return
-        self._timer = threading.Timer(self._timeout, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _expire(self) -> None:
-        with self._lock:  # not after cancel_death_penalty: the job has ended
-            if self._timer is not None:
-                raise_in_thread(self._thread_id, timeout_exception(self._timeout))
+        if self._timeout > 0:
+            self._entry = DEADLINES.add(self._timeout, threading.get_ident(), timeout_exception(self._timeout))
 
     def cancel_death_penalty(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+        if self._entry is not None:
+            DEADLINES.cancel(self._entry)
+            self._entry = None
 
 
 class SlotMixin:
@@ -154,7 +200,7 @@ class SlotPool:
         for worker in self.workers:
             worker.request_stop()
 
-    def run(self, on_signal: Callable[[int], None] | None = None) -> None:
+    def run(self) -> None:
         """Start the slots, wait for them all to end; re-raises what ended one unasked (Redis gone at start)."""
         signals = {"count": 0}
 
