@@ -14,7 +14,7 @@ from celery import Celery
 
 app = Celery("celery_noop", broker=os.environ["CELERY_BROKER"])
 app.conf.update(task_ignore_result=True, worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
-done = redis.Redis.from_url(os.environ["CELERY_BROKER"])
+done = redis.Redis.from_url(os.environ["CELERY_BROKER"], max_connections=1024)  # a thread each
 
 
 @app.task(name="noop")

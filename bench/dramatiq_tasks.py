@@ -15,7 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 broker = RedisBroker(url=os.environ["DRAMATIQ_BROKER"])
 dramatiq.set_broker(broker)
-done = redis.Redis.from_url(os.environ["DRAMATIQ_BROKER"])
+done = redis.Redis.from_url(os.environ["DRAMATIQ_BROKER"], max_connections=1024)  # a thread each
 
 
 @dramatiq.actor(max_retries=0)

@@ -146,6 +146,12 @@ class SlotMixin:
             return False
         return raise_in_thread(self.slot_thread_id, exc_type)
 
+    def subscribe(self) -> None:
+        """Nothing: the pool listens on every slot's command channel on one connection (SlotPool.run)."""
+
+    def unsubscribe(self) -> None:
+        """Nothing: see :meth:`subscribe`."""
+
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         """Stop the running job (``DELETE /jobs/<id>``; RQ has marked it to be stored as stopped)."""
         self._raise_into_job(JobStopRequested)
@@ -212,6 +218,11 @@ class SlotPool:
             log.info("signal %s: %s shutdown of %d job slots", signum, self.workers[0].shutdown_mode, len(self.workers))
             self.stop()
 
+        # The slots' command channels (stop a job, shut down) on one connection and thread, not one a slot;
+        # subscribed before any slot takes a job, so no stop for a running job can be missed.
+        pubsub = self.workers[0].connection.pubsub()
+        pubsub.subscribe(**{w.pubsub_channel_name: w.handle_payload for w in self.workers})
+        listener = pubsub.run_in_thread(sleep_time=1, daemon=True, exception_handler=self._listener_error)
         previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
         threads = [
             threading.Thread(target=self._run_slot, args=(w,), name=f"slot-{i}", daemon=True)
@@ -226,8 +237,20 @@ class SlotPool:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            listener.stop()
+            listener.join(timeout=2)
+            pubsub.close()
         if self.failure is not None:
             raise self.failure
+
+    @staticmethod
+    def _listener_error(exc: BaseException, pubsub: object, thread: object) -> None:
+        """Keep listening through a Redis outage (redis-py subscribes again on reconnect) or a bad command."""
+        if isinstance(exc, UNAVAILABLE_ERRORS):
+            log.warning("job slots' command channels: redis unavailable: %s; retrying in 2 s", exc)
+            time.sleep(2)
+        else:
+            log.exception("job slots' command channels: %s", exc)
 
     def _run_slot(self, worker: SlotWorker | LeanSlotWorker) -> None:
         """RQ's work loop for one slot, of its public methods: take a job, run it, beat; until stopped."""
