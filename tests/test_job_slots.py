@@ -82,7 +82,7 @@ def test_fifty_jobs_run_at_once_in_one_process_each_with_its_own_timeout_and_sto
     assert seed["result"] == "Processed message generating task with delay: 4 after 4 seconds"
     # Each slot's log lines carry its own job's id: the timeout's lines name the job that timed out.
     lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
-    timed_out = [x for x in lines if "timeout" in x.get("msg", "").lower()]
+    timed_out = [x for x in lines if "Task exceeded maximum timeout value" in x.get("msg", "")]
     assert timed_out and {x.get("job_id") for x in timed_out} == {ids[48]}, timed_out[:3]
 
 
@@ -136,7 +136,7 @@ def test_a_sigkilled_process_loses_none_of_its_running_jobs(slot_env, processes)
 
 def test_deadlines_raise_into_the_job_thread_at_its_timeout_and_never_after_cancel():
     """The one timeout thread of a process (worker/slots.py Deadlines), on its own: no worker needed."""
-    from taskqueue.tasks.builtin import interruptible_sleep
+    from taskqueue.tasks import wait
     from taskqueue.worker.slots import Deadlines, timeout_exception
 
     deadlines = Deadlines()
@@ -146,9 +146,9 @@ def test_deadlines_raise_into_the_job_thread_at_its_timeout_and_never_after_canc
         entry = deadlines.add(timeout, threading.get_ident(), timeout_exception(timeout))
         started = time.monotonic()
         try:
-            interruptible_sleep(seconds if cancel_after is None else cancel_after)
+            wait(seconds if cancel_after is None else cancel_after)
             deadlines.cancel(entry)
-            interruptible_sleep(0.0 if cancel_after is None else seconds - cancel_after)
+            wait(0.0 if cancel_after is None else seconds - cancel_after)
             outcome[threading.current_thread().name] = ("ran", time.monotonic() - started)
         except JobTimeoutException as exc:
             outcome[threading.current_thread().name] = (str(exc), time.monotonic() - started)

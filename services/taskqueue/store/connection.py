@@ -16,8 +16,12 @@ UNAVAILABLE_ERRORS = (ConnectionError, TimeoutError, BusyLoadingError, OSError)
 STORE_FULL_ERRORS = (OutOfMemoryError, ExecAbortError)
 
 
-def connect(cfg: Config, *, retries: int = 2) -> Redis:
-    """A client for ``cfg.redis_url``; every command fails within a bounded time when Redis is down."""
+def connect(cfg: Config, *, retries: int = 2, max_connections: int | None = None) -> Redis:
+    """A client for ``cfg.redis_url``; every command fails within a bounded time when Redis is down.
+
+    ``max_connections``: the most its pool opens at once (redis-py's default, 100, is too few for a process
+    whose job slots share one client).
+    """
     kwargs: dict = {
         "socket_connect_timeout": cfg.redis_timeout,
         "socket_timeout": cfg.redis_timeout,
@@ -25,6 +29,8 @@ def connect(cfg: Config, *, retries: int = 2) -> Redis:
         "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), retries),
         "retry_on_error": [BusyLoadingError],
     }
+    if max_connections is not None:
+        kwargs["max_connections"] = max_connections
     if cfg.redis_password:
         kwargs["password"] = cfg.redis_password
     if cfg.redis_url.startswith("rediss://") and cfg.redis_ca_cert:

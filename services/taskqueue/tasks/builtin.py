@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from taskqueue.tasks.catalogue import task
+from taskqueue.tasks.waiting import wait
 
 # The import paths these tasks had before they were a module of their own: jobs enqueued then name them.
 LEGACY_PATHS = {
@@ -20,21 +20,11 @@ LEGACY_PATHS = {
 }
 
 
-# The longest the built-in sleep waits in one call: a stop or timeout raised into a job slot's thread
-# lands only between calls (worker/slots.py).
-SLEEP_STEP = 0.1
-
-
-def interruptible_sleep(seconds: float) -> None:
-    """``time.sleep(seconds)`` in steps of at most SLEEP_STEP, to the same deadline."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(left, SLEEP_STEP))
-
-
 def save_to_file(msg: str, delayTime: int) -> str:  # the seed's function and argument names
-    """The seed's job: sleep, then return the seed's message (what jobs of the old path still run)."""
-    interruptible_sleep(delayTime)
+    """The seed's job: sleep, then return the seed's message (what jobs of the old path still run).
+
+    The sleep is :func:`~taskqueue.tasks.waiting.wait`: a stop or timeout ends it at once, in a job slot too."""
+    wait(delayTime)
     return f"Processed message {msg} after {delayTime} seconds"
 
 

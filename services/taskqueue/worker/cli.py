@@ -59,12 +59,12 @@ def run_worker(
         "on" if cfg.fast_paths else "off",
     )  # fmt: skip
 
-    def make_worker(name: str, maintenance: bool):
+    def make_worker(name: str, maintenance: bool, connection=None):
         # No retries in the client: RQ's own loop waits and reconnects with backoff.
         return cls(
             list(cfg.queues),
             name=name,
-            connection=connect(cfg, retries=0),
+            connection=connection or connect(cfg, retries=0),
             serializer=SERIALIZER,
             default_result_ttl=cfg.result_ttl,
             maintenance_interval=cfg.maintenance_interval,
@@ -83,10 +83,15 @@ def run_worker(
         worker = None
         try:
             if cfg.job_slots > 1:
-                # One RQ worker a slot; the first does the registry maintenance (no scheduler: the exporter's).
-                name = worker_name(cfg)
+                # One RQ worker a slot, all on one client (its pool gives each blocked call a connection of its
+                # own); the first does the registry maintenance (no scheduler: the exporter runs RQ's).
+                # A slot holds at most a blocked call and a heartbeat's call at once.
+                name, shared = worker_name(cfg), connect(cfg, retries=0, max_connections=3 * cfg.job_slots + 8)
                 pool = SlotPool(
-                    [make_worker(f"{name}.{i}", cfg.worker_maintenance and i == 0) for i in range(cfg.job_slots)],
+                    [
+                        make_worker(f"{name}.{i}", cfg.worker_maintenance and i == 0, shared)
+                        for i in range(cfg.job_slots)
+                    ],
                     burst=burst,
                     logging_level=cfg.log_level.upper(),
                 )

@@ -11,9 +11,9 @@ started-job entry and stop channel), so everything RQ and taskqueue promise a jo
 - a stop (``DELETE /jobs/<id>``) and a ``requeue`` shutdown raise into the slot's thread the same way.
 
 An exception raised into a thread lands between two bytecodes: Python code stops at once, but a call
-blocked in C (``time.sleep``, a socket read) returns first. The built-in tasks wait in short steps, so a
-stop reaches them within a fraction of a second; a task of yours that blocks for long in one call is
-stopped when that call returns (give your I/O timeouts).
+blocked in C (``time.sleep``, a socket read) returns first. ``taskqueue.tasks.wait`` (the built-in sleep's)
+is woken as the exception is raised, so it ends at once; a task of yours that blocks for long in another
+call is stopped when that call returns (give your I/O timeouts).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from rq.exceptions import StopRequested
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 
 from taskqueue.store.connection import UNAVAILABLE_ERRORS
+from taskqueue.tasks import waiting
 from taskqueue.worker.classes import InProcessWorker, LeanInProcessWorker, ShutdownRequeue
 
 log = logging.getLogger("taskqueue.worker")
@@ -112,6 +113,7 @@ class Deadlines:
                 entry[4] = False
                 self._live -= 1
                 raise_in_thread(entry[2], entry[3])
+                waiting.wake(entry[2])
 
 
 DEADLINES = Deadlines()
@@ -144,7 +146,9 @@ class SlotMixin:
         """Raise into the slot's running job while RQ's perform_job can catch it; False if none runs."""
         if self.slot_thread_id is None or not self.job_interruptible():  # type: ignore[attr-defined]
             return False
-        return raise_in_thread(self.slot_thread_id, exc_type)
+        raised = raise_in_thread(self.slot_thread_id, exc_type)
+        waiting.wake(self.slot_thread_id)  # a tasks.wait() in the job ends now
+        return raised
 
     def subscribe(self) -> None:
         """Nothing: the pool listens on every slot's command channel on one connection (SlotPool.run)."""
