@@ -38,7 +38,7 @@ run: venv ## Run everything locally: Redis, generator on :8000, workers, exporte
 	$(PY) -m taskqueue.local
 
 test: venv $(CHECKOV_VENV)/.installed ## Run the test suite (starts its own redis-server, gunicorn, workers, Prometheus), then test-stock
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-stock
 
 # The fork worker and the gthread and sync web workers are the same classes in both modes: not run twice.
