@@ -19,12 +19,12 @@ from rq.serializers import JSONSerializer
 
 from bench import procs
 from bench.common import Opts, fast_paths_env, print_ratios, print_rows, ratio, summary, write_result
+from bench.peer_jobs import DONE
 from bench.worker_bench import drain, fill_ours, service
 from taskqueue.api.jobs import JobRequest
 from taskqueue.tasks import load
 from tests.support import descendants
 
-DONE = "bench:done"
 QUIET = {"TASKQUEUE_LOG_LEVEL": "WARNING"}
 
 
