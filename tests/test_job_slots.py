@@ -168,3 +168,17 @@ def test_deadlines_raise_into_the_job_thread_at_its_timeout_and_never_after_canc
     for _ in range(1000):
         deadlines.cancel(deadlines.add(60, threading.get_ident(), timeout_exception(60)))
     assert len(deadlines._heap) <= 64 + 2
+
+
+def test_jobs_longer_than_the_heartbeat_bound_keep_their_claim(slot_env, processes):
+    """Each slot's heartbeats keep its long job claimed: the exporter's cleanup, every second against a 3 s
+    heartbeat bound, retries none of four 8 s jobs running side by side."""
+    env = {**slot_env, "TASKQUEUE_HEARTBEAT_TTL": "3", "TASKQUEUE_CLEANUP_INTERVAL": "1",
+           "TASKQUEUE_WORKER_MAINTENANCE": "false"}  # fmt: skip
+    gen = processes.generator(env=env)
+    processes.exporter(env=env)
+    processes.worker(["--job-slots", "4"], env=env)
+    ids = batch(gen.base, [{"task": "sleep", "args": {"seconds": 8}} for _ in range(4)])
+    docs = [wait_status(gen.base, i, {"finished", "failed"}, timeout=20) for i in ids]
+    assert {(d["status"], d["retriesLeft"]) for d in docs} == {("finished", 2)}, docs
+    assert max(seconds(d) for d in docs) < 9.5, docs  # each ran once, from its start
