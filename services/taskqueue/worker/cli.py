@@ -106,7 +106,7 @@ def run_worker(
                 return 0
             log.warning("worker loop ended without a stop request (Redis lost?)")
         except (*UNAVAILABLE_ERRORS, *STORE_FULL_ERRORS) as exc:
-            if worker is not None and stop_was_requested(worker):  # told to stop; its goodbye to Redis failed
+            if worker is not None and worker.stop_requested:  # told to stop; its goodbye to Redis failed
                 log.warning("redis unavailable during shutdown: %s; stopping", exc)
                 return 0
             log.warning("redis unavailable: %s", exc)
@@ -116,11 +116,6 @@ def run_worker(
         if sleep_unless_signalled(backoff):
             return 0
         backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
-
-
-def stop_was_requested(worker) -> bool:
-    """Whether the worker (or slot pool) was told to stop."""
-    return bool(getattr(worker, "stopping", False) or getattr(worker, "stop_requested", False))
 
 
 def sleep_unless_signalled(seconds: float) -> bool:

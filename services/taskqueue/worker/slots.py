@@ -196,6 +196,11 @@ class SlotPool:
         self.stopping = False
         self.failure: BaseException | None = None  # what ended a slot other than a stop
 
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the slots were told to stop (as a worker's ``stop_requested``)."""
+        return self.stopping
+
     def busy(self) -> int:
         """Slots running a job now."""
         return sum(1 for w in self.workers if w.executions)
