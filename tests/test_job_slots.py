@@ -182,3 +182,39 @@ def test_jobs_longer_than_the_heartbeat_bound_keep_their_claim(slot_env, process
     docs = [wait_status(gen.base, i, {"finished", "failed"}, timeout=20) for i in ids]
     assert {(d["status"], d["retriesLeft"]) for d in docs} == {("finished", 2)}, docs
     assert max(seconds(d) for d in docs) < 9.5, docs  # each ran once, from its start
+
+
+def test_busy_slots_take_short_jobs_several_at_a_time_and_run_maintenance(cfg, service, redis_client, monkeypatch):
+    """Two slots of one process on 300 no-op jobs (in this process, burst): every job finishes once; the slots'
+    finishes go out several a round trip (as a worker alone's do); the maintenance slot runs RQ's maintenance
+    while busy, as RQ's loop does (due, a worker takes no job ahead)."""
+    from rq.registry import FinishedJobRegistry
+
+    from taskqueue.api.jobs import SERIALIZER, JobRequest
+    from taskqueue.fastpath import redis_pipeline
+    from taskqueue.store.connection import connect
+    from taskqueue.tasks import load
+    from taskqueue.worker.slots import LeanSlotWorker, SlotPool
+
+    n = 300
+    ids = [j.id for j in service.enqueue_batch([JobRequest(load()["noop"], [])] * n)]
+    finishes = []
+    real_send = redis_pipeline.send
+
+    def counting_send(pipe, *args, **kwargs):  # counts the finish transactions, runs the real send
+        if any(c[0][0] == "XADD" for c in pipe.command_stack):
+            finishes.append(1)
+        return real_send(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(redis_pipeline, "send", counting_send)
+    shared = connect(cfg, retries=0, max_connections=16)
+    workers = [
+        LeanSlotWorker(["default"], name=f"slots.{i}", connection=shared, serializer=SERIALIZER, maintenance=i == 0)
+        for i in range(2)
+    ]
+    SlotPool(workers, burst=True, logging_level="WARNING").run()
+    finished = FinishedJobRegistry("default", connection=redis_client, serializer=SERIALIZER).get_job_ids()
+    assert sorted(finished) == sorted(ids)
+    assert all(redis_client.xlen(f"rq:results:{i}") == 1 for i in ids)
+    assert len(finishes) <= n // 5, f"{len(finishes)} finish round trips for {n} short jobs"
+    assert workers[0].last_cleaned_at is not None and workers[1].last_cleaned_at is not None

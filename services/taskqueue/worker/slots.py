@@ -84,7 +84,8 @@ class Deadlines:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="job-timeouts", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0] is entry:  # the thread waits for an earlier deadline otherwise: no need to wake it
+                self._cond.notify()
         return entry
 
     def cancel(self, entry: list[Any]) -> None:
@@ -272,6 +273,8 @@ class SlotPool:
                         worker.check_for_suspension(self.burst)
                     except StopRequested:  # suspended (rq suspend) in burst mode
                         break
+                    if worker.should_run_maintenance_tasks:  # as RQ's loop does: due, a worker takes no job ahead
+                        worker.run_maintenance_tasks()
                     wait = None if self.burst else IDLE_POLL
                     taken = worker.dequeue_job_and_maintain_ttl(wait, max_idle_time=wait)
                     if taken is None:
