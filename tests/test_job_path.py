@@ -1,5 +1,4 @@
-"""The in-process worker's lean job path (taskqueue.job_path): RQ's records, in two round trips a job
-at most, shared by the jobs of a take while they are short.
+"""The in-process worker's lean job path (taskqueue.job_path): RQ's records, in two round trips a job.
 
 Real redis-server, real RQ 3.0 objects read the records back; workers run in this process (their
 signal-based timeouts need the main thread) or through ``taskqueue-worker``.
@@ -78,13 +77,10 @@ def commands(client) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
 
 
-@pytest.mark.parametrize("budget", [job_path.TAKE_BUDGET, 0.0], ids=["short-jobs-share", "one-a-take"])
-def test_a_job_costs_two_round_trips_and_leaves_rqs_records(cfg, service, redis_client, monkeypatch, budget):
-    """N no-op jobs: RQ's finished records for each, nothing left running; at most 26 commands a job
-    (two transactions: the take and the finish), over what a burst worker with an empty queue costs
-    (start-up, shutdown). Two round trips a job when each take holds one job (no budget: as for jobs
-    longer than it); short jobs share them, several a take."""
-    monkeypatch.setattr(job_path, "TAKE_BUDGET", budget)
+def test_a_job_costs_two_round_trips_and_leaves_rqs_records(cfg, service, redis_client):
+    """N no-op jobs: RQ's finished records for each, nothing left running; 2 round trips and
+    26 commands a job (two transactions: the take and the finish), over what a burst worker with an
+    empty queue costs (start-up, shutdown)."""
     n = 200
 
     def burst() -> tuple[int, int, LeanInProcessWorker]:
@@ -115,13 +111,10 @@ def test_a_job_costs_two_round_trips_and_leaves_rqs_records(cfg, service, redis_
     ids = [j.id for j in service.enqueue_batch([NOOP] * n)]
     kinds.clear()
     cmds, trips, w = burst()
+    assert kinds.count("finish") == n and kinds.count("other") >= n  # the finish, and the take
     # Beyond 26 a job: the busy and idle state writes and a heartbeat every 5 s.
     assert cmds - idle_cmds <= 26 * n + 10
-    if budget:  # takes of up to TAKE_MAX jobs: 1, 2, 4, ... 32, 32, ...
-        assert kinds.count("finish") <= n // 10 and trips - idle_trips <= n // 5
-    else:
-        assert kinds.count("finish") == n and kinds.count("other") >= n  # the finish, and the take
-        assert trips - idle_trips <= 2 * n + 5
+    assert trips - idle_trips <= 2 * n + 5
 
     queue = Queue("default", connection=redis_client, serializer=SERIALIZER)
     finished = set(FinishedJobRegistry(queue=queue).get_job_ids())
@@ -141,21 +134,17 @@ def test_a_job_costs_two_round_trips_and_leaves_rqs_records(cfg, service, redis_
 
 
 def test_job_hash_and_result_match_stock_rq(cfg, service, redis_client):
-    """The same job run by stock RQ's SimpleWorker and by ours, alone and in takes of several: the same
-    fields in the job and result."""
+    """The same job run by stock RQ's SimpleWorker and by ours: the same fields in the job and result."""
     stock_job = enqueue_job(service, NOOP)
     SimpleWorker(["default"], connection=redis_client, serializer=SERIALIZER).work(burst=True)
-    ours_jobs = [service.fetch(j.id) for j in service.enqueue_batch([NOOP] * 20)]
+    ours_job = enqueue_job(service, NOOP)
     make_worker(cfg).work(burst=True)
-    stock = redis_client.hgetall(Job.key_for(stock_job.id))
-    (stock_result,) = redis_client.xrange(f"rq:results:{stock_job.id}")
-    assert stock[b"status"] == b"finished"
-    for job in ours_jobs:  # the first take holds one job; the later ones several
-        ours = redis_client.hgetall(Job.key_for(job.id))
-        assert ours[b"status"] == b"finished" and set(stock) == set(ours)
-        (ours_result,) = redis_client.xrange(f"rq:results:{job.id}")
-        assert set(stock_result[1]) == set(ours_result[1])
-        assert 0 < redis_client.ttl(Job.key_for(job.id)) <= cfg.result_ttl
+    stock, ours = (redis_client.hgetall(Job.key_for(j.id)) for j in (stock_job, ours_job))
+    assert stock[b"status"] == ours[b"status"] == b"finished"
+    assert set(stock) == set(ours)
+    stock_result, ours_result = (redis_client.xrange(f"rq:results:{j.id}") for j in (stock_job, ours_job))
+    assert set(stock_result[0][1]) == set(ours_result[0][1])
+    assert 0 < redis_client.ttl(Job.key_for(ours_job.id)) <= cfg.result_ttl
 
 
 REGISTRIES = {
@@ -299,25 +288,6 @@ def test_a_job_popped_ahead_goes_back_when_the_worker_stops(cfg, service, redis_
     assert Job.fetch(ids[1], connection=redis_client, serializer=SERIALIZER).get_status() == "queued"
     make_worker(cfg).work(burst=True)
     assert all(j.get_status() == "finished" for j in Job.fetch_many(ids, redis_client, serializer=SERIALIZER))
-
-
-def test_jobs_taken_ahead_go_back_in_order_when_the_worker_stops(cfg, service, redis_client):
-    """max_jobs=10 with 40 short jobs: takes of 1, 2, 4, then 8, so 5 jobs are started and not run when RQ's
-    loop stops. The 10 run are finished, with one result each; the 5 are queued again in front, in their
-    order, with no execution or started entry left; the next worker runs the rest once each."""
-    ids = [j.id for j in service.enqueue_batch([NOOP] * 40)]
-    w = make_worker(cfg)
-    w.work(burst=False, max_jobs=10)
-    queue = Queue("default", connection=redis_client, serializer=SERIALIZER)
-    assert set(FinishedJobRegistry(queue=queue).get_job_ids()) == set(ids[:10])
-    assert [i.decode() for i in redis_client.lrange(queue.key, 0, -1)] == ids[10:]
-    assert redis_client.llen(queue.intermediate_queue_key) == 0
-    assert StartedJobRegistry(queue=queue).get_job_ids(cleanup=False) == []
-    assert redis_client.keys("rq:execution:*") == []
-    assert {j.get_status() for j in Job.fetch_many(ids[10:15], redis_client, serializer=SERIALIZER)} == {"queued"}
-    make_worker(cfg).work(burst=True)
-    jobs = Job.fetch_many(ids, redis_client, serializer=SERIALIZER)
-    assert all(j.get_status() == "finished" and len(j.results()) == 1 for j in jobs)
 
 
 def test_rq_suspend_gives_back_the_popped_job(cfg, service, redis_client):
@@ -479,7 +449,7 @@ def test_a_job_taken_back_from_the_intermediate_list_is_not_started(cfg, service
     redis_client.lmove(queue.key, queue.intermediate_queue_key)
     redis_client.lrem(queue.intermediate_queue_key, 1, job.id)  # what a requeue does, then:
     redis_client.rpush(queue.key, job.id)
-    assert w._take(w.queues[0], [job.id]) is False
+    assert w._take(w.queues[0], job.id) is None
     assert job.get_status() == "queued" and redis_client.keys("rq:execution:*") == []
     make_worker(cfg).work(burst=True)
     assert job.get_status() == "finished" and len(job.results()) == 1

@@ -17,11 +17,6 @@ methods so that the same records are written, in RQ's order, in fewer and merged
   if there are any), and the *next* job popped into the intermediate list (LMOVE), so a busy worker
   makes no separate pop (none when maintenance is due); a popped job not started (stop,
   ``max_jobs``, ``rq suspend``) is pushed back to the front;
-- **short jobs share the round trips**: while jobs end within :data:`TAKE_BUDGET` the worker takes
-  several at once (up to :data:`TAKE_MAX`, adapted to how long the last ones took): one transaction
-  starts them all, and one writes all their finishes and pops the next ones. A job is so at most
-  a budget's time marked started before it runs, or marked finished after it ended; a job that runs
-  longer brings the worker back to one job a take;
 - **worker bookkeeping**: job counters ride with the worker heartbeat every few seconds; the state
   is written when it changes, so a worker is ``idle`` only when its queue is empty.
 
@@ -40,7 +35,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -61,10 +55,6 @@ from taskqueue.store.connection import STORE_FULL_ERRORS
 from taskqueue.store.outcomes import BoundedResultJob
 
 JOB_FINISH_FIELDS = ("status", "ended_at", "last_heartbeat")
-# Jobs taken together: their starts are written before the first runs, their finishes after the last
-# ends, so a take holds as many as the last ones show to end within this many seconds altogether.
-TAKE_BUDGET = 0.01
-TAKE_MAX = 32  # jobs a take holds at most
 # Put a popped job back at the front of its queue, if it is still in the intermediate list.
 GIVE_BACK = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
@@ -155,15 +145,9 @@ class LeanJobPath:
 
     def __init__(self, *args, **kwargs):
         self._pending_start: redis.client.Pipeline | None = None
-        self._taken: Execution | None = None  # the start of the job handed out last
-        self._interrupted: list[tuple[Job, Execution]] = []  # starts Redis did not confirm
-        self._prefetched: list[str] = []  # popped into the intermediate list, not started
-        self._batch: deque[tuple[Job, Queue, Execution]] = deque()  # started by the last take, not run yet
-        self._finishing: redis.client.Pipeline | None = None  # finishes not sent yet...
-        self._finished: list[tuple[Job, Queue, int, int, int]] = []  # ...(job, queue, result ttl, reply indexes)
-        self._take_size = 1
-        self._take_started = 0.0  # when the last take was sent
-        self._take_count = 0  # and how many jobs it held
+        self._taken: Execution | None = None
+        self._interrupted: tuple[Job, Execution] | None = None
+        self._prefetched: str | None = None
         self._counts = {"successful_job_count": 0, "failed_job_count": 0}
         self._working_time = 0.0
         self._last_suspension_check = float("-inf")
@@ -222,66 +206,52 @@ class LeanJobPath:
         self._working_time += job_execution_time.total_seconds()
 
     def teardown(self):
-        """Write the finishes not sent yet, give back the jobs taken ahead, write the counters not yet
-        written, then RQ's teardown."""
+        """Give back a popped job, write the counters not yet written, then RQ's teardown."""
         if not self.is_horse:
             try:
-                self._send_finishes(prefetch=False)
-                self._give_back_taken()
-            except redis.exceptions.RedisError as exc:  # maintenance retries or requeues them
-                self.log.warning("Worker %s: jobs taken ahead not given back: %s", self.name, exc)
+                self._give_back_prefetched()
+            except redis.exceptions.RedisError as exc:  # the exporter requeues it from the intermediate list
+                self.log.warning("Worker %s: popped job not given back: %s", self.name, exc)
             try:
                 self._write_with_counters(lambda pipe: None)
             except redis.exceptions.RedisError as exc:
                 self.log.warning("Worker %s: job counters not written: %s", self.name, exc)
         super().teardown()
 
-    # -- taking jobs and starting them: one round trip after the pop ----------------------------------
+    # -- taking a job and starting it: one round trip after the pop ---------------------------------
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
-        """The next job of the last take; else pop a job (or use the ones the last finish popped) and
-        start them in the same round trip as their fetch; go idle and block only with the queue empty.
-        Several queues: RQ's own method."""
+        """Pop a job (or use the one the last finish popped) and start it in the same round trip as
+        its fetch; go idle and block only with the queue empty. Several queues: RQ's own method."""
         if len(self.queues) != 1:
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-        if self._batch:
-            return self._hand_out()
         queue = self.queues[0]
         idle_since = time.monotonic()
         wait = 1.0
         while True:
             try:
-                if self._finished:  # the take's last job failed (RQ's path): its earlier ones' finishes
-                    self._send_finishes(prefetch=True)
                 self.heartbeat()
-                if self._interrupted and self._resume_interrupted_take(queue):
-                    return self._hand_out()
-                job_ids, self._prefetched = self._prefetched, []
-                if not job_ids:
+                if self._interrupted is not None and (taken := self._resume_interrupted_take(queue)):
+                    return taken
+                job_id, self._prefetched = self._prefetched, None
+                if job_id is None:
                     job_id = self.connection.lmove(queue.key, queue.intermediate_queue_key)
+                if job_id is None:
+                    if timeout is None:  # burst mode: done
+                        return None
+                    job_id = self._wait_for_job(queue, timeout, max_idle_time, idle_since)
                     if job_id is None:
-                        if timeout is None:  # burst mode: done
+                        if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
                             return None
-                        job_id = self._wait_for_job(queue, timeout, max_idle_time, idle_since)
-                        if job_id is None:
-                            if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
-                                return None
-                            continue
-                    job_ids = [as_text(job_id)]
-                if self._take(queue, job_ids):
-                    return self._hand_out()
+                        continue
+                taken = self._take(queue, as_text(job_id))
+                if taken is not None:
+                    return taken
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *STORE_FULL_ERRORS) as exc:
-                # Redis away, or full (a start refused whole: the jobs stay in the intermediate list)
+                # Redis away, or full (a start refused whole: the job stays in the intermediate list)
                 self.log.error("Worker %s: Redis unavailable (%s); retrying in %.0f s", self.name, exc, wait)
                 time.sleep(wait)
                 wait = min(wait * self.exponential_backoff_factor, self.max_connection_wait_time)
-
-    def _hand_out(self) -> tuple[Job, Queue]:
-        job, queue, execution = self._batch.popleft()
-        self._taken = execution
-        # RQ's line for a taken job (dropped by default with the other per-job lines, see logs.py)
-        self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
-        return job, queue
 
     def _wait_for_job(self, queue: Queue, timeout: int, max_idle_time: int | None, idle_since: float):
         """Idle: RQ's state and maintenance, then a blocking pop of at most ``timeout`` seconds."""
@@ -293,47 +263,32 @@ class LeanJobPath:
             timeout = max(1, min(timeout, math.ceil(max_idle_time - (time.monotonic() - idle_since))))
         return self.connection.blmove(queue.key, queue.intermediate_queue_key, timeout)
 
-    def _take(self, queue: Queue, job_ids: list[str]) -> bool:
-        """Read the jobs and write their starts (RQ's records, in RQ's order) in one transaction; True if
-        any is to run (they wait in ``_batch``).
+    def _take(self, queue: Queue, job_id: str) -> tuple[Job, Queue] | None:
+        """Read the job and write its start (RQ's records, in RQ's order) in one transaction.
 
-        The LREMs from the intermediate list go last: at every moment a job is in the queue's
+        The LREM from the intermediate list goes last: at every moment the job is in the queue's
         intermediate list or in its started registry, where maintenance finds it if this process
         dies. A transaction, because a full Redis refuses the writes that grow memory and runs the
-        rest: alone, an LREM would take a job out of the list while its start was refused.
+        rest: alone, the LREM would take the job out of the list while its start was refused.
         """
-        jobs = []
-        for job_id in job_ids:
-            job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
-            job.origin = queue.name
-            jobs.append(job)
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        job.origin = queue.name
         with self.connection.pipeline() as pipe:
-            for job in jobs:
-                pipe.hgetall(job.key)  # the job as it was queued
-            executions = []
-            for job in jobs:
-                ttl = self.get_heartbeat_ttl(job)
-                executions.append(Execution.create(job, ttl, pipeline=pipe, worker_name=self.name))
-                job.prepare_for_execution(self.name, pipeline=pipe)  # status, started_at, heartbeat, worker
-                pipe.persist(job.key)  # a running job must not expire (a requeued failed job has a TTL)
+            pipe.hgetall(job.key)  # the job as it was queued
+            execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            for job in jobs:
-                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            job.prepare_for_execution(self.name, pipeline=pipe)  # status, started_at, heartbeat, worker
+            pipe.persist(job.key)  # a running job must not expire (a requeued failed job has a TTL)
+            pipe.lrem(queue.intermediate_queue_key, 1, job_id)
             try:
                 replies = redis_pipeline.send(pipe)
             except redis.exceptions.RedisError:
-                self._interrupted = list(zip(jobs, executions, strict=True))  # sorted out when Redis answers again
+                self._interrupted = (job, execution)  # sorted out when Redis answers again
                 raise
-        n = len(jobs)
-        self._take_started = time.monotonic()
-        self._take_count = n
-        for job, execution, raw, removed in zip(jobs, executions, replies[:n], replies[-n:], strict=True):
-            if self._started(job, queue, execution, raw=raw, removed=removed):
-                self._batch.append((job, queue, execution))
-        return bool(self._batch)
+        return self._started(job, queue, execution, raw=replies[0], removed=replies[-1])
 
-    def _started(self, job: Job, queue: Queue, execution: Execution, raw, removed: int) -> bool:
-        """Whether the job is to run; False (and its start undone) if it vanished or was taken back meanwhile."""
+    def _started(self, job: Job, queue: Queue, execution: Execution, raw, removed: int):
+        """The job to run, or None (and the start undone) if it vanished or was taken back meanwhile."""
         started_at, worker_name = job.started_at, job.worker_name
         deleted = not raw or b"data" not in raw
         if deleted or not removed:
@@ -347,7 +302,7 @@ class LeanJobPath:
                     pipe.hset(job.key, "status", raw.get(b"status", JobStatus.QUEUED))
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 pipe.execute()
-            return False
+            return None
         job.restore(raw)
         job._status, job.started_at, job.last_heartbeat, job.worker_name = (
             JobStatus.STARTED,
@@ -356,34 +311,32 @@ class LeanJobPath:
             worker_name,
         )
         job.redis_server_version = self.get_redis_server_version()
-        return True
+        self._taken = execution
+        # RQ's line for a taken job (dropped by default with the other per-job lines, see logs.py)
+        self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
+        return job, queue
 
-    def _resume_interrupted_take(self, queue: Queue) -> bool:
-        """Redis went away or refused a take: did it land? (An LREM is its last command.) True if jobs of it are
-        to run; the ones still in the intermediate list are taken again."""
-        interrupted = self._interrupted
+    def _resume_interrupted_take(self, queue: Queue) -> tuple[Job, Queue] | None:
+        """Redis went away or refused a start: did it land? (The LREM is its last command.)"""
+        job, execution = self._interrupted
         with self.connection.pipeline(transaction=False) as pipe:
-            for job, execution in interrupted:
-                pipe.lpos(queue.intermediate_queue_key, job.id)
-                pipe.zscore(queue.started_job_registry.key, execution.composite_key)
-                pipe.hgetall(job.key)
-            replies = pipe.execute()
-        states = [(job, execution, *replies[3 * i : 3 * i + 3]) for i, (job, execution) in enumerate(interrupted)]
-        retake = [(job, execution, raw) for job, execution, queued, _claim, raw in states if queued is not None]
-        if retake:  # it did not: undo what of it landed, take the jobs again
+            pipe.lpos(queue.intermediate_queue_key, job.id)
+            pipe.zscore(queue.started_job_registry.key, execution.composite_key)
+            pipe.hgetall(job.key)
+            still_queued, claim, raw = pipe.execute()
+        if still_queued is not None:  # it did not: undo what of it landed, take the job again
             with self.connection.pipeline() as pipe:
-                for job, execution, raw in retake:
-                    if raw and b"data" in raw:
-                        pipe.hset(job.key, "status", JobStatus.QUEUED)
-                    self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                if raw and b"data" in raw:
+                    pipe.hset(job.key, "status", JobStatus.QUEUED)
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 pipe.execute()  # refused (Redis full): still interrupted, looked at again on the next try
-        self._interrupted = []
-        self._prefetched = [job.id for job, _execution, _raw in retake] + self._prefetched
-        for job, execution, still_queued, claim, raw in states:
-            # A claim gone too: maintenance requeued or failed the job meanwhile.
-            if still_queued is None and claim is not None and self._started(job, queue, execution, raw=raw, removed=1):
-                self._batch.append((job, queue, execution))
-        return bool(self._batch)
+            self._interrupted = None
+            self._prefetched = job.id
+            return None
+        self._interrupted = None
+        if claim is None:  # gone from both: maintenance requeued or failed it meanwhile
+            return None
+        return self._started(job, queue, execution, raw=raw, removed=1)
 
     def execute_job(self, job: Job, queue: Queue):
         """RQ's ``SimpleWorker.execute_job`` without the idle write after every job."""
@@ -417,32 +370,21 @@ class LeanJobPath:
             pipe.execute()
         return None
 
-    # -- the jobs taken ahead, when the worker stops or is suspended instead ----------------------------
+    # -- the job popped by the last finish, when the worker stops or is suspended instead ---------------
 
-    def _give_back_taken(self) -> None:
-        """Put the jobs popped or started ahead and not run back at the front of the queue, in their order."""
-        batch, self._batch = list(self._batch), deque()
-        job_ids, self._prefetched = self._prefetched, []
-        if not batch and not job_ids:
-            return
-        queue = self.queues[0]
-        for job_id in reversed(job_ids):  # the later ones first: each goes to the front
+    def _give_back_prefetched(self) -> None:
+        job_id, self._prefetched = self._prefetched, None
+        if job_id is not None:
+            queue = self.queues[0]
             self._give_back(keys=[queue.intermediate_queue_key, queue.key], args=[job_id], client=self.connection)
-        if batch:
-            with self.connection.pipeline() as pipe:
-                for job, _queue, execution in batch:
-                    pipe.hset(job.key, "status", JobStatus.QUEUED)
-                    self.cleanup_execution(job, pipeline=pipe, execution=execution)
-                pipe.lpush(queue.key, *[job.id for job, _queue, _execution in reversed(batch)])
-                pipe.execute()
 
     def check_for_suspension(self, burst: bool):
         """``rq suspend`` is noticed within a second, not checked before every job."""
         if time.monotonic() - self._last_suspension_check < 1.0:
             return None
         self._last_suspension_check = time.monotonic()
-        if (self._prefetched or self._batch) and is_suspended(self.connection, self):
-            self._give_back_taken()
+        if self._prefetched is not None and is_suspended(self.connection, self):
+            self._give_back_prefetched()
         return super().check_for_suspension(burst)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int):
@@ -452,82 +394,57 @@ class LeanJobPath:
         job.ended_at = job.last_heartbeat = now()
         return None
 
-    # -- finishing jobs: one transaction a take ---------------------------------------------------------
+    # -- finishing it: one transaction ---------------------------------------------------------------
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry, execution: Execution):
-        """RQ's records of a finished job, sent with the finishes of its take's other jobs after the last."""
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         if result_ttl == 0 or job.repeats_left or job.has_rate_limit:
             return super().handle_job_success(job, queue, started_job_registry, execution)
         self.increment_successful_job_count()
         self.increment_total_working_time(job.ended_at - job.started_at)
         job._status = JobStatus.FINISHED
-        if self._finishing is None:
-            self._finishing = self.connection.pipeline()
-        pipe = self._finishing
-        status_reply = len(pipe.command_stack)
-        pipe.hset(
-            job.key,
-            mapping={
-                "status": JobStatus.FINISHED,
-                "ended_at": rq_timestamp(job.ended_at),
-                "last_heartbeat": rq_timestamp(job.last_heartbeat),
-            },
-        )
-        LeanResult.create(
-            job,
-            Result.Type.SUCCESSFUL,
-            ttl=result_ttl,
-            return_value=job._result,
-            worker_name=self.name,
-            pipeline=pipe,
-            execution_id=execution.id,
-            execution_started_at=execution.created_at,
-            execution_ended_at=job.ended_at,
-        )
-        job.finished_job_registry.add(job, result_ttl, pipe)
-        if result_ttl > 0:
-            pipe.expire(job.key, result_ttl)
-            if job._dependency_ids:
-                pipe.expire(job.dependencies_key, result_ttl)
-        self.cleanup_execution(job, pipeline=pipe, execution=execution)
-        pipe.smembers(job.dependents_key)
-        self._finished.append((job, queue, result_ttl, status_reply, len(pipe.command_stack) - 1))
-        if not self._batch:  # the take's last job
-            self._send_finishes(prefetch=True)
-        return None
-
-    def _send_finishes(self, prefetch: bool) -> None:
-        """The finishes not sent yet in one transaction, with the next take popped in it (``prefetch``),
-        so a busy worker makes no separate pop. Lost if Redis fails it: maintenance retries those jobs."""
-        pipe, finished = self._finishing, self._finished
-        self._finishing, self._finished = None, []
-        if pipe is None:
-            return
-        # Not before maintenance, which would see the popped jobs in the intermediate list.
-        take = 0
-        if prefetch and len(self.queues) == 1 and not self._stop_requested and not self.should_run_maintenance_tasks:
-            take = self._next_take_size()
-            for _ in range(take):
+        with self.connection.pipeline() as pipe:
+            pipe.hset(
+                job.key,
+                mapping={
+                    "status": JobStatus.FINISHED,
+                    "ended_at": rq_timestamp(job.ended_at),
+                    "last_heartbeat": rq_timestamp(job.last_heartbeat),
+                },
+            )
+            LeanResult.create(
+                job,
+                Result.Type.SUCCESSFUL,
+                ttl=result_ttl,
+                return_value=job._result,
+                worker_name=self.name,
+                pipeline=pipe,
+                execution_id=execution.id,
+                execution_started_at=execution.created_at,
+                execution_ended_at=job.ended_at,
+            )
+            job.finished_job_registry.add(job, result_ttl, pipe)
+            if result_ttl > 0:
+                pipe.expire(job.key, result_ttl)
+                if job._dependency_ids:
+                    pipe.expire(job.dependencies_key, result_ttl)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            pipe.smembers(job.dependents_key)
+            # Not before maintenance, which would see the popped job in the intermediate list.
+            prefetch = len(self.queues) == 1 and not self._stop_requested and not self.should_run_maintenance_tasks
+            if prefetch:  # the next job, popped in the same round trip; taken by the next dequeue
                 pipe.lmove(self.queues[0].key, self.queues[0].intermediate_queue_key)
-        with pipe:
             replies = redis_pipeline.send(pipe)
-        if take:
-            self._prefetched = [as_text(job_id) for job_id in replies[-take:] if job_id is not None]
-        for job, queue, result_ttl, status_reply, dependents_reply in finished:
-            if replies[status_reply] == len(JOB_FINISH_FIELDS):  # the hash was deleted while it ran: drop the stub
-                self.connection.delete(job.key)
-            if replies[dependents_reply]:
-                # Dependents registered before the commit are in the reply; later ones saw FINISHED and
-                # were enqueued by whoever added them. RQ moves these to their queues.
-                if result_ttl > 0:
-                    self.connection.expire(job.dependents_key, result_ttl)
-                self._enqueue_dependents_safely(queue, job)
-            self.log.debug("Worker %s: job %s finished", self.name, job.id)
-
-    def _next_take_size(self) -> int:
-        """As many jobs as the last take's show to end within TAKE_BUDGET altogether; at most twice the last."""
-        spent = (time.monotonic() - self._take_started) / max(self._take_count, 1)
-        fits = int(TAKE_BUDGET / spent) if spent > 0 else TAKE_MAX
-        self._take_size = max(1, min(TAKE_MAX, 2 * self._take_size, fits))
-        return self._take_size
+        if prefetch:
+            next_id = replies.pop()
+            self._prefetched = as_text(next_id) if next_id is not None else None
+        if replies[0] == len(JOB_FINISH_FIELDS):  # the job's hash was deleted while it ran: drop the stub
+            self.connection.delete(job.key)
+        if replies[-1]:
+            # Dependents registered before the commit are in the reply; later ones saw FINISHED and
+            # were enqueued by whoever added them. RQ moves these to their queues.
+            if result_ttl > 0:
+                self.connection.expire(job.dependents_key, result_ttl)
+            self._enqueue_dependents_safely(queue, job)
+        self.log.debug("Worker %s: job %s finished", self.name, job.id)
+        return None

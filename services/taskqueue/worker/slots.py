@@ -142,6 +142,13 @@ class SlotMixin:
 
     death_penalty_class = ThreadDeathPenalty
     slot_thread_id: int | None = None  # the thread running this slot's loop
+    first_slot = True  # SlotPool sets it False on every slot but its first
+
+    def clean_group_registries(self) -> None:
+        """RQ's, from the first slot only: one lock covers every worker, so the other slots' tries (a round trip
+        each, at start and every maintenance interval) would fail anyway."""
+        if self.first_slot:
+            super().clean_group_registries()  # type: ignore[misc]
 
     def _raise_into_job(self, exc_type: type[BaseException]) -> bool:
         """Raise into the slot's running job while RQ's perform_job can catch it; False if none runs."""
@@ -192,6 +199,8 @@ class SlotPool:
 
     def __init__(self, workers: Sequence[SlotWorker | LeanSlotWorker], *, burst: bool = False, logging_level: str):
         self.workers = list(workers)
+        for worker in self.workers[1:]:
+            worker.first_slot = False
         self.burst = burst
         self.logging_level = logging_level
         self.stopping = False
