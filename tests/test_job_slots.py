@@ -143,8 +143,8 @@ def test_deadlines_raise_into_the_job_thread_at_its_timeout_and_never_after_canc
     outcome: dict[str, object] = {}
 
     def job(seconds: float, timeout: float, cancel_after: float | None) -> None:
+        started = time.monotonic()  # before the deadline is set: the time to it is at least `timeout`
         entry = deadlines.add(timeout, threading.get_ident(), timeout_exception(timeout))
-        started = time.monotonic()
         try:
             wait(seconds if cancel_after is None else cancel_after)
             deadlines.cancel(entry)
