@@ -59,7 +59,7 @@ def metrics(opts: Opts) -> dict[str, Any]:
 
 
 def benchmarks():
-    from bench import fastpaths, http_bench, memory, slots_bench, worker_bench
+    from bench import fastpaths, http_bench, memory, progress_bench, slots_bench, worker_bench
 
     return {
         "start": http_bench.start,
@@ -71,6 +71,7 @@ def benchmarks():
         "memory": memory.memory,
         "fastpaths": fastpaths.fastpaths,
         "slots": slots_bench.slots,
+        "progress": progress_bench.progress,
     }
 
 

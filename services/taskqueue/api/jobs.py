@@ -268,6 +268,7 @@ class JobService:
             "endedAt": iso(job.ended_at),
             "retriesLeft": job.retries_left,
             "queue": job.origin,
+            "progress": job.meta.get("progress"),  # what the task last reported (taskqueue.tasks.progress)
         }
 
     def list_ids(self, state: str, offset: int, limit: int) -> tuple[list[str], int]:

@@ -351,6 +351,7 @@ def _schemas(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
                 "endedAt",
                 "retriesLeft",
                 "queue",
+                "progress",
             ],
             "properties": {
                 "jobId": {"type": "string"},
@@ -363,6 +364,19 @@ def _schemas(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
                 "endedAt": nullable_time,
                 "retriesLeft": {"type": ["integer", "null"]},
                 "queue": {"type": "string"},
+                "progress": {
+                    "description": "What the task last reported with taskqueue.tasks.progress (written at most "
+                    "every 0.5 s), else null.",
+                    "type": ["object", "null"],
+                    "required": ["current", "total", "message", "updatedAt"],
+                    "properties": {
+                        "current": {"type": "number"},
+                        "total": {"type": ["number", "null"]},
+                        "message": {"type": ["string", "null"], "maxLength": 200},
+                        "updatedAt": {"type": "string", "format": "date-time"},
+                    },
+                    "additionalProperties": False,
+                },
             },
             "additionalProperties": False,
         },

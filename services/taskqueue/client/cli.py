@@ -40,19 +40,34 @@ def _print(doc: Any) -> None:
     print(json.dumps(doc, indent=2, ensure_ascii=False))
 
 
+BAR_WIDTH = 24
+
+
+def progress_bar(progress: dict[str, Any] | None) -> str:
+    """The progress a task reported, as ``[#####.....]  42% message`` (or ``42 message`` without a total)."""
+    if not progress:
+        return ""
+    current, total, message = progress.get("current"), progress.get("total"), progress.get("message") or ""
+    if isinstance(total, int | float) and total > 0 and isinstance(current, int | float):
+        share = min(max(current / total, 0.0), 1.0)
+        filled = round(share * BAR_WIDTH)
+        return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {share:4.0%} {message}".rstrip()
+    return f"{current} {message}".rstrip()
+
+
 class Progress:
     """The job's status while ``wait`` polls, on stderr: one line rewritten on a terminal, else a line a change."""
 
     def __init__(self) -> None:
-        self.tty, self.last = sys.stderr.isatty(), None
+        self.tty, self.last = sys.stderr.isatty(), ("", "")
 
     def __call__(self, doc: dict[str, Any], elapsed: float) -> None:
-        status = doc.get("status", "?")
+        status, bar = doc.get("status", "?"), progress_bar(doc.get("progress"))
         if self.tty:
-            sys.stderr.write(f"\r{status:<10} {elapsed:6.1f} s")
-        elif status != self.last:
-            sys.stderr.write(f"{status} after {elapsed:.1f} s\n")
-        self.last = status
+            sys.stderr.write(f"\r{f'{status:<10} {elapsed:6.1f} s {bar}'.rstrip():<79}")
+        elif (status, bar) != self.last:  # a line when the status or the progress changes
+            sys.stderr.write(f"{status} after {elapsed:.1f} s {bar}".rstrip() + "\n")
+        self.last = (status, bar)
         sys.stderr.flush()
 
     def end(self) -> None:

@@ -8,6 +8,7 @@ request names a task, never a Python path, so input cannot choose what code a wo
 from taskqueue.tasks.builtin import fail, hash_chain, noop, save_to_file  # the paths older jobs name
 from taskqueue.tasks.catalogue import Catalogue, CatalogueError, Task, TaskInputError, task
 from taskqueue.tasks.discovery import ENTRY_POINT_GROUP, load, load_or_exit
+from taskqueue.tasks.report import progress
 from taskqueue.tasks.waiting import wait
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "load",
     "load_or_exit",
     "noop",
+    "progress",
     "save_to_file",
     "task",
     "wait",

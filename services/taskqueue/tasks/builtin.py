@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from taskqueue.tasks.catalogue import task
+from taskqueue.tasks.report import progress
 from taskqueue.tasks.waiting import wait
 
 # The import paths these tasks had before they were a module of their own: jobs enqueued then name them.
@@ -23,8 +24,12 @@ LEGACY_PATHS = {
 def save_to_file(msg: str, delayTime: int) -> str:  # the seed's function and argument names
     """The seed's job: sleep, then return the seed's message (what jobs of the old path still run).
 
-    The sleep is :func:`~taskqueue.tasks.waiting.wait`: a stop or timeout ends it at once, in a job slot too."""
-    wait(delayTime)
+    The sleep is :func:`~taskqueue.tasks.waiting.wait`: a stop or timeout ends it at once, in a job slot too.
+    Its progress is the seconds slept, one report a second."""
+    for second in range(delayTime):
+        progress(second, delayTime, "sleeping")
+        wait(1)
+    progress(delayTime, delayTime, "done")
     return f"Processed message {msg} after {delayTime} seconds"
 
 
@@ -54,8 +59,11 @@ def hash_chain(
 ) -> dict[str, Any]:
     """CPU-bound: `rounds` chained SHA-256 hashes."""
     digest = seed.encode()
-    for _ in range(rounds):
+    for i in range(rounds):
+        if not i & 0xFFFF:  # every 65,536 rounds: the check costs less than the hash
+            progress(i, rounds)
         digest = hashlib.sha256(digest).digest()
+    progress(rounds, rounds)
     return {"rounds": rounds, "digest": digest.hex()}
 
 

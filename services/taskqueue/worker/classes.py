@@ -41,7 +41,7 @@ from taskqueue.observability.logs import current_job_id
 from taskqueue.store import outcomes
 from taskqueue.store.connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
 from taskqueue.store.outcomes import BoundedResultJob
-from taskqueue.tasks import Catalogue
+from taskqueue.tasks import Catalogue, report
 from taskqueue.tasks import load as load_catalogue
 
 OUTCOME_BY_STATUS = {
@@ -200,6 +200,13 @@ class TaskqueueWorkerMixin:
             outcomes.result_limit.reset(limit)
             if self.stopping_job_id == job.id:
                 self.stopping_job_id = None
+
+    def perform_job(self, job: Job, queue: Queue, execution) -> bool:
+        """RQ's, then the job's last progress kept between writes (in the job's thread, or its work horse)."""
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            report.flush()
 
     def _fail_unrecorded(self, job: Job, queue: Queue, exc: Exception) -> None:
         """A job whose outcome could not be stored: fail it with a short error; failing that, leave it to
