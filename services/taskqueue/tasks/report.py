@@ -4,8 +4,8 @@ Call it from a task as often as you like: it writes at most every :data:`INTERVA
 between only keeps its values, for the next write or the job's end), so a tight loop costs a clock read
 and a comparison. The values go into the job's ``meta`` (RQ's documented place for progress, written as
 ``Job.save_meta`` does, unless the job was deleted), which the status document reads with the job: no
-extra Redis call a status.
-Outside a job (a test, a script) it does nothing. Writes are best effort: Redis away, the job runs on.
+extra Redis call a status. Outside a job (a test, a script) it checks its arguments and writes nothing.
+Writes are best effort: Redis away or full, the job runs on.
 """
 
 from __future__ import annotations
