@@ -6,13 +6,15 @@ in this process (tests/progress_tasks.py).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import subprocess
+import threading
 
 import pytest
 import requests
 
-from taskqueue.tasks import progress
+from taskqueue.tasks import progress, report
 from tests.support import BIN, ROOT, wait_for
 
 
@@ -57,16 +59,34 @@ def test_a_tight_loop_of_progress_calls_writes_a_few_times_and_its_last_value(pr
     catalogue = load(["tests.progress_tasks"], entry_points=False)
     svc = JobService(cfg, connect(cfg), catalogue)
     processes.worker(env={**app_env, "TASKQUEUE_TASK_MODULES": "tests.progress_tasks", "PYTHONPATH": str(ROOT)})
-    redis_client.config_resetstat()
     task = catalogue["progress.loop"]
+    sha = hashlib.sha1(report.SAVE_META.encode()).hexdigest()
+    commands: list[str] = []
+
+    def watch() -> None:  # Redis's MONITOR: every command the server runs, as it runs it
+        with redis_client.monitor() as monitor:
+            ready.set()
+            for seen in monitor.listen():
+                if seen["command"] == "ECHO progress-test-done":
+                    return
+                commands.append(seen["command"])
+
+    ready = threading.Event()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert ready.wait(5)
     job_id = svc.enqueue(JobRequest(task, task.arguments({"calls": 100_000})))[0].id
     wait_for(lambda: svc.fetch(job_id).get_status() == "finished", timeout=20, what="the loop job finished")
-    writes = redis_client.info("commandstats").get("cmdstat_hset", {}).get("calls", 0)
-    doc = svc.describe(svc.fetch(job_id))
+    redis_client.echo("progress-test-done")
+    watcher.join(10)
+    writes = sum(1 for c in commands if c.startswith(("EVALSHA " + sha, "EVAL ")))
+    finished = svc.fetch(job_id)
+    doc = svc.describe(finished)
     assert doc["progress"]["current"] == 99_999 and doc["progress"]["total"] == 100_000, doc
     assert doc["progress"]["message"] == "looping"
-    # The job's start and finish, the worker's state and beats, and the progress: its first write and its last.
-    assert writes <= 12, f"{writes} HSETs for one job of 100,000 progress calls"
+    # One write when the loop starts, at most one each INTERVAL it runs, and the last value at the job's end.
+    seconds = finished.return_value()["seconds"]
+    assert 1 <= writes <= 2 + math.ceil(seconds / report.INTERVAL), f"{writes} writes in {seconds:.2f} s of 100,000 calls"
 
 
 def test_progress_outside_a_job_does_nothing_and_bad_values_are_refused():
@@ -83,7 +103,6 @@ def test_progress_is_written_into_an_existing_job_only(service, redis_client):
     """A write lands in the job's meta while the job exists, and does not bring a deleted job's hash back as a
     stub (RQ's Job.save_meta would: HSET makes the key)."""
     from taskqueue.api.jobs import JobRequest
-    from taskqueue.tasks import report
 
     job = service.fetch(service.enqueue(JobRequest(service.catalogue["noop"], []))[0].id)
     report._write(job, report._document(1, 4, "a quarter"))
@@ -91,3 +110,24 @@ def test_progress_is_written_into_an_existing_job_only(service, redis_client):
     redis_client.delete(job.key)
     report._write(job, report._document(2, 4, "half"))
     assert not redis_client.exists(job.key)
+
+
+def test_a_job_never_writes_the_progress_another_job_kept(service, redis_client):
+    """Values kept between writes belong to their job: a job run outside a worker (``job.perform()``) leaves them
+    unwritten, and the next job in that thread neither writes them nor has them written into it."""
+    from taskqueue.api.jobs import JobRequest
+
+    first, second = (service.fetch(service.enqueue(JobRequest(service.catalogue["noop"], []))[0].id) for _ in "ab")
+    report.begin(first)
+    progress(1, 4, "written")
+    progress(2, 4, "kept")  # within INTERVAL of the write: kept for the next write or the job's end
+    report.begin(second)  # the next job in this thread, with no flush of the first in between
+    report.flush(second)
+    assert service.describe(service.fetch(first.id))["progress"]["message"] == "written"
+    assert service.describe(service.fetch(second.id))["progress"] is None
+    report.begin(first)
+    progress(1, 4, "again")
+    progress(3, 4, "kept")
+    report.flush(second)  # a flush for another job writes nothing of this one's
+    assert service.describe(service.fetch(first.id))["progress"]["message"] == "again"
+    assert service.describe(service.fetch(second.id))["progress"] is None

@@ -37,23 +37,30 @@ def progress(current: float, total: float | None = None, message: str | None = N
         raise TypeError(f"progress current and total must be finite numbers, not {current!r} and {total!r}")
     now = time.monotonic()
     state = _local.__dict__
-    if now < state.get("next_at", 0.0):  # written less than INTERVAL ago (the state is this job's: see flush)
+    if now < state.get("next_at", 0.0):  # written less than INTERVAL ago (the state is this job's: see begin)
         state["pending"] = (current, total, message)
         return
-    job = get_current_job()
+    job = state.get("job") or get_current_job()
     if job is None:
         return
     state.update(job=job, next_at=now + INTERVAL, pending=None)
     _write(job, _document(current, total, message))
 
 
-def flush() -> None:
-    """Write the values kept since the last write, if any, and forget the job: the worker calls it in the
-    job's thread (or work horse) when the job ends, so the next job starts with no state."""
+def begin(job: Any) -> None:
+    """Start this thread's reporting afresh for ``job``: the worker calls it in the job's thread (or work
+    horse) before the job runs, so nothing kept from another job (one run outside a worker, say) carries over."""
+    _local.__dict__.clear()
+    _local.job = job
+
+
+def flush(job: Any) -> None:
+    """Write ``job``'s values kept since its last write, if any, and forget them: the worker calls it in the
+    job's thread (or work horse) when the job ends."""
     state = _local.__dict__
-    pending, job = state.pop("pending", None), state.pop("job", None)
-    state.pop("next_at", None)
-    if pending is not None and job is not None:
+    pending, reported = state.get("pending"), state.get("job")
+    state.clear()
+    if pending is not None and reported is job:
         _write(job, _document(*pending))
 
 

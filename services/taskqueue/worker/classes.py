@@ -203,10 +203,11 @@ class TaskqueueWorkerMixin:
 
     def perform_job(self, job: Job, queue: Queue, execution) -> bool:
         """RQ's, then the job's last progress kept between writes (in the job's thread, or its work horse)."""
+        report.begin(job)
         try:
             return super().perform_job(job, queue, execution)
         finally:
-            report.flush()
+            report.flush(job)
 
     def _fail_unrecorded(self, job: Job, queue: Queue, exc: Exception) -> None:
         """A job whose outcome could not be stored: fail it with a short error; failing that, leave it to
