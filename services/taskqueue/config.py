@@ -99,6 +99,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest `?delay=` or sleep `seconds` a client may ask for; must be below `job_timeout`.",
         (G,),
     ),
+    Setting(
+        "max_schedule_delay",
+        "2592000",
+        int,
+        "Seconds ahead a job may be scheduled (`runAt`, `delaySeconds`); 30 days by default.",
+        (G,),
+    ),
     Setting("max_backlog", "100000", int, "Queued jobs beyond which enqueue answers 429 (0: no limit).", (G,)),
     Setting(
         "redis_memory_limit",
@@ -255,6 +262,7 @@ class Config:
     delay_min: int
     delay_max: int
     delay_limit: int
+    max_schedule_delay: int
     max_backlog: int
     redis_memory_limit: int
     max_result_bytes: int
@@ -320,6 +328,7 @@ def _validate(cfg: Config) -> None:
         "web_max_connections",
         "worker_processes",
         "job_slots",
+        "max_schedule_delay",
         "maintenance_interval",
         "cleanup_interval",
     ):

@@ -98,8 +98,10 @@ class JobService:
         self.queues = {name: self.queue_for(name) for name in cfg.queues}
         self.queue = self.queues[cfg.queue]
         settings = JobSettings.from_config(cfg)
-        # One writer per queue that some task is for, each knowing that queue's tasks.
+        # One writer per queue that some task is for, each knowing that queue's tasks; scheduled jobs are
+        # written by RQ's own way on every path (the scheduler, not this writer, queues them later).
         self.enqueuers: dict[str, BaseEnqueuer] = {}
+        self.schedulers: dict[str, BaseEnqueuer] = {}
         self._commits: dict[str, GroupCommit[JobRequest, Enqueued]] = {}
         for name in dict.fromkeys(self.task_queue(t) for t in self.catalogue.values()):
             queue = self.queues[name]
@@ -111,6 +113,7 @@ class JobService:
                 self._commits[name] = GroupCommit(enqueuer.enqueue, before_batch=enqueuer.check_connection)
             else:
                 self.enqueuers[name] = StockEnqueuer(queue, settings)
+            self.schedulers[name] = StockEnqueuer(queue, settings)
         self._backlog = dict.fromkeys(self.queues, 0)
         self._memory_full, self._capacity_read_at = False, float("-inf")
 
@@ -120,6 +123,10 @@ class JobService:
     def task_queue(self, task: Task) -> str:
         """The name of the queue a task's jobs wait on: its own, else the generator's first."""
         return task.queue or self.cfg.queue
+
+    def writer(self, reqs: Sequence[JobRequest], queue: str) -> BaseEnqueuer:
+        """The writer for these requests: the queue's own, or RQ's when any of them is scheduled."""
+        return self.schedulers[queue] if any(req.run_at is not None for req in reqs) else self.enqueuers[queue]
 
     # -- enqueue -----------------------------------------------------------------------------------
 
@@ -177,9 +184,9 @@ class JobService:
         with _store_full_as_refusal():
             if idempotency_key is None:
                 self._check_capacity(queue, 1)
-                commit = self._commits.get(queue)
+                commit = self._commits.get(queue) if req.run_at is None else None
                 if commit is None:
-                    return self.enqueuers[queue].enqueue([req])[0], True
+                    return self.writer([req], queue).enqueue([req])[0], True
                 return commit.submit(req), True
             return self._enqueue_once(req, IDEMPOTENCY_PREFIX + idempotency_key, fingerprint)
 
@@ -194,7 +201,7 @@ class JobService:
                     queue = self.task_queue(req.task)
                     self._check_capacity(queue, 1)
                     # The job and the key's full lifetime in one atomic step: both or neither.
-                    (job,) = self.enqueuers[queue].enqueue([req], [job_id], (key, self.cfg.result_ttl))
+                    (job,) = self.writer([req], queue).enqueue([req], [job_id], (key, self.cfg.result_ttl))
                 except BaseException:
                     with contextlib.suppress(*UNAVAILABLE_ERRORS):
                         self.redis.delete(key)
@@ -222,14 +229,15 @@ class JobService:
         (queue,) = queues
         with _store_full_as_refusal():
             self._check_capacity(queue, len(reqs))
-            return self.enqueuers[queue].enqueue(reqs)
+            return self.writer(reqs, queue).enqueue(reqs)
 
     # -- inspect -----------------------------------------------------------------------------------
 
     def enqueued(self, job: Job) -> Enqueued:
         """What the API reports about an existing job (an Idempotency-Key's replay)."""
         task = self.job_task(job)
-        return Enqueued(job.id, task, list(job.args) if task != "other" else [], job.enqueued_at)
+        args = list(job.args) if task != "other" else []
+        return Enqueued(job.id, task, args, job.enqueued_at or job.created_at, run_at(job))
 
     def job_task(self, job: Job) -> str:
         """The task name of a job; 'other' for one not in the catalogue, or whose data is not ours (not JSON)."""
@@ -268,6 +276,7 @@ class JobService:
             "endedAt": iso(job.ended_at),
             "retriesLeft": job.retries_left,
             "queue": job.origin,
+            "runAt": iso(run_at(job)),
             "progress": job.meta.get("progress"),  # what the task last reported (taskqueue.tasks.progress)
         }
 
@@ -357,6 +366,13 @@ class JobService:
                 raise JobStateConflict("job was requeued by another request meanwhile") from None
         job.refresh()
         return job
+
+
+def run_at(job: Job) -> datetime | None:
+    """When a job asked to run (``runAt``, ``delaySeconds``), or None: kept in its meta, as RQ keeps the time
+    only in the scheduled registry, which the job leaves when it is due."""
+    value = job.meta.get("runAt")
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
 @contextlib.contextmanager

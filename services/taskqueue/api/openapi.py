@@ -85,12 +85,34 @@ def _task_request(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
             {
                 "type": "object",
                 "description": task.description,
-                "properties": {"task": {"const": name}, "args": args},
+                "properties": {"task": {"const": name}, "args": args, **_schedule(cfg)},
                 "required": ["task", "args"] if args.get("required") else ["task"],
+                "not": {"required": ["runAt", "delaySeconds"]},
                 "additionalProperties": False,
             }
         )
     return {"oneOf": variants}
+
+
+RUN_AT = {"type": "string", "format": "date-time", "description": "A scheduled job: when it is to run (UTC)."}
+
+
+def _schedule(cfg: Config) -> dict[str, Any]:
+    """A job's optional time to run: one of ``runAt`` and ``delaySeconds``."""
+    return {
+        "runAt": {
+            "type": "string",
+            "format": "date-time",
+            "description": "Run no earlier than this time (ISO 8601 with a zone; rounded up to the second; a time "
+            f"past runs now), at most {cfg.max_schedule_delay} s ahead.",
+        },
+        "delaySeconds": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": cfg.max_schedule_delay,
+            "description": "Run no earlier than this many seconds from now (rounded up to the second).",
+        },
+    }
 
 
 def document(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
@@ -279,6 +301,7 @@ def _schemas(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
                 "timeOfEnqueue": {"type": "string", "format": "date-time"},
                 "message": {"type": "string"},
                 "statusUrl": {"type": "string"},
+                "runAt": RUN_AT,
             },
             "additionalProperties": False,
         },
@@ -296,6 +319,7 @@ def _schemas(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
                             "jobId": {"type": "string"},
                             "timeOfEnqueue": {"type": "string", "format": "date-time"},
                             "statusUrl": {"type": "string"},
+                            "runAt": RUN_AT,
                         },
                     },
                 },
@@ -351,6 +375,7 @@ def _schemas(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
                 "endedAt",
                 "retriesLeft",
                 "queue",
+                "runAt",
                 "progress",
             ],
             "properties": {
@@ -364,6 +389,7 @@ def _schemas(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
                 "endedAt": nullable_time,
                 "retriesLeft": {"type": ["integer", "null"]},
                 "queue": {"type": "string"},
+                "runAt": {**nullable_time, "description": "When a scheduled job asked to run, else null."},
                 "progress": {
                     "description": "What the task last reported with taskqueue.tasks.progress (written at most "
                     "every 0.5 s), else null.",

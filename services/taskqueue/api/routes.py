@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
+from pydantic import AwareDatetime, TypeAdapter, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
@@ -123,7 +126,7 @@ def _json_body() -> Any:
 def _job_request(item: Any) -> JobRequest:
     if not isinstance(item, dict):
         raise ApiError(400, "invalid_body", "a job must be an object with 'task' and 'args'")
-    unknown = sorted(set(item) - {"task", "args"})
+    unknown = sorted(set(item) - {"task", "args", *SCHEDULE_FIELDS})
     if unknown:
         raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
     svc = service()
@@ -133,7 +136,46 @@ def _job_request(item: Any) -> JobRequest:
         )
     except TaskInputError as exc:
         raise ApiError(400, "invalid_task", str(exc), field=exc.field) from None
-    return JobRequest(task, args)
+    return JobRequest(task, args, run_at=_run_at(item, svc.cfg.max_schedule_delay))
+
+
+SCHEDULE_FIELDS = ("runAt", "delaySeconds")
+RUN_AT = TypeAdapter(AwareDatetime)  # RFC 3339 / ISO 8601 with a zone (also a lower-case t and z)
+
+
+def _run_at(item: dict[str, Any], limit: int) -> datetime | None:
+    """When a job asks to run (``runAt``, ISO 8601 with a zone, or ``delaySeconds``), at most ``limit`` seconds
+    ahead: rounded up to the whole second, since RQ's scheduler keeps whole seconds and a job must not start
+    early. None to run now (neither given, or a time already past)."""
+    if "runAt" in item and "delaySeconds" in item:
+        raise ApiError(400, "invalid_schedule", "give runAt or delaySeconds, not both", field="delaySeconds")
+    now = datetime.now(UTC)
+    if "runAt" in item:
+        field, raw = "runAt", item["runAt"]
+        try:
+            delay = (RUN_AT.validate_python(raw) - now).total_seconds() if isinstance(raw, str) else None
+        except (ValidationError, OverflowError):
+            delay = None
+        if delay is None:
+            raise ApiError(
+                400, "invalid_schedule", "runAt must be an ISO 8601 time with a zone: 2026-12-04T15:00:00Z", field=field
+            )
+    elif "delaySeconds" in item:
+        field, delay = "delaySeconds", item["delaySeconds"]
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay) or delay < 0:
+            raise ApiError(400, "invalid_schedule", "delaySeconds must be a number of seconds, 0 or more", field=field)
+    else:
+        return None
+    if delay > limit:
+        raise ApiError(
+            400, "invalid_schedule", f"{field} is more than {limit} s ahead (TASKQUEUE_MAX_SCHEDULE_DELAY)", field=field
+        )
+    if delay <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(math.ceil(now.timestamp() + delay), UTC)
+    except (ValueError, OverflowError, OSError):  # rounded up past the year 9999 (a limit that large allows it)
+        return datetime.max.replace(microsecond=0, tzinfo=UTC)
 
 
 def _fingerprint() -> str:
@@ -169,8 +211,10 @@ def _enqueue(req: JobRequest) -> tuple[Enqueued, bool]:
 
 
 def _message(job: Enqueued, when: str | None) -> str:
-    """The seed's message: what was enqueued, its id and when."""
+    """The seed's message: what was enqueued, its id and when (or when it is to run)."""
     what = seed_message(job.args[-1]) if job.task == "sleep" and job.args else f"task {job.task}"
+    if job.run_at is not None:
+        return f"{what} with id: {job.id} scheduled at {when} to run at {iso(job.run_at)}"
     return f"{what} with id: {job.id} added to queue at {when}"
 
 
@@ -179,6 +223,8 @@ def accepted(job: Enqueued, created: bool, script_root: str) -> tuple[dict[str, 
     status_url = script_root + STATUS_PATH + job.id  # url_for's URL, without its URL building
     when = iso(job.enqueued_at)
     payload = {"jobId": job.id, "timeOfEnqueue": when, "message": _message(job, when), "statusUrl": status_url}
+    if job.run_at is not None:
+        payload["runAt"] = iso(job.run_at)
     headers = {"Location": status_url}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -259,7 +305,9 @@ def create_batch():
         {
             "count": len(jobs),
             "jobs": [
-                {"jobId": j.id, "timeOfEnqueue": iso(j.enqueued_at), "statusUrl": status_prefix + j.id} for j in jobs
+                {"jobId": j.id, "timeOfEnqueue": iso(j.enqueued_at), "statusUrl": status_prefix + j.id}
+                | ({"runAt": iso(j.run_at)} if j.run_at is not None else {})
+                for j in jobs
             ],
         }
     )

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 ENDED = frozenset({"finished", "failed", "stopped", "canceled"})
@@ -93,17 +94,31 @@ class Client:
         except urllib.error.HTTPError as exc:
             raise _api_error(exc) from None
 
-    def enqueue(self, task: str, *, idempotency_key: str | None = None, retry_for: float = 0.0, **args: Any) -> str:
+    def enqueue(
+        self,
+        task: str,
+        *,
+        idempotency_key: str | None = None,
+        retry_for: float = 0.0,
+        run_at: datetime | str | None = None,
+        delay_seconds: float | None = None,
+        **args: Any,
+    ) -> str:
         """Enqueue ``task`` with keyword ``args``; the job id.
 
         ``retry_for``: seconds to keep trying while the API answers 429 or 503, waiting its Retry-After
         between tries; the tries share one Idempotency-Key (``idempotency_key``, else a new one), so the
-        job is enqueued once however many answers were lost.
+        job is enqueued once however many answers were lost. ``run_at`` (a time with a zone) or
+        ``delay_seconds`` schedules the job to run then.
         """
         if retry_for > 0 and idempotency_key is None:
             idempotency_key = uuid.uuid4().hex
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
-        body = {"task": task, "args": args}
+        body: dict[str, Any] = {"task": task, "args": args}
+        if run_at is not None:
+            body["runAt"] = run_at.isoformat() if isinstance(run_at, datetime) else run_at
+        if delay_seconds is not None:
+            body["delaySeconds"] = delay_seconds
         deadline = time.monotonic() + retry_for
         while True:
             try:

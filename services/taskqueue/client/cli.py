@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     enqueue.add_argument("--idempotency-key")
     enqueue.add_argument("--retry-for", type=float, default=0.0, help="seconds to retry while busy (429/503)")
     enqueue.add_argument("--wait", action="store_true", help="then wait for the job, as `wait` does")
+    later = enqueue.add_mutually_exclusive_group()
+    later.add_argument("--delay", type=float, metavar="SECONDS", help="run it no earlier than SECONDS from now")
+    later.add_argument("--run-at", metavar="TIME", help="run it no earlier than TIME (ISO 8601 with a zone)")
     for name in ("status", "wait"):
         sub = commands.add_parser(name, help=f"{name} a job")
         sub.add_argument("job_id")
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.task,
                 idempotency_key=args.idempotency_key,
                 retry_for=args.retry_for,
+                run_at=args.run_at,
+                delay_seconds=args.delay,
                 **parse_args_pairs(args.args),
             )
             if not args.wait:

@@ -27,6 +27,7 @@ from taskqueue.observability import logs
 
 log = logging.getLogger("taskqueue.exporter")
 
+SECOND_MARGIN = 0.005  # seconds past a whole second when the scheduler looks for due jobs
 REGISTRY_STATES = ("started", "scheduled", "deferred", "failed", "finished", "canceled")
 
 
@@ -214,7 +215,7 @@ def serve(app: Callable, host: str, port: int) -> WSGIServer:
 
 
 def maintenance_loop(state: QueueState, cfg: config_module.Config, stop: threading.Event) -> None:
-    """Every second: move due scheduled jobs (retries) to their queues; every cleanup interval: abandoned jobs.
+    """Every second: move due scheduled jobs (retries, `runAt`) to their queues; every cleanup interval: abandoned jobs.
 
     The exporter runs RQ's scheduler because it is the one process that is always up: with
     workers scaled to zero, or the worker that held the scheduler lock SIGKILLed, retries still fire.
@@ -225,7 +226,10 @@ def maintenance_loop(state: QueueState, cfg: config_module.Config, stop: threadi
 
     scheduler = RQScheduler(cfg.queues, state.redis, interval=1, serializer=SERIALIZER, logging_level=cfg.log_level)
     last_cleanup = time.monotonic()
-    while not stop.wait(1):
+    # Just after each whole second: RQ's scheduler keeps whole seconds (a job due at second S is moved once
+    # the clock reads S), and the API rounds a job's time up to one, so a job is queued within milliseconds
+    # of its time, never before it.
+    while not stop.wait(1.0 - time.time() % 1.0 + SECOND_MARGIN):
         try:
             if scheduler.acquire_locks():
                 scheduler.enqueue_scheduled_jobs()

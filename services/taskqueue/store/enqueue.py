@@ -1,7 +1,8 @@
 """A validated job request, what the API reports of an enqueued job, and RQ's own way of enqueueing.
 
-:class:`StockEnqueuer` writes new jobs with ``Queue.enqueue_many`` in one MULTI/EXEC. With fast paths on,
-the job service uses :class:`taskqueue.fastpath.enqueue_path.Enqueuer` instead: the same records, the same
+:class:`StockEnqueuer` writes new jobs with ``Queue.enqueue_many`` in one MULTI/EXEC, and scheduled ones
+(``run_at``) with ``Queue.schedule_job`` in the same transaction. With fast paths on, the job service uses
+:class:`taskqueue.fastpath.enqueue_path.Enqueuer` for jobs to run now: the same records, the same
 interface, in one script call.
 """
 
@@ -14,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from rq import Queue, Retry
+from rq.job import JobStatus
 
 from taskqueue.config import Config
 from taskqueue.tasks import Task
@@ -26,6 +28,7 @@ class JobRequest:
     task: Task
     args: list[Any]
     description: str | None = None
+    run_at: datetime | None = None  # scheduled: not before this time (UTC, whole seconds); None: now
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class Enqueued:
     id: str
     task: str
     args: list[Any]
-    enqueued_at: datetime | None
+    enqueued_at: datetime | None  # a scheduled job: when it was accepted
+    run_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,10 @@ class BaseEnqueuer(ABC):
         if not reqs:
             return []
         written = self._write(reqs, job_ids, idempotency)
-        return [Enqueued(job_id, req.task.name, req.args, at) for (job_id, at), req in zip(written, reqs, strict=True)]
+        return [
+            Enqueued(job_id, req.task.name, req.args, at, req.run_at)
+            for (job_id, at), req in zip(written, reqs, strict=True)
+        ]
 
     @abstractmethod
     def _write(
@@ -106,26 +113,36 @@ class BaseEnqueuer(ABC):
 
 
 class StockEnqueuer(BaseEnqueuer):
-    """RQ's ``Queue.enqueue_many``, in one transaction."""
+    """RQ's ``Queue.enqueue_many`` (and ``Queue.schedule_job`` for scheduled requests), in one transaction."""
 
     def _write(
         self, reqs: Sequence[JobRequest], job_ids: Sequence[str] | None, idempotency: tuple[str, int] | None
     ) -> list[tuple[str, datetime | None]]:
         ids: Sequence[str | None] = job_ids if job_ids is not None else [None] * len(reqs)
-        datas = [
-            Queue.prepare_data(
-                req.task.func,
-                args=req.args,
-                description=req.description,
-                job_id=job_id,
-                meta={"task": req.task.name},
+        options = [
+            {
+                "args": req.args,
+                "description": req.description,
+                "job_id": job_id,
+                "meta": {"task": req.task.name, **({"runAt": req.run_at.isoformat()} if req.run_at else {})},
                 **self.settings.for_task(req.task).job_options(),
-            )
+            }
             for req, job_id in zip(reqs, ids, strict=True)
         ]
+        written: list[tuple[str, datetime | None]] = []
         with self.queue.connection.pipeline() as pipe:
-            jobs = self.queue.enqueue_many(datas, pipeline=pipe)
+            pairs = list(zip(reqs, options, strict=True))
+            datas = [Queue.prepare_data(req.task.func, **opts) for req, opts in pairs if req.run_at is None]
+            jobs = iter(self.queue.enqueue_many(datas, pipeline=pipe))
+            for req, opts in pairs:
+                if req.run_at is None:
+                    job = next(jobs)
+                    written.append((job.id, job.enqueued_at))
+                else:  # status scheduled, in the scheduled registry scored by run_at; the scheduler queues it
+                    job = self.queue.create_job(req.task.func, status=JobStatus.SCHEDULED, **opts)
+                    self.queue.schedule_job(job, req.run_at, pipeline=pipe)
+                    written.append((job.id, job.created_at))
             if idempotency is not None:
                 pipe.expire(*idempotency)
             pipe.execute()
-        return [(job.id, job.enqueued_at) for job in jobs]
+        return written
