@@ -102,16 +102,19 @@ def test_a_killed_worker_leaves_the_worker_list_within_the_heartbeat_bound(
             # RQ's set (rq info, Worker.count) is cleaned by the exporter's next pass.
             assert listed_after <= TTL + CLEANUP + SLACK, listed_after
             assert victim_name not in listed(redis_client)[1]
-            # The live one stays listed for longer than a TTL (it keeps beating while idle).
-            holds(lambda: listed(redis_client) == (1, {survivor_name}) and exported_workers(exporter) == 1,
-                  TTL + SLACK, what="the survivor listed")  # fmt: skip
+            # The live one stays listed for longer than a TTL (it keeps beating while idle). The survivor is the
+            # same idle worker whether the victim was busy or not: checked once, with the idle victim.
+            if not victim_busy:
+                holds(lambda: listed(redis_client) == (1, {survivor_name}) and exported_workers(exporter) == 1,
+                      TTL + SLACK, what="the survivor listed")  # fmt: skip
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_a_worker_busy_longer_than_the_ttl_stays_listed(generator, app_env, redis_client, tmp_path, worker_class):
-    """A job of 2.5 TTLs: the busy worker (and an idle one) stay listed, their keys on the short TTL."""
+    """A job of 1.5 TTLs: the busy worker (and an idle one) stay listed past the first TTL, their keys on the short
+    TTL (renewed by beats while the job runs)."""
     with exporter_and_worker(app_env, redis_client, tmp_path, worker_class) as (env, args, exporter, _busy):
-        seconds = int(TTL * 2.5)
+        seconds = int(TTL * 1.5)
         job_id = requests.get(f"{generator.base}/start?delay={seconds}", timeout=2).json()["jobId"]
         wait_status(generator.base, job_id, {"started"}, timeout=10)
         idle = WorkerProc(env, tmp_path, args).start()
@@ -148,14 +151,15 @@ def test_a_live_worker_whose_registration_was_lost_lists_itself_again(app_env, r
             with redis_client.pipeline() as pipe:
                 pipe.delete(key)
                 pipe.srem("rq:workers", key)
-                pipe.srem("rq:workers:default", key)
+                for queue in ("high", "default", "low"):  # the default TASKQUEUE_QUEUES
+                    pipe.srem(f"rq:workers:{queue}", key)
                 pipe.execute()
             assert listed(redis_client) == (0, set()), lost
             t0 = time.monotonic()
             wait_for(lambda: listed(redis_client) == (1, {name}), timeout=TTL + SLACK, what="the worker listed again")
             assert time.monotonic() - t0 <= TTL, "not re-registered within the heartbeat TTL"
             doc = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
-            assert doc["queues"] == "default" and doc["pid"] == str(w.proc.pid) and "birth" in doc, doc
+            assert doc["queues"] == "high,default,low" and doc["pid"] == str(w.proc.pid) and "birth" in doc, doc
             assert 0 < redis_client.ttl(key) <= TTL
 
 

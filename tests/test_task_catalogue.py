@@ -125,13 +125,14 @@ def test_a_plain_rq_job_naming_a_function_outside_the_catalogue_never_runs(team_
 @pytest.mark.behaviour
 def test_a_task_for_its_own_queue_waits_there_for_that_queues_workers(app_env, processes, redis_client, tmp_path):
     """``@task(queue="reports")``: its jobs wait on ``reports``, with a backlog of their own, and only a worker of
-    that queue takes them; a batch is one queue's; a generator without the queue refuses to start."""
+    that queue takes them; a batch is all or none; a generator without the queue refuses to start."""
     env = {**app_env, "PYTHONPATH": str(ROOT), "TASKQUEUE_TASK_MODULES": "tests.team_tasks_reports"}
     proc = subprocess.run(
         [str(BIN / "taskqueue-generator"), "--metrics-port", "0"],
         env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path,
     )  # fmt: skip
-    assert proc.returncode == 2 and "is for queue 'reports', which is not in TASKQUEUE_QUEUES (default)" in proc.stderr
+    said = "is for queue 'reports', which is not in TASKQUEUE_QUEUES (high,default,low)"
+    assert proc.returncode == 2 and said in proc.stderr
     env |= {"TASKQUEUE_QUEUES": "default,reports", "TASKQUEUE_MAX_BACKLOG": "2"}
     gen = processes.generator(env=env)
     listed = {t["name"]: t["queue"] for t in requests.get(gen.base + "/tasks", timeout=5).json()["tasks"]}
@@ -151,9 +152,11 @@ def test_a_task_for_its_own_queue_waits_there_for_that_queues_workers(app_env, p
     assert (queued["jobs"], queued["total"]) == (ids, 3)
     page = requests.get(gen.base + "/list?state=queued&offset=1&limit=1", timeout=5).json()
     assert page["jobs"] == ids[1:2]
+    # A batch for several queues is one transaction: refused whole when one of its queues is full.
     mixed = {"jobs": [{"task": "noop"}, {"task": "team.report", "args": {"title": "x"}}]}
     r = requests.post(gen.base + "/jobs/batch", json=mixed, timeout=5)
-    assert r.status_code == 400 and r.json()["error"]["code"] == "mixed_queues", r.text
+    assert r.status_code == 429 and r.json()["error"]["code"] == "backlog_full", r.text
+    assert (redis_client.llen("rq:queue:reports"), redis_client.llen("rq:queue:default")) == (2, 1)
     # A worker of the reports queue alone runs the report, and leaves the default queue's job where it is.
     processes.worker(env={**env, "TASKQUEUE_QUEUES": "reports"})
     doc = wait_status(gen.base, ids[2], {"finished", "failed"}, timeout=15)

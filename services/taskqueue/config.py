@@ -54,6 +54,7 @@ class Setting:
 
 
 G, W, E = "generator", "worker", "exporter"
+DEFAULT_QUEUE = "default"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("redis_url", "redis://127.0.0.1:6379/0", str, "Redis URL (`redis://` or `rediss://` for TLS)."),
@@ -67,10 +68,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis_timeout", "1.0", float, "Redis connect and socket timeout, seconds."),
     Setting(
         "queues",
-        "default",
+        "high,default,low",
         _str_list,
-        "Comma-separated queue names; the generator enqueues to the first, or to a task's own `queue` (one of"
-        " these), and lists them all; workers listen to all.",
+        "Comma-separated queue names in priority order: workers take from the first non-empty one. A job goes"
+        " to the queue its request names, else its task's own, else `default` (if listed; else the first).",
     ),
     Setting(
         "task_modules",
@@ -292,8 +293,8 @@ class Config:
 
     @property
     def queue(self) -> str:
-        """The queue the generator enqueues to."""
-        return self.queues[0]
+        """The queue of the jobs whose request and task name none: ``default`` if listed, else the first."""
+        return DEFAULT_QUEUE if DEFAULT_QUEUE in self.queues else self.queues[0]
 
     def metrics_port_for(self, role: str) -> int:
         return self.metrics_port or ROLE_METRICS_PORT[role]

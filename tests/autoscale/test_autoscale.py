@@ -147,4 +147,4 @@ def test_emulator_reads_the_redis_list_trigger_too(tmp_path, trigger):
     from tests.chart.rendering import render_values
 
     spec = ScalingSpec.from_objects(render_values(values))
-    assert (spec.trigger, spec.scale_url, spec.target) == ("redis", "rq:queue:default", 5.0)
+    assert (spec.trigger, spec.scale_url, spec.target) == ("redis", "rq:queue:default", 5.0)  # the default queue

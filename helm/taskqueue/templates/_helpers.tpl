@@ -272,8 +272,9 @@ automountServiceAccountToken: {{ .ctx.Values.serviceAccount.automountServiceAcco
 {{- end }}
 
 {{/* The queue the generator enqueues to: the first of config.queues (as taskqueue.config reads it). */}}
-{{- define "taskqueue.firstQueue" -}}
+{{- define "taskqueue.defaultQueue" -}}
+{{- /* The queue of jobs whose task names none: "default" if config.queues lists it, else the first (config.py). */ -}}
 {{- $queues := list }}
 {{- range splitList "," (toString .Values.config.queues) }}{{ if trim . }}{{ $queues = append $queues (trim .) }}{{ end }}{{ end }}
-{{- first $queues }}
+{{- has "default" $queues | ternary "default" (first $queues) }}
 {{- end }}

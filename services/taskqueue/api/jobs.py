@@ -80,10 +80,6 @@ class IdempotencyMismatch(RuntimeError):
     """An Idempotency-Key was first used with another request (another route, task or arguments)."""
 
 
-class MixedQueues(ValueError):
-    """A batch whose tasks are for different queues (a batch is one atomic write to one queue)."""
-
-
 class JobService:
     """The queue operations the API needs, bound to one Redis connection and config."""
 
@@ -98,16 +94,14 @@ class JobService:
         self.queues = {name: self.queue_for(name) for name in cfg.queues}
         self.queue = self.queues[cfg.queue]
         settings = JobSettings.from_config(cfg)
-        # One writer per queue that some task is for, each knowing that queue's tasks; scheduled jobs are
-        # written by RQ's own way on every path (the scheduler, not this writer, queues them later).
+        # One writer per queue (a request may name any of them); scheduled jobs are written by RQ's own
+        # way on every path (the scheduler, not this writer, queues them later).
         self.enqueuers: dict[str, BaseEnqueuer] = {}
         self.schedulers: dict[str, BaseEnqueuer] = {}
         self._commits: dict[str, GroupCommit[JobRequest, Enqueued]] = {}
-        for name in dict.fromkeys(self.task_queue(t) for t in self.catalogue.values()):
-            queue = self.queues[name]
+        for name, queue in self.queues.items():
             if cfg.fast_paths:
-                tasks = {n: t for n, t in self.catalogue.items() if self.task_queue(t) == name}
-                enqueuer = self.enqueuers[name] = Enqueuer(queue, settings, tasks)
+                enqueuer = self.enqueuers[name] = Enqueuer(queue, settings, dict(self.catalogue.items()))
                 # Concurrent enqueues without an Idempotency-Key share one script call (group_commit.py); the
                 # connection check before it lets the requests ready by then join it.
                 self._commits[name] = GroupCommit(enqueuer.enqueue, before_batch=enqueuer.check_connection)
@@ -121,8 +115,13 @@ class JobService:
         return Queue(name, connection=self.redis, serializer=SERIALIZER)
 
     def task_queue(self, task: Task) -> str:
-        """The name of the queue a task's jobs wait on: its own, else the generator's first."""
+        """The name of the queue a task's jobs wait on unless a request names another: its own, else the
+        default (``Config.queue``)."""
         return task.queue or self.cfg.queue
+
+    def request_queue(self, req: JobRequest) -> str:
+        """The name of the queue a job waits on: the one its request names, else its task's."""
+        return req.queue or self.task_queue(req.task)
 
     def writer(self, reqs: Sequence[JobRequest], queue: str) -> BaseEnqueuer:
         """The writer for these requests: the queue's own, or RQ's when any of them is scheduled."""
@@ -180,7 +179,7 @@ class JobService:
         ``fingerprint`` names the request the key is first used with: the key answers only requests with
         the same one (else :class:`IdempotencyMismatch`). Returns the job and whether this call created it.
         """
-        queue = self.task_queue(req.task)
+        queue = self.request_queue(req)
         with _store_full_as_refusal():
             if idempotency_key is None:
                 self._check_capacity(queue, 1)
@@ -198,7 +197,7 @@ class JobService:
             # short-lived until the job exists, so a request that dies in between blocks no one for long.
             if self.redis.set(key, f"{job_id} {fingerprint}", nx=True, ex=IDEMPOTENCY_CLAIM_TTL):
                 try:
-                    queue = self.task_queue(req.task)
+                    queue = self.request_queue(req)
                     self._check_capacity(queue, 1)
                     # The job and the key's full lifetime in one atomic step: both or neither.
                     (job,) = self.writer([req], queue).enqueue([req], [job_id], (key, self.cfg.result_ttl))
@@ -221,15 +220,30 @@ class JobService:
             time.sleep(0.02)
 
     def enqueue_batch(self, reqs: Sequence[JobRequest]) -> list[Enqueued]:
-        """Enqueue many jobs of one queue's tasks in one atomic Redis call (else :class:`MixedQueues`)."""
-        queues = {self.task_queue(req.task): req.task.name for req in reqs}
-        if len(queues) > 1:
-            named = ", ".join(f"{task!r} on {queue!r}" for queue, task in queues.items())
-            raise MixedQueues(f"a batch is written to one queue; its tasks are for several: {named}")
-        (queue,) = queues
+        """Enqueue many jobs in one atomic Redis call: all of them or none."""
+        by_queue: dict[str, list[int]] = {}
+        for i, req in enumerate(reqs):
+            by_queue.setdefault(self.request_queue(req), []).append(i)
         with _store_full_as_refusal():
-            self._check_capacity(queue, len(reqs))
-            return self.writer(reqs, queue).enqueue(reqs)
+            for queue, places in by_queue.items():
+                self._check_capacity(queue, len(places))
+            if len(by_queue) == 1:
+                (queue,) = by_queue
+                return self.writer(reqs, queue).enqueue(reqs)
+            return self._enqueue_across(reqs, by_queue)
+
+    def _enqueue_across(self, reqs: Sequence[JobRequest], by_queue: dict[str, list[int]]) -> list[Enqueued]:
+        """A batch for several queues: RQ's writes of each queue's jobs, in one transaction."""
+        written: dict[int, tuple[str, datetime | None]] = {}
+        with self.redis.pipeline() as pipe:
+            for queue, places in by_queue.items():
+                jobs = self.schedulers[queue].write_into(pipe, [reqs[i] for i in places])
+                written.update(zip(places, jobs, strict=True))
+            pipe.execute()
+        return [
+            Enqueued(job_id, req.task.name, req.args, at, req.run_at)
+            for req, (job_id, at) in ((req, written[i]) for i, req in enumerate(reqs))
+        ]
 
     # -- inspect -----------------------------------------------------------------------------------
 

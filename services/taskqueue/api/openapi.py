@@ -85,7 +85,16 @@ def _task_request(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
             {
                 "type": "object",
                 "description": task.description,
-                "properties": {"task": {"const": name}, "args": args, **_schedule(cfg)},
+                "properties": {
+                    "task": {"const": name},
+                    "args": args,
+                    "queue": {
+                        "enum": list(cfg.queues),
+                        "description": "The queue to wait on (TASKQUEUE_QUEUES, in priority order); default: the "
+                        f"task's own ({task.queue or cfg.queue}).",
+                    },
+                    **_schedule(cfg),
+                },
                 "required": ["task", "args"] if args.get("required") else ["task"],
                 "not": {"required": ["runAt", "delaySeconds"]},
                 "additionalProperties": False,

@@ -7,6 +7,7 @@ import json
 import math
 import random
 import re
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +27,6 @@ from taskqueue.api.jobs import (
     JobRequest,
     JobService,
     JobStateConflict,
-    MixedQueues,
     StoreFull,
     iso,
 )
@@ -126,7 +126,7 @@ def _json_body() -> Any:
 def _job_request(item: Any) -> JobRequest:
     if not isinstance(item, dict):
         raise ApiError(400, "invalid_body", "a job must be an object with 'task' and 'args'")
-    unknown = sorted(set(item) - {"task", "args", *SCHEDULE_FIELDS})
+    unknown = sorted(set(item) - {"task", "args", "queue", *SCHEDULE_FIELDS})
     if unknown:
         raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
     svc = service()
@@ -136,7 +136,11 @@ def _job_request(item: Any) -> JobRequest:
         )
     except TaskInputError as exc:
         raise ApiError(400, "invalid_task", str(exc), field=exc.field) from None
-    return JobRequest(task, args, run_at=_run_at(item, svc.cfg.max_schedule_delay))
+    queue = item.get("queue")
+    if "queue" in item and (not isinstance(queue, str) or queue not in svc.queues):
+        known = ", ".join(svc.queues)
+        raise ApiError(400, "unknown_queue", f"queue must be one of TASKQUEUE_QUEUES: {known}", field="queue")
+    return JobRequest(task, args, run_at=_run_at(item, svc.cfg.max_schedule_delay), queue=queue)
 
 
 SCHEDULE_FIELDS = ("runAt", "delaySeconds")
@@ -201,7 +205,7 @@ def enqueue_job(
     except IdempotencyMismatch as exc:
         raise ApiError(409, "idempotency_key_reused", f"{exc}; use a new key for a new request") from None
     if created and svc.cfg.metrics_enabled:
-        metrics.BATCHED.inc(metrics.jobs_enqueued(svc.task_queue(req.task), req.task.name))
+        metrics.BATCHED.inc(metrics.jobs_enqueued(svc.request_queue(req), req.task.name))
     return job, created
 
 
@@ -288,17 +292,11 @@ def create_batch():
     reqs = [_job_request(item) for item in items]
     try:
         jobs = svc.enqueue_batch(reqs)
-    except MixedQueues as exc:
-        raise ApiError(400, "mixed_queues", str(exc)) from None
     except BacklogFull as exc:
         metrics.ENQUEUE_REJECTED.labels("backlog_full").inc(len(reqs))
         raise ApiError(429, "backlog_full", str(exc), RETRY_AFTER_BACKLOG) from None
-    counts: dict[str, int] = {}
-    for r in reqs:
-        counts[r.task.name] = counts.get(r.task.name, 0) + 1
     if svc.cfg.metrics_enabled:
-        queue = svc.task_queue(reqs[0].task)  # one for the whole batch
-        for name, n in counts.items():
+        for (queue, name), n in Counter((svc.request_queue(r), r.task.name) for r in reqs).items():
             metrics.BATCHED.inc(metrics.jobs_enqueued(queue, name), n)
     status_prefix = _status_prefix()
     response = jsonify(

@@ -227,8 +227,9 @@ def maintenance_loop(state: QueueState, cfg: config_module.Config, stop: threadi
     scheduler = RQScheduler(cfg.queues, state.redis, interval=1, serializer=SERIALIZER, logging_level=cfg.log_level)
     last_cleanup = time.monotonic()
     # Just after each whole second: RQ's scheduler keeps whole seconds (a job due at second S is moved once
-    # the clock reads S), and the API rounds a job's time up to one, so a job is queued within milliseconds
-    # of its time, never before it.
+    # the clock reads S), and the API rounds a job's time up to one, so while this process holds RQ's
+    # scheduler lock a job is queued within milliseconds of its time, never before it. (A worker's RQ
+    # scheduler, when it holds the lock, looks each second from its start: within a second.)
     while not stop.wait(1.0 - time.time() % 1.0 + SECOND_MARGIN):
         try:
             if scheduler.acquire_locks():

@@ -27,8 +27,10 @@ methods so that the same records are written, in RQ's order, in fewer and merged
 
 Everything else is RQ's own code: the job runs inside ``perform_job`` under RQ's death penalty
 (timeouts), failures go through RQ's ``handle_job_failure`` (retries, failed registry, results),
-jobs with a repeat, a rate limit, ``result_ttl=0`` or callbacks take RQ's stock methods, and a
-worker on several queues takes jobs with RQ's ``dequeue_any``.
+and jobs with a repeat, a rate limit, ``result_ttl=0`` or callbacks take RQ's stock methods. A worker
+on several queues pops from the first non-empty one in order with a script (:data:`POP_FIRST`), into
+that queue's intermediate list as for one queue, where stock RQ pops with LPOP/BLPOP and no
+intermediate list (a job popped by a worker killed before it started it is then lost).
 """
 
 from __future__ import annotations
@@ -49,12 +51,24 @@ from rq.suspension import is_suspended
 from rq.utils import as_text, now
 from rq.worker import WorkerStatus
 
+from taskqueue.config import DEFAULT_QUEUE
 from taskqueue.fastpath import redis_pipeline
 from taskqueue.fastpath.timestamps import rq_timestamp
 from taskqueue.store.connection import STORE_FULL_ERRORS
 from taskqueue.store.outcomes import BoundedResultJob
 
 JOB_FINISH_FIELDS = ("status", "ended_at", "last_heartbeat")
+# The first job of the first non-empty queue (priority order) into that queue's intermediate list, as
+# RQ's LMOVE does for one queue. KEYS: each queue's list, then its intermediate list. Returns
+# {the queue's place (from 1), the job id}, or nil.
+POP_FIRST = """
+for i = 1, #KEYS, 2 do
+    local job_id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
+    if job_id then return {(i + 1) / 2, job_id} end
+end
+return false
+"""
+IDLE_LOOK_EVERY = 0.2  # seconds an idle worker on several queues blocks on one before it looks at all
 # Put a popped job back at the front of its queue, if it is still in the intermediate list.
 GIVE_BACK = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
@@ -146,8 +160,8 @@ class LeanJobPath:
     def __init__(self, *args, **kwargs):
         self._pending_start: redis.client.Pipeline | None = None
         self._taken: Execution | None = None
-        self._interrupted: tuple[Job, Execution] | None = None
-        self._prefetched: str | None = None
+        self._interrupted: tuple[Job, Execution, Queue] | None = None
+        self._prefetched: tuple[Queue, str] | None = None  # popped by the last finish, not taken yet
         self._counts = {"successful_job_count": 0, "failed_job_count": 0}
         self._working_time = 0.0
         self._last_suspension_check = float("-inf")
@@ -222,29 +236,26 @@ class LeanJobPath:
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
         """Pop a job (or use the one the last finish popped) and start it in the same round trip as
-        its fetch; go idle and block only with the queue empty. Several queues: RQ's own method."""
-        if len(self.queues) != 1:
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-        queue = self.queues[0]
+        its fetch; go idle and block only with the queues empty."""
         idle_since = time.monotonic()
         wait = 1.0
         while True:
             try:
                 self.heartbeat()
-                if self._interrupted is not None and (taken := self._resume_interrupted_take(queue)):
+                if self._interrupted is not None and (taken := self._resume_interrupted_take()):
                     return taken
-                job_id, self._prefetched = self._prefetched, None
-                if job_id is None:
-                    job_id = self.connection.lmove(queue.key, queue.intermediate_queue_key)
-                if job_id is None:
+                popped, self._prefetched = self._prefetched, None
+                if popped is None:
+                    popped = self._pop()
+                if popped is None:
                     if timeout is None:  # burst mode: done
                         return None
-                    job_id = self._wait_for_job(queue, timeout, max_idle_time, idle_since)
-                    if job_id is None:
+                    popped = self._wait_for_job(timeout, max_idle_time, idle_since)
+                    if popped is None:
                         if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
                             return None
                         continue
-                taken = self._take(queue, as_text(job_id))
+                taken = self._take(*popped)
                 if taken is not None:
                     return taken
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *STORE_FULL_ERRORS) as exc:
@@ -253,15 +264,41 @@ class LeanJobPath:
                 time.sleep(wait)
                 wait = min(wait * self.exponential_backoff_factor, self.max_connection_wait_time)
 
-    def _wait_for_job(self, queue: Queue, timeout: int, max_idle_time: int | None, idle_since: float):
-        """Idle: RQ's state and maintenance, then a blocking pop of at most ``timeout`` seconds."""
+    def _pop_keys(self) -> list[str]:
+        """Each queue's list and intermediate list, in priority order: the keys of :data:`POP_FIRST`."""
+        return [key for q in self.queues for key in (q.key, q.intermediate_queue_key)]
+
+    def _pop(self) -> tuple[Queue, str] | None:
+        """The first job of the first non-empty queue, moved into that queue's intermediate list."""
+        if len(self.queues) == 1:
+            queue = self.queues[0]
+            job_id = self.connection.lmove(queue.key, queue.intermediate_queue_key)
+            return None if job_id is None else (queue, as_text(job_id))
+        return self._popped(self.connection.eval(POP_FIRST, 2 * len(self.queues), *self._pop_keys()))
+
+    def _popped(self, reply) -> tuple[Queue, str] | None:
+        """:data:`POP_FIRST`'s reply as the queue and the job id."""
+        return None if not reply else (self.queues[int(reply[0]) - 1], as_text(reply[1]))
+
+    def _wait_for_job(self, timeout: int, max_idle_time: int | None, idle_since: float) -> tuple[Queue, str] | None:
+        """Idle: RQ's state and maintenance, then a blocking pop of at most ``timeout`` seconds.
+
+        Redis has no blocking pop of several lists into another: on several queues the worker blocks on
+        the ``default`` one (where the jobs of tasks without a queue of their own wait; else the first)
+        at most :data:`IDLE_LOOK_EVERY` seconds at a time, and the caller looks at all of them in order
+        between. So an idle worker takes a job of that queue at once, and one of the others within that time.
+        """
+        queue = next((q for q in self.queues if q.name == DEFAULT_QUEUE), self.queues[0])
         self.set_state(WorkerStatus.IDLE)
-        self.procline(f"Listening on {queue.name}")
+        self.procline(f"Listening on {','.join(q.name for q in self.queues)}")
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
         if max_idle_time is not None:
             timeout = max(1, min(timeout, math.ceil(max_idle_time - (time.monotonic() - idle_since))))
-        return self.connection.blmove(queue.key, queue.intermediate_queue_key, timeout)
+        if len(self.queues) > 1:
+            timeout = min(timeout, IDLE_LOOK_EVERY)
+        job_id = self.connection.blmove(queue.key, queue.intermediate_queue_key, timeout)
+        return None if job_id is None else (queue, as_text(job_id))  # None: the caller looks at all again
 
     def _take(self, queue: Queue, job_id: str) -> tuple[Job, Queue] | None:
         """Read the job and write its start (RQ's records, in RQ's order) in one transaction.
@@ -283,7 +320,7 @@ class LeanJobPath:
             try:
                 replies = redis_pipeline.send(pipe)
             except redis.exceptions.RedisError:
-                self._interrupted = (job, execution)  # sorted out when Redis answers again
+                self._interrupted = (job, execution, queue)  # sorted out when Redis answers again
                 raise
         return self._started(job, queue, execution, raw=replies[0], removed=replies[-1])
 
@@ -316,9 +353,9 @@ class LeanJobPath:
         self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
         return job, queue
 
-    def _resume_interrupted_take(self, queue: Queue) -> tuple[Job, Queue] | None:
+    def _resume_interrupted_take(self) -> tuple[Job, Queue] | None:
         """Redis went away or refused a start: did it land? (The LREM is its last command.)"""
-        job, execution = self._interrupted
+        job, execution, queue = self._interrupted
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.lpos(queue.intermediate_queue_key, job.id)
             pipe.zscore(queue.started_job_registry.key, execution.composite_key)
@@ -331,7 +368,7 @@ class LeanJobPath:
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 pipe.execute()  # refused (Redis full): still interrupted, looked at again on the next try
             self._interrupted = None
-            self._prefetched = job.id
+            self._prefetched = (queue, job.id)
             return None
         self._interrupted = None
         if claim is None:  # gone from both: maintenance requeued or failed it meanwhile
@@ -373,9 +410,9 @@ class LeanJobPath:
     # -- the job popped by the last finish, when the worker stops or is suspended instead ---------------
 
     def _give_back_prefetched(self) -> None:
-        job_id, self._prefetched = self._prefetched, None
-        if job_id is not None:
-            queue = self.queues[0]
+        popped, self._prefetched = self._prefetched, None
+        if popped is not None:
+            queue, job_id = popped
             self._give_back(keys=[queue.intermediate_queue_key, queue.key], args=[job_id], client=self.connection)
 
     def check_for_suspension(self, burst: bool):
@@ -431,13 +468,19 @@ class LeanJobPath:
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             pipe.smembers(job.dependents_key)
             # Not before maintenance, which would see the popped job in the intermediate list.
-            prefetch = len(self.queues) == 1 and not self._stop_requested and not self.should_run_maintenance_tasks
+            prefetch = not self._stop_requested and not self.should_run_maintenance_tasks
             if prefetch:  # the next job, popped in the same round trip; taken by the next dequeue
-                pipe.lmove(self.queues[0].key, self.queues[0].intermediate_queue_key)
+                if len(self.queues) == 1:
+                    pipe.lmove(self.queues[0].key, self.queues[0].intermediate_queue_key)
+                else:  # EVAL, not EVALSHA: no NOSCRIPT inside the transaction after a Redis restart
+                    pipe.eval(POP_FIRST, 2 * len(self.queues), *self._pop_keys())
             replies = redis_pipeline.send(pipe)
         if prefetch:
-            next_id = replies.pop()
-            self._prefetched = as_text(next_id) if next_id is not None else None
+            reply = replies.pop()
+            if len(self.queues) == 1:
+                self._prefetched = None if reply is None else (self.queues[0], as_text(reply))
+            else:
+                self._prefetched = self._popped(reply)
         if replies[0] == len(JOB_FINISH_FIELDS):  # the job's hash was deleted while it ran: drop the stub
             self.connection.delete(job.key)
         if replies[-1]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from redis.client import Pipeline
 from rq import Queue, Retry
 from rq.job import JobStatus
 
@@ -29,6 +30,7 @@ class JobRequest:
     args: list[Any]
     description: str | None = None
     run_at: datetime | None = None  # scheduled: not before this time (UTC, whole seconds); None: now
+    queue: str | None = None  # the queue it asks for; None: its task's
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,17 @@ class StockEnqueuer(BaseEnqueuer):
     def _write(
         self, reqs: Sequence[JobRequest], job_ids: Sequence[str] | None, idempotency: tuple[str, int] | None
     ) -> list[tuple[str, datetime | None]]:
+        with self.queue.connection.pipeline() as pipe:
+            written = self.write_into(pipe, reqs, job_ids)
+            if idempotency is not None:
+                pipe.expire(*idempotency)
+            pipe.execute()
+        return written
+
+    def write_into(
+        self, pipe: Pipeline, reqs: Sequence[JobRequest], job_ids: Sequence[str] | None = None
+    ) -> list[tuple[str, datetime | None]]:
+        """Queue the jobs' writes in ``pipe`` (a transaction the caller executes); each one's id and time."""
         ids: Sequence[str | None] = job_ids if job_ids is not None else [None] * len(reqs)
         options = [
             {
@@ -129,20 +142,16 @@ class StockEnqueuer(BaseEnqueuer):
             }
             for req, job_id in zip(reqs, ids, strict=True)
         ]
+        pairs = list(zip(reqs, options, strict=True))
+        datas = [Queue.prepare_data(req.task.func, **opts) for req, opts in pairs if req.run_at is None]
+        jobs = iter(self.queue.enqueue_many(datas, pipeline=pipe))
         written: list[tuple[str, datetime | None]] = []
-        with self.queue.connection.pipeline() as pipe:
-            pairs = list(zip(reqs, options, strict=True))
-            datas = [Queue.prepare_data(req.task.func, **opts) for req, opts in pairs if req.run_at is None]
-            jobs = iter(self.queue.enqueue_many(datas, pipeline=pipe))
-            for req, opts in pairs:
-                if req.run_at is None:
-                    job = next(jobs)
-                    written.append((job.id, job.enqueued_at))
-                else:  # status scheduled, in the scheduled registry scored by run_at; the scheduler queues it
-                    job = self.queue.create_job(req.task.func, status=JobStatus.SCHEDULED, **opts)
-                    self.queue.schedule_job(job, req.run_at, pipeline=pipe)
-                    written.append((job.id, job.created_at))
-            if idempotency is not None:
-                pipe.expire(*idempotency)
-            pipe.execute()
+        for req, opts in pairs:
+            if req.run_at is None:
+                job = next(jobs)
+                written.append((job.id, job.enqueued_at))
+            else:  # status scheduled, in the scheduled registry scored by run_at; the scheduler queues it
+                job = self.queue.create_job(req.task.func, status=JobStatus.SCHEDULED, **opts)
+                self.queue.schedule_job(job, req.run_at, pipeline=pipe)
+                written.append((job.id, job.created_at))
         return written
