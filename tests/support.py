@@ -100,8 +100,10 @@ class Service:
         self.env = {**os.environ, "TASKQUEUE_LOG_FORMAT": "json", **env}
         self.log_path = log_dir / f"{name}-{secrets.token_hex(3)}.log"
         self.proc: subprocess.Popen | None = None
+        self._terminated = False  # SIGTERM sent by terminate(): stop() only waits (a second one is a cold stop)
 
     def start(self) -> Service:
+        self._terminated = False
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             [str(BIN / self.name), *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -113,11 +115,17 @@ class Service:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
 
+    def terminate(self) -> None:
+        """Ask the process to stop (SIGTERM) without waiting; :meth:`stop` then waits for it."""
+        if self.proc is not None and self.proc.poll() is None and not self._terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self, timeout: float = 30) -> int | None:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -218,12 +226,14 @@ class Processes:
     def __init__(self, default_env: Callable[[], dict[str, str]], log_dir: Path):
         self._default_env, self.log_dir = default_env, log_dir
         self._stops = contextlib.ExitStack()
+        self._services: list[Service] = []
 
     def add(self, proc: S, stop_timeout: float = 30) -> S:
         """Stop ``proc`` at the end; add it before its start(), so that a start that fails is stopped too."""
         if isinstance(proc, RedisServer):
             self._stops.callback(proc.cleanup)
         else:
+            self._services.append(proc)
             self._stops.callback(proc.stop, timeout=stop_timeout)
         return proc
 
@@ -246,6 +256,9 @@ class Processes:
         return self.add(Exporter(self._env(env), self.log_dir, args)).start()
 
     def stop_all(self) -> None:
+        """SIGTERM to every process at once, then wait for each (the last started first): their shutdowns overlap."""
+        for service in self._services:
+            service.terminate()
         self._stops.close()
 
 
