@@ -56,6 +56,13 @@ class Setting:
 G, W, E = "generator", "worker", "exporter"
 DEFAULT_QUEUE = "default"
 
+
+def default_queue(names: Sequence[str]) -> str:
+    """Of these queue names, the one where jobs whose request and task name none wait: ``default`` if listed,
+    else the first."""
+    return DEFAULT_QUEUE if DEFAULT_QUEUE in names else names[0]
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("redis_url", "redis://127.0.0.1:6379/0", str, "Redis URL (`redis://` or `rediss://` for TLS)."),
     Setting(
@@ -293,8 +300,8 @@ class Config:
 
     @property
     def queue(self) -> str:
-        """The queue of the jobs whose request and task name none: ``default`` if listed, else the first."""
-        return DEFAULT_QUEUE if DEFAULT_QUEUE in self.queues else self.queues[0]
+        """The queue of the jobs whose request and task name none (see :func:`default_queue`)."""
+        return default_queue(self.queues)
 
     def metrics_port_for(self, role: str) -> int:
         return self.metrics_port or ROLE_METRICS_PORT[role]

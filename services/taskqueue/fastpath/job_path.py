@@ -51,7 +51,7 @@ from rq.suspension import is_suspended
 from rq.utils import as_text, now
 from rq.worker import WorkerStatus
 
-from taskqueue.config import DEFAULT_QUEUE
+from taskqueue.config import default_queue
 from taskqueue.fastpath import redis_pipeline
 from taskqueue.fastpath.timestamps import rq_timestamp
 from taskqueue.store.connection import STORE_FULL_ERRORS
@@ -288,7 +288,8 @@ class LeanJobPath:
         at most :data:`IDLE_LOOK_EVERY` seconds at a time, and the caller looks at all of them in order
         between. So an idle worker takes a job of that queue at once, and one of the others within that time.
         """
-        queue = next((q for q in self.queues if q.name == DEFAULT_QUEUE), self.queues[0])
+        names = [q.name for q in self.queues]
+        queue = self.queues[names.index(default_queue(names))]
         self.set_state(WorkerStatus.IDLE)
         self.procline(f"Listening on {','.join(q.name for q in self.queues)}")
         if self.should_run_maintenance_tasks:
