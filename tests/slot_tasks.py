@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from taskqueue import tasks
 
@@ -19,3 +20,13 @@ def wait_then_say_where(seconds: float) -> dict[str, object]:
 def overrun(seconds: float) -> None:
     """Wait longer than the task's own timeout (1 s)."""
     tasks.wait(seconds)
+
+
+@tasks.task(name="slots.compute", cpu_bound=True, retries=0)
+def compute(rounds: int) -> dict[str, float]:
+    """Pure-Python work that holds the GIL; says when it began and ended (wall clock)."""
+    began = time.time()
+    total = 0
+    for i in range(rounds):
+        total += i * i
+    return {"began": began, "ended": time.time()}

@@ -60,3 +60,21 @@ def test_exporter_requeues_a_job_stranded_between_dequeue_and_start(generator, a
     processes.worker()
     doc = wait_status(generator.base, job_id, {"finished"}, timeout=15)
     assert doc["retriesLeft"] == 2
+
+
+def test_a_job_stranded_again_and_again_is_handed_to_rq_as_abandoned(generator, app_env, redis_client, processes):
+    """A job that kills its worker before its start is written (a take's job runs unclaimed for a few ms) would
+    come back for ever: after STRANDED_RETURNS_MAX returns with no retry spent, the next stranding makes it an
+    abandoned job, which RQ retries (one retry spent) as it does a killed worker's claimed job."""
+    from taskqueue.exporter.collector import STRANDED_RETURNS_MAX
+
+    processes.exporter(env={**app_env, "TASKQUEUE_CLEANUP_INTERVAL": "1"})
+    job_id = requests.get(generator.base + "/start?delay=0", timeout=2).json()["jobId"]
+    for returns in range(1, STRANDED_RETURNS_MAX + 2):
+        # What a worker's take does, and then it dies.
+        assert redis_client.lmove("rq:queue:default", "rq:queue:default:intermediate") == job_id.encode()
+        wait_for(lambda: redis_client.lrange("rq:queue:default", 0, -1) == [job_id.encode()], timeout=10,
+                 what=f"return {returns}")  # fmt: skip
+        doc = requests.get(f"{generator.base}/status/{job_id}", timeout=2).json()
+        assert int(redis_client.hget(f"rq:job:{job_id}", "taskqueue_returns")) == returns
+        assert doc["retriesLeft"] == (2 if returns <= STRANDED_RETURNS_MAX else 1), (returns, doc)

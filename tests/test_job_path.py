@@ -1,4 +1,4 @@
-"""The in-process worker's lean job path (taskqueue.job_path): RQ's records, in two round trips a job.
+"""The in-process worker's lean job path (taskqueue.job_path): RQ's records, in fewer round trips.
 
 Real redis-server, real RQ 3.0 objects read the records back; workers run in this process (their
 signal-based timeouts need the main thread) or through ``taskqueue-worker``.
@@ -77,10 +77,12 @@ def commands(client) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
 
 
-def test_a_job_costs_two_round_trips_and_leaves_rqs_records(cfg, service, redis_client):
-    """N no-op jobs: RQ's finished records for each, nothing left running; 2 round trips and
-    26 commands a job on one queue (two transactions: the take and the finish), over what a burst worker
-    with empty queues costs (start-up, shutdown); the default queues' pop costs 2 more."""
+def test_short_jobs_go_in_takes_of_up_to_32_and_leave_rqs_records(cfg, service, redis_client):
+    """N no-op jobs: RQ's finished records for each, nothing left running or taken. The first is claimed
+    as it starts (it came while the worker was idle); each later take of jobs that all ended within
+    CLAIM_AFTER is twice the last (1, 2, 4 ... 32) and is written in one transaction with the ends of the
+    last: about N / 32 + 6 round trips for all, and under 11 commands a job, where claiming each job
+    costs 2 round trips and 26 commands (the first job's path, and a long job's: see test_job_takes.py)."""
     n = 200
 
     def burst() -> tuple[int, int, LeanInProcessWorker]:
@@ -123,14 +125,11 @@ def test_a_job_costs_two_round_trips_and_leaves_rqs_records(cfg, service, redis_
     cmds, trips, w = burst()
     # The worker key's beats (every heartbeat_ttl / 3: more of them when this host runs slowly).
     extra_beats = max(0, len(beats) - idle_beats)
-    assert kinds.count("finish") == n and kinds.count("other") >= n  # the finish, and the take
-    # The pop of the next job: an LMOVE on one queue; on several, the script (an EVAL) and an LMOVE for each
-    # queue it looks at, in priority order, up to the job's (the default queue, where these wait).
-    queues = list(cfg.queues)
-    pop = 1 if len(queues) == 1 else 2 + queues.index(cfg.queue)
-    # Beyond 25 + the pop a job: the busy and idle state writes, and a beat's 12 commands in 2 round trips.
-    assert cmds - idle_cmds <= (25 + pop) * n + 10 + 12 * extra_beats
-    assert trips - idle_trips <= 2 * n + 5 + 2 * extra_beats
+    takes = kinds.count("finish")  # each writes ends (XADD) and takes the next jobs
+    assert 1 + 5 + n // job_path.TAKE_MAX <= takes <= 1 + 5 + n // job_path.TAKE_MAX + 2, kinds
+    # Beyond the ends' and takes' commands: the first job's claim, state writes, a beat's 12 in 2 round trips.
+    assert cmds - idle_cmds <= 11 * n + 40 + 12 * extra_beats
+    assert trips - idle_trips <= takes + 5 + 2 * extra_beats
 
     queue = Queue("default", connection=redis_client, serializer=SERIALIZER)
     finished = set(FinishedJobRegistry(queue=queue).get_job_ids())
@@ -144,23 +143,28 @@ def test_a_job_costs_two_round_trips_and_leaves_rqs_records(cfg, service, redis_
         assert 0 < redis_client.ttl(job.key) <= cfg.result_ttl
         (result,) = job.results()
         assert result.type == result.Type.SUCCESSFUL and result.return_value == noop()
+    assert w.executions == {}  # none left behind by the jobs that ended unclaimed (nor busy)
     # The job counters went out at teardown; RQ keeps a dead worker's key for 60 s.
     assert int(redis_client.hget(w.key, "successful_job_count")) == n
     assert float(redis_client.hget(w.key, "total_working_time")) > 0
 
 
 def test_job_hash_and_result_match_stock_rq(cfg, service, redis_client):
-    """The same job run by stock RQ's SimpleWorker and by ours: the same fields in the job and result."""
+    """The same job run by stock RQ's SimpleWorker and by ours: the same fields in the job and result, for
+    a job claimed as it starts (the first) and for jobs of takes, which end unclaimed (the others)."""
     stock_job = enqueue_job(service, NOOP)
     SimpleWorker(["default"], connection=redis_client, serializer=SERIALIZER).work(burst=True)
-    ours_job = enqueue_job(service, NOOP)
+    ours_jobs = [enqueue_job(service, NOOP) for _ in range(4)]
     make_worker(cfg).work(burst=True)
-    stock, ours = (redis_client.hgetall(Job.key_for(j.id)) for j in (stock_job, ours_job))
-    assert stock[b"status"] == ours[b"status"] == b"finished"
-    assert set(stock) == set(ours)
-    stock_result, ours_result = (redis_client.xrange(f"rq:results:{j.id}") for j in (stock_job, ours_job))
-    assert set(stock_result[0][1]) == set(ours_result[0][1])
-    assert 0 < redis_client.ttl(Job.key_for(ours_job.id)) <= cfg.result_ttl
+    stock = redis_client.hgetall(Job.key_for(stock_job.id))
+    (stock_result,) = redis_client.xrange(f"rq:results:{stock_job.id}")
+    for ours_job in ours_jobs:
+        ours = redis_client.hgetall(Job.key_for(ours_job.id))
+        assert stock[b"status"] == ours[b"status"] == b"finished"
+        assert set(stock) == set(ours)
+        (ours_result,) = redis_client.xrange(f"rq:results:{ours_job.id}")
+        assert set(stock_result[1]) == set(ours_result[1])
+        assert 0 < redis_client.ttl(Job.key_for(ours_job.id)) <= cfg.result_ttl
 
 
 REGISTRIES = {

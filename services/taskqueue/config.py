@@ -172,8 +172,8 @@ SETTINGS: tuple[Setting, ...] = (
         "on",
         _bool,
         "`on`: the code in `taskqueue/fastpath/` that exists only for speed (plain `GET /start` without "
-        "Flask's dispatch, the enqueue script and group commit, the worker's job path in two round trips, "
-        "gevent's turns and one send a response); `off`: "
+        "Flask's dispatch, the enqueue script and group commit, the worker's job path (two round trips a job, "
+        "short jobs in takes), gevent's turns and one send a response); `off`: "
         "stock RQ, redis-py and gunicorn, with the same API answers, metrics and recovery (docs/architecture.md).",
         (G, W),
     ),

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
@@ -28,6 +29,9 @@ from taskqueue.observability import logs
 log = logging.getLogger("taskqueue.exporter")
 
 SECOND_MARGIN = 0.005  # seconds past a whole second when the scheduler looks for due jobs
+# Times a job may come back from workers that died before they claimed it, no retry spent (requeue_stranded).
+STRANDED_RETURNS_MAX = 3
+RETURNS_FIELD = "taskqueue_returns"  # the count, in the job's hash
 REGISTRY_STATES = ("started", "scheduled", "deferred", "failed", "finished", "canceled")
 
 
@@ -107,7 +111,13 @@ class QueueState:
         worker's maintenance would find it (after a minute). A job still ``queued`` that sits in the
         intermediate list, not in the started registry, on two cleanup passes in a row never
         started: it goes back to the front of its queue, no retry spent.
+
+        A fast-path worker also runs short jobs there before it claims them (fastpath/job_path.py): a
+        job that kills its worker within that time would come back for ever. So each return is counted
+        in the job's hash; past :data:`STRANDED_RETURNS_MAX` the job is handed to RQ as an abandoned
+        job instead (claimed with an expired claim), which spends a retry or fails it at the next pass.
         """
+        from rq.executions import Execution
         from rq.job import Job, JobStatus
 
         from taskqueue.store.records import SERIALIZER
@@ -127,10 +137,19 @@ class QueueState:
             if job is None:
                 self.redis.lrem(key, 1, job_id)
             elif job.get_status(refresh=True) == JobStatus.QUEUED and self.redis.lrem(key, 1, job_id):
-                queue.enqueue_job(job, at_front=True)
                 requeued.append(job_id)
-                log.warning("job %s was taken off queue %s by a worker that died before starting it: requeued",
-                            job_id, queue.name)  # fmt: skip
+                if self.redis.hincrby(job.key, RETURNS_FIELD, 1) <= STRANDED_RETURNS_MAX:
+                    queue.enqueue_job(job, at_front=True)
+                    log.warning("job %s was taken off queue %s by a worker that died before it claimed it: "
+                                "requeued", job_id, queue.name)  # fmt: skip
+                    continue
+                with self.redis.pipeline() as pipe:
+                    job.set_status(JobStatus.STARTED, pipeline=pipe)
+                    execution = Execution(uuid.uuid4().hex, job_id, self.redis)
+                    queue.started_job_registry.add_execution(execution, pipeline=pipe, ttl=0)
+                    pipe.execute()
+                log.warning("job %s came back %d times from workers that died before they claimed it: "
+                            "abandoned, RQ retries or fails it", job_id, STRANDED_RETURNS_MAX + 1)  # fmt: skip
         self._intermediate_seen[queue.name] = candidates - set(requeued)
         return requeued
 

@@ -1,8 +1,12 @@
-"""The in-process worker's per-job Redis path: two round trips a job where stock RQ 3.0 makes nine.
+"""The in-process worker's per-job Redis path: short jobs a few Redis commands each, where stock RQ 3.0
+makes nine round trips a job.
 
 Stock RQ spends 9 round trips of bookkeeping on a job that does nothing (``python -m bench
-redis_cost``). :class:`LeanJobPath` overrides well-delimited ``BaseWorker``
-methods so that the same records are written, in RQ's order, in fewer and merged calls:
+redis_cost``). :class:`LeanJobPath` overrides well-delimited ``BaseWorker`` methods so that the same
+records are written, in RQ's order, in fewer and merged calls. A job runs one of two ways:
+
+**Claimed before it runs** (the first job after the worker was idle, and every job after one that ran
+long): two round trips.
 
 - **take and start** (one MULTI/EXEC, after the pop): the job read (HGETALL), the Execution (its
   hash, the job's executions, the started registry, the worker's executions), the job's
@@ -16,14 +20,33 @@ methods so that the same records are written, in RQ's order, in fewer and merged
   expiry, the Execution removed, SMEMBERS of the job's dependents (enqueued afterwards through RQ
   if there are any), and the *next* job popped into the intermediate list (LMOVE), so a busy worker
   makes no separate pop (none when maintenance is due); a popped job not started (stop,
-  ``max_jobs``, ``rq suspend``) is pushed back to the front;
-- **worker bookkeeping**: job counters ride with the worker heartbeat every few seconds; the state
-  is written when it changes, so a worker is ``idle`` only when its queue is empty.
+  ``max_jobs``, ``rq suspend``) is pushed back to the front.
 
-- **the job class**: :class:`LeanJob` builds the job's registries from a Queue kept per queue name,
-  and it and :class:`LeanResult` check a serializer against RQ's protocol once, not in every
-  constructor (five checks a job);
-- **the pipelines** go out through :func:`taskqueue.redis_pipeline.send`, without redis-py's per-call layers.
+**Taken several at a time, claimed only if it runs long** (after a job that ended within
+:data:`CLAIM_AFTER`): a *take* (:data:`TAKE`, a script) moves up to N jobs into the intermediate list
+and returns their hashes; N doubles (1, 2, 4 ... :data:`TAKE_MAX`) while the take's jobs all end in time.
+
+- a job of a take starts in memory only; its start is written (it is *claimed*, as above) by the
+  process's claim timer once it has run :data:`CLAIM_AFTER`, or before RQ's failure, callback or
+  requeue paths handle it. A claim by the timer also gives the take's jobs not yet run back to the front
+  of their queue, for other workers;
+- a job that succeeds unclaimed gets its start's and its end's fields, Result, registry entry and expiry
+  (no Execution, which a claimed job's end deletes anyway) and leaves the intermediate list, written
+  together with the take's other ends and the next take in one MULTI/EXEC, once the take is spent or
+  the first end has waited CLAIM_AFTER;
+- while a job runs unclaimed it is ``queued`` in RQ's records and sits in the intermediate list. If the
+  worker dies then, the exporter puts the take's jobs back on their queue with no retry spent (each
+  return counted; past a bound the job is handed to RQ as abandoned: exporter/collector.py). So a job
+  that ran unclaimed and whose end was not written runs again: at least once, as a claimed job killed
+  mid-run is retried. A ``DELETE`` in a job's first CLAIM_AFTER finds it ``queued`` and cancels it, and
+  the job, already running, still ends ``finished``.
+
+Also: **worker bookkeeping**: job counters ride with the worker heartbeat every few seconds; the state
+is written when it changes, so a worker is ``idle`` only when its queue is empty. **The job class**:
+:class:`LeanJob` builds the job's registries from a Queue kept per queue name, and it and
+:class:`LeanResult` check a serializer against RQ's protocol once, not in every constructor (five
+checks a job). **The pipelines** go out through :func:`taskqueue.redis_pipeline.send`, without
+redis-py's per-call layers.
 
 Everything else is RQ's own code: the job runs inside ``perform_job`` under RQ's death penalty
 (timeouts), failures go through RQ's ``handle_job_failure`` (retries, failed registry, results),
@@ -35,13 +58,17 @@ intermediate list (a job popped by a worker killed before it started it is then 
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
+from uuid import uuid4
 
 import redis
-from rq.executions import Execution
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
@@ -56,6 +83,7 @@ from taskqueue.fastpath import redis_pipeline
 from taskqueue.fastpath.timestamps import rq_timestamp
 from taskqueue.store.connection import STORE_FULL_ERRORS
 from taskqueue.store.outcomes import BoundedResultJob
+from taskqueue.timers import Timers
 
 JOB_FINISH_FIELDS = ("status", "ended_at", "last_heartbeat")
 # The first job of the first non-empty queue (priority order) into that queue's intermediate list, as
@@ -76,6 +104,29 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
 end
 return 0
 """
+# Up to ARGV[1] jobs of the first non-empty queue (priority order) into its intermediate list, each with its
+# hash (HGETALL of ARGV[2] .. id). KEYS as POP_FIRST's. Returns {the queue's place, id, hash, id, hash...}, or
+# nil. The RPUSH goes first: a full Redis refuses it before the LTRIM has taken anything off the queue.
+TAKE = """
+for i = 1, #KEYS, 2 do
+    local ids = redis.call('LRANGE', KEYS[i], 0, tonumber(ARGV[1]) - 1)
+    if #ids > 0 then
+        redis.call('RPUSH', KEYS[i + 1], unpack(ids))
+        redis.call('LTRIM', KEYS[i], #ids, -1)
+        local out = {(i + 1) / 2}
+        for _, id in ipairs(ids) do
+            out[#out + 1] = id
+            out[#out + 1] = redis.call('HGETALL', ARGV[2] .. id)
+        end
+        return out
+    end
+end
+return false
+"""
+CLAIM_AFTER = 0.01  # seconds a job of a take runs before its start is written (it is claimed)
+TAKE_MAX = 32  # jobs a take holds at most; a worker's takes grow 1, 2, 4... while their jobs end unclaimed
+# The claims of jobs that run past CLAIM_AFTER, for every worker (and slot) of the process.
+CLAIMS = Timers("job-claims")
 
 
 ORIGIN_QUEUES_MAX = 64  # (queue, connection, serializer) triples a process keeps Queue objects for
@@ -150,6 +201,17 @@ class LeanJob(BoundedResultJob):
         return FailedJobRegistry(queue=self._origin_queue(), job_class=type(self))
 
 
+class Run:
+    """A job of a take while it runs: its start is not written until it is claimed (see :class:`LeanJobPath`)."""
+
+    UNCLAIMED, CLAIMED, ENDED = "unclaimed", "claimed", "ended"
+
+    def __init__(self, job: Job, queue: Queue, execution: Execution):
+        self.job, self.queue, self.execution = job, queue, execution
+        self.state = Run.UNCLAIMED
+        self.timer: list | None = None
+
+
 class LeanJobPath:
     """Mixin for an in-process ``rq.SimpleWorker`` subclass: RQ's job lifecycle in fewer round trips.
 
@@ -166,6 +228,14 @@ class LeanJobPath:
         self._working_time = 0.0
         self._last_suspension_check = float("-inf")
         self._last_state_written: str | None = None
+        # Takes: jobs taken several at a time and run before their start is written (class docstring)
+        self._claim_lock = threading.Lock()  # the running job's Run, between its thread and the claim timer
+        self._run: Run | None = None
+        self._queued: deque[tuple[Queue, str, list]] = deque()  # taken, not run yet: queue, id, hash
+        self._ended: list[tuple[Job, Queue, Execution, int]] = []  # ran unclaimed, end not written yet
+        self._ended_since = 0.0
+        self._discarded: list[tuple[Queue, str]] = []  # taken, deleted or canceled meanwhile: not run
+        self._take_size = 0  # 0: one job at a time, claimed before it runs
         super().__init__(*args, **kwargs)
         self._give_back = self.connection.register_script(GIVE_BACK)
 
@@ -224,8 +294,9 @@ class LeanJobPath:
         if not self.is_horse:
             try:
                 self._give_back_prefetched()
-            except redis.exceptions.RedisError as exc:  # the exporter requeues it from the intermediate list
-                self.log.warning("Worker %s: popped job not given back: %s", self.name, exc)
+                self._write_take(take=False, give_back=True)
+            except redis.exceptions.RedisError as exc:  # the exporter requeues them from the intermediate list
+                self.log.warning("Worker %s: popped jobs not given back: %s", self.name, exc)
             try:
                 self._write_with_counters(lambda pipe: None)
             except redis.exceptions.RedisError as exc:
@@ -244,6 +315,10 @@ class LeanJobPath:
                 self.heartbeat()
                 if self._interrupted is not None and (taken := self._resume_interrupted_take()):
                     return taken
+                if self._queued or self._ended or self._discarded:
+                    taken = self._next_of_take()
+                    if taken is not None:
+                        return taken
                 popped, self._prefetched = self._prefetched, None
                 if popped is None:
                     popped = self._pop()
@@ -354,6 +429,187 @@ class LeanJobPath:
         self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
         return job, queue
 
+    # -- takes: short jobs several at a time, claimed only if they run long -------------------------------
+
+    def _next_of_take(self) -> tuple[Job, Queue] | None:
+        """The take's next job, started unclaimed; the ended ones' records are written once the take is
+        spent (with the next take, in one transaction) or once the first of them has waited CLAIM_AFTER."""
+        while True:
+            if not self._queued or (self._ended and time.monotonic() - self._ended_since >= CLAIM_AFTER):
+                self._write_take(take=not self._queued)
+            if not self._queued:
+                return None
+            queue, job_id, flat = self._queued.popleft()
+            job = self._start_unclaimed(queue, job_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+            if job is not None:
+                return job, queue
+
+    def _start_unclaimed(self, queue: Queue, job_id: str, raw: dict) -> Job | None:
+        """The job as it was queued, started in memory only: its claim is set for CLAIM_AFTER from now."""
+        if b"data" not in raw or raw.get(b"status") != JobStatus.QUEUED.encode():  # deleted or canceled
+            self._discarded.append((queue, job_id))
+            return None
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(raw)
+        job.worker_name = self.name
+        job.started_at = job.last_heartbeat = now()
+        job._status = JobStatus.STARTED
+        job.redis_server_version = self.get_redis_server_version()
+        execution = Execution(uuid4().hex, job.id, self.connection, worker_name=self.name)  # written if claimed
+        run = self._run = Run(job, queue, execution)
+        run.timer = CLAIMS.call_later(CLAIM_AFTER, functools.partial(self._claim_late, run))
+        self._taken = execution
+        self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
+        return job
+
+    def _write_take(self, take: bool, give_back: bool = False) -> None:
+        """Write the ended jobs' records and drop the discarded ones, in one transaction with the next take
+        (if ``take`` and the worker may take: no stop, no maintenance due), or with the not-run jobs given
+        back to the front of their queues (``give_back``)."""
+        size = 0
+        if take and self._take_size and not self._stop_requested and not self.should_run_maintenance_tasks:
+            size = self._take_size
+        queued = list(self._queued) if give_back else []
+        if not (size or queued or self._ended or self._discarded):
+            return
+        ended = self._ended
+        with self.connection.pipeline() as pipe:
+            ends = [self._write_end(pipe, *e) for e in ended]
+            for queue, job_id in self._discarded:
+                pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+            for queue, job_id, _ in reversed(queued):
+                pipe.eval(GIVE_BACK, 2, queue.intermediate_queue_key, queue.key, job_id)
+            if size:  # EVAL, not EVALSHA: no NOSCRIPT inside the transaction after a Redis restart
+                pipe.eval(TAKE, 2 * len(self.queues), *self._pop_keys(), size, self.job_class.key_for(""))
+            replies = redis_pipeline.send(pipe)
+        self._ended, self._discarded = [], []
+        if give_back:
+            self._queued.clear()
+        if size:
+            self._take_size = min(2 * size, TAKE_MAX)
+            self._add_take(replies[-1])
+        self._after_ends(ended, ends, replies)
+
+    def _add_take(self, reply) -> None:
+        """:data:`TAKE`'s reply into the jobs to run."""
+        if reply:
+            queue = self.queues[int(reply[0]) - 1]
+            self._queued.extend((queue, as_text(reply[i]), reply[i + 1]) for i in range(1, len(reply), 2))
+
+    def _write_end(self, pipe: redis.client.Pipeline, job: Job, queue: Queue, execution: Execution, result_ttl: int):
+        """The records of a job that succeeded unclaimed: its start's and its end's fields, as a claimed job's
+        end leaves them (no Execution: a claimed job's is deleted at its end). Returns its replies' places."""
+        first = len(pipe)
+        pipe.exists(job.key)
+        pipe.hset(
+            job.key,
+            mapping={
+                "status": JobStatus.FINISHED,
+                "started_at": rq_timestamp(job.started_at),
+                "ended_at": rq_timestamp(job.ended_at),
+                "last_heartbeat": rq_timestamp(job.last_heartbeat),
+                "worker_name": self.name,
+            },
+        )
+        LeanResult.create(
+            job,
+            Result.Type.SUCCESSFUL,
+            ttl=result_ttl,
+            return_value=job._result,
+            worker_name=self.name,
+            pipeline=pipe,
+            execution_id=execution.id,
+            execution_started_at=execution.created_at,
+            execution_ended_at=job.ended_at,
+        )
+        job.finished_job_registry.add(job, result_ttl, pipe)
+        if result_ttl > 0:
+            pipe.expire(job.key, result_ttl)
+            if job._dependency_ids:
+                pipe.expire(job.dependencies_key, result_ttl)
+        else:  # kept for ever (a requeued failed job has a TTL)
+            pipe.persist(job.key)
+        pipe.smembers(job.dependents_key)
+        pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+        return first, len(pipe) - 2
+
+    def _after_ends(self, ended: list[tuple[Job, Queue, Execution, int]], places: list[tuple[int, int]], replies):
+        """After the ends are written: stubs of jobs deleted while they ran dropped, dependents enqueued."""
+        for (job, queue, _execution, result_ttl), (first, members) in zip(ended, places, strict=True):
+            if not replies[first]:  # deleted while it ran: drop the fields the end wrote
+                self.connection.delete(job.key)
+                continue
+            if not replies[members + 1]:
+                self.log.warning(
+                    "Worker %s: job %s was requeued while it ran (its worker looked dead)", self.name, job.id
+                )
+            if replies[members]:
+                if result_ttl > 0:
+                    self.connection.expire(job.dependents_key, result_ttl)
+                self._enqueue_dependents_safely(queue, job)
+
+    def _claim(self, run: Run, give_back: bool) -> bool:
+        """Write the running job's start as ``_take`` does (and the ended jobs' records, and, if
+        ``give_back``, the take's other jobs back to the front of their queues), unless it has ended."""
+        with self._claim_lock:
+            if run.state != Run.UNCLAIMED:
+                return False
+            job, execution, ended = run.job, run.execution, self._ended
+            queued = list(self._queued) if give_back else []
+            ttl = self.get_heartbeat_ttl(job)
+            with self.connection.pipeline() as pipe:
+                ends = [self._write_end(pipe, *e) for e in ended]
+                for queue, job_id in self._discarded:
+                    pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                # RQ's Execution.create, for an Execution made already (its id is in the worker's executions)
+                execution.save(ttl=ttl, pipeline=pipe)
+                ExecutionRegistry(job_id=job.id, connection=pipe).add(execution=execution, ttl=ttl, pipeline=pipe)
+                job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=ttl, xx=False)
+                pipe.sadd(execution.worker_executions_key, execution.composite_key)
+                pipe.expire(execution.worker_executions_key, ttl + 60)
+                pipe.hset(
+                    job.key,
+                    mapping={
+                        "last_heartbeat": rq_timestamp(job.last_heartbeat),
+                        "status": JobStatus.STARTED,
+                        "started_at": rq_timestamp(job.started_at),
+                        "worker_name": self.name,
+                    },
+                )
+                pipe.persist(job.key)
+                for queue, job_id, _ in reversed(queued):
+                    pipe.eval(GIVE_BACK, 2, queue.intermediate_queue_key, queue.key, job_id)
+                pipe.lrem(run.queue.intermediate_queue_key, 1, job.id)
+                replies = redis_pipeline.send(pipe)
+            run.state = Run.CLAIMED
+            self._ended, self._discarded, self._take_size = [], [], 0
+            if give_back:
+                self._queued.clear()
+        self._after_ends(ended, ends, replies)
+        return True
+
+    def _claim_late(self, run: Run) -> None:
+        """The claim timer: the job runs past CLAIM_AFTER; the take's other jobs go back for other workers."""
+        try:
+            self._claim(run, give_back=True)
+        except redis.exceptions.RedisError as exc:  # Redis away or full: again in a second, while it runs
+            self.log.warning("Worker %s: job %s: start not written: %s; retrying", self.name, run.job.id, exc)
+            with self._claim_lock:
+                if run.state == Run.UNCLAIMED:
+                    run.timer = CLAIMS.call_later(1.0, functools.partial(self._claim_late, run))
+
+    def claim_running(self, job: Job) -> None:
+        """Claim ``job`` now if it runs unclaimed: RQ's failure, callback and requeue paths work on claimed jobs."""
+        run = self._run
+        if run is not None and run.job is job and run.state == Run.UNCLAIMED:
+            CLAIMS.cancel(run.timer)
+            self._claim(run, give_back=False)
+
+    def run_maintenance_tasks(self):
+        """RQ's maintenance, with the take given back first (RQ's looks at the intermediate lists)."""
+        self._write_take(take=False, give_back=True)
+        return super().run_maintenance_tasks()
+
     def _resume_interrupted_take(self) -> tuple[Job, Queue] | None:
         """Redis went away or refused a start: did it land? (The LREM is its last command.)"""
         job, execution, queue = self._interrupted
@@ -379,7 +635,12 @@ class LeanJobPath:
     def execute_job(self, job: Job, queue: Queue):
         """RQ's ``SimpleWorker.execute_job`` without the idle write after every job."""
         execution = self.prepare_execution(job)
-        self.perform_job(job, queue, execution)
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            run, self._run = self._run, None
+            if run is not None and run.timer is not None:
+                CLAIMS.cancel(run.timer)  # (claimed or ended: no-op; else its records could not be written)
 
     def prepare_execution(self, job: Job) -> Execution:
         """The execution ``_take`` wrote; else (several queues) RQ's records, queued on a pipeline
@@ -421,13 +682,15 @@ class LeanJobPath:
         if time.monotonic() - self._last_suspension_check < 1.0:
             return None
         self._last_suspension_check = time.monotonic()
-        if self._prefetched is not None and is_suspended(self.connection, self):
+        if (self._prefetched is not None or self._queued or self._ended) and is_suspended(self.connection, self):
             self._give_back_prefetched()
+            self._write_take(take=False, give_back=True)
         return super().check_for_suspension(burst)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int):
         """RQ writes a heartbeat here to cover the job's callbacks; without callbacks it rides with the finish."""
         if job.success_callback or job.failure_callback:
+            self.claim_running(job)
             return super().handle_execution_ended(job, queue, heartbeat_ttl)
         job.ended_at = job.last_heartbeat = now()
         return None
@@ -437,10 +700,25 @@ class LeanJobPath:
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry, execution: Execution):
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         if result_ttl == 0 or job.repeats_left or job.has_rate_limit:
+            self.claim_running(job)
             return super().handle_job_success(job, queue, started_job_registry, execution)
         self.increment_successful_job_count()
         self.increment_total_working_time(job.ended_at - job.started_at)
         job._status = JobStatus.FINISHED
+        run = self._run
+        if run is not None and run.job is job:
+            with self._claim_lock:
+                unclaimed = run.state == Run.UNCLAIMED
+                if unclaimed:
+                    run.state = Run.ENDED
+            if unclaimed:  # written with the take's next write
+                CLAIMS.cancel(run.timer)
+                self.executions.pop(execution.id, None)  # the worker no longer runs it (as cleanup_execution)
+                if not self._ended:
+                    self._ended_since = time.monotonic()
+                self._ended.append((job, queue, execution, result_ttl))
+                return None
+        short = (job.ended_at - job.started_at).total_seconds() < CLAIM_AFTER
         with self.connection.pipeline() as pipe:
             pipe.hset(
                 job.key,
@@ -469,14 +747,19 @@ class LeanJobPath:
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             pipe.smembers(job.dependents_key)
             # Not before maintenance, which would see the popped job in the intermediate list.
-            prefetch = not self._stop_requested and not self.should_run_maintenance_tasks
-            if prefetch:  # the next job, popped in the same round trip; taken by the next dequeue
+            prefetch = not self._stop_requested and not self.should_run_maintenance_tasks and not self._queued
+            if prefetch and short:  # a take of one, unclaimed: the next ones grow while jobs stay short
+                pipe.eval(TAKE, 2 * len(self.queues), *self._pop_keys(), 1, self.job_class.key_for(""))
+            elif prefetch:  # the next job, popped in the same round trip; taken by the next dequeue
                 if len(self.queues) == 1:
                     pipe.lmove(self.queues[0].key, self.queues[0].intermediate_queue_key)
                 else:  # EVAL, not EVALSHA: no NOSCRIPT inside the transaction after a Redis restart
                     pipe.eval(POP_FIRST, 2 * len(self.queues), *self._pop_keys())
             replies = redis_pipeline.send(pipe)
-        if prefetch:
+        if prefetch and short:
+            self._take_size = 2
+            self._add_take(replies.pop())
+        elif prefetch:
             reply = replies.pop()
             if len(self.queues) == 1:
                 self._prefetched = None if reply is None else (self.queues[0], as_text(reply))

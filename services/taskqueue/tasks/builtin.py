@@ -53,7 +53,7 @@ def sleep(seconds: Annotated[int, Field(ge=0), AfterValidator(_within_delay_limi
     return save_to_file(seed_message(seconds), seconds)
 
 
-@task(name="hash")
+@task(name="hash", cpu_bound=True)
 def hash_chain(
     rounds: Annotated[int, Field(ge=1, le=50_000_000)], seed: Annotated[str, Field(max_length=200)] = "taskqueue"
 ) -> dict[str, Any]:

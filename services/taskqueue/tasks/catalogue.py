@@ -50,6 +50,7 @@ class Task:
     timeout: int | None = None  # seconds; None: the generator's TASKQUEUE_JOB_TIMEOUT
     retries: int | None = None  # None: TASKQUEUE_RETRIES
     queue: str | None = None  # None: the generator's first queue (TASKQUEUE_QUEUES)
+    cpu_bound: bool = False  # holds the GIL while it runs: a process's job slots run one such job at a time
 
     @property
     def path(self) -> str:
@@ -117,6 +118,7 @@ def make_task(
     timeout: int | None = None,
     retries: int | None = None,
     queue: str | None = None,
+    cpu_bound: bool = False,
 ) -> Task:
     """The Task of ``func`` (what :func:`task` attaches), or a CatalogueError saying what is wrong with it."""
     name = name or func.__name__
@@ -131,7 +133,7 @@ def make_task(
         raise CatalogueError(f"task {name!r} ({path}): a queue name is 1-100 of a-z, 0-9, '_', '.' and '-'")
     doc = description if description is not None else inspect.getdoc(func) or ""
     summary = doc.split("\n\n")[0].replace("\n", " ")
-    return Task(name, func, summary, _arguments_model(func, name), timeout, retries, queue)
+    return Task(name, func, summary, _arguments_model(func, name), timeout, retries, queue, cpu_bound)
 
 
 F = typing.TypeVar("F", bound=Callable[..., Any])
@@ -147,6 +149,7 @@ def task(
     timeout: int | None = None,
     retries: int | None = None,
     queue: str | None = None,
+    cpu_bound: bool = False,
 ) -> Callable[[F], F]: ...
 def task(
     func: Callable[..., Any] | None = None,
@@ -157,17 +160,21 @@ def task(
     timeout: int | None = None,
     retries: int | None = None,
     queue: str | None = None,
+    cpu_bound: bool = False,
 ) -> Any:
     """Mark a function as a task: ``@task`` or ``@task(name="reports.summarize", timeout=600, retries=3)``.
 
     The function is returned unchanged (a direct call runs it as before). ``name`` defaults to the
     function's, ``description`` to its docstring's first paragraph; ``timeout`` and ``retries`` to the
     generator's settings; ``queue`` (where its jobs wait, one of the generator's TASKQUEUE_QUEUES) to
-    the first of those. A bad signature raises CatalogueError here, when its module is imported.
+    the first of those. ``cpu_bound=True`` says the function holds the GIL while it runs (pure-Python
+    computing): the job slots of a worker process then run one of its jobs at a time, since more would
+    only take turns on one core (``--job-slots``). A bad signature raises CatalogueError here, when its
+    module is imported.
     """
 
     def mark(f: Callable[..., Any]) -> Callable[..., Any]:
-        setattr(f, MARK, make_task(f, name, description, timeout, retries, queue))
+        setattr(f, MARK, make_task(f, name, description, timeout, retries, queue, cpu_bound))
         return f
 
     return mark if func is None else mark(func)

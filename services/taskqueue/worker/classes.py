@@ -422,9 +422,16 @@ class InProcessWorker(InProcessMixin, TaskqueueWorkerMixin, SimpleWorker):
 
 
 class LeanInProcessWorker(InProcessMixin, TaskqueueWorkerMixin, LeanJobPath, SimpleWorker):
-    """:class:`InProcessWorker` with RQ's job lifecycle in two round trips a job (fastpath/job_path.py)."""
+    """:class:`InProcessWorker` with RQ's job lifecycle of fastpath/job_path.py (short jobs taken several at a
+    time and claimed only if they run long)."""
 
     job_class = LeanJob
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string="", execution=None):
+        """A job of a take is claimed before it is failed, retried or requeued: those paths are RQ's (and
+        :class:`TaskqueueWorkerMixin`'s), which work on a claimed job."""
+        self.claim_running(job)
+        return super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
 
 WORKER_CLASSES = {"simple": InProcessWorker, "fork": ForkingWorker}

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import heapq
-import itertools
 import logging
 import signal
 import threading
@@ -30,16 +28,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from rq.exceptions import StopRequested
+from rq.job import Job
+from rq.queue import Queue
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
 
 from taskqueue.store.connection import UNAVAILABLE_ERRORS
 from taskqueue.tasks import waiting
+from taskqueue.timers import Timers
 from taskqueue.worker.classes import InProcessWorker, LeanInProcessWorker, ShutdownRequeue
 
 log = logging.getLogger("taskqueue.worker")
 
 # Seconds an idle slot waits on the queues at a time: how soon an idle slot sees a stop.
 IDLE_POLL = 2
+# Held by the slot running a job of a ``cpu_bound`` task: a process runs one at a time (SlotMixin).
+CPU_GATE = threading.Lock()
+GATE_POLL = 0.05  # seconds a slot waits on the gate at a time: a stop raised into it lands between
 
 
 class JobStopRequested(Exception):
@@ -65,56 +69,20 @@ def timeout_exception(seconds: float) -> type[JobTimeoutException]:
     return type("JobTimeoutException", (JobTimeoutException,), {"__init__": init})
 
 
-class Deadlines:
+class Deadlines(Timers):
     """The running jobs' timeouts of a process, kept by one thread: at a deadline it raises the job's timeout
-    into the job's thread. (A timer thread a job would cost a thread start a job.)"""
+    into the job's thread."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[list[Any]] = []  # [deadline, seq, thread id, exception, live]
-        self._live = 0
-        self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
+        super().__init__("job-timeouts")
 
     def add(self, seconds: float, thread_id: int, exc_type: type[BaseException]) -> list[Any]:
-        entry = [time.monotonic() + seconds, next(self._seq), thread_id, exc_type, True]
-        with self._cond:
-            heapq.heappush(self._heap, entry)
-            self._live += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="job-timeouts", daemon=True)
-                self._thread.start()
-            if self._heap[0] is entry:  # the thread waits for an earlier deadline otherwise: no need to wake it
-                self._cond.notify()
-        return entry
+        return self.call_later(seconds, functools.partial(_raise_timeout, thread_id, exc_type))
 
-    def cancel(self, entry: list[Any]) -> None:
-        """After this returns the entry's exception is not raised (one raised before may still land)."""
-        with self._cond:
-            if entry[4]:
-                entry[4] = False
-                self._live -= 1
-                if len(self._heap) > 2 * self._live + 64:  # drop the cancelled ones the heap still holds
-                    self._heap = [e for e in self._heap if e[4]]
-                    heapq.heapify(self._heap)
 
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                while self._heap and not self._heap[0][4]:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                wait = self._heap[0][0] - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                entry = heapq.heappop(self._heap)
-                entry[4] = False
-                self._live -= 1
-                raise_in_thread(entry[2], entry[3])
-                waiting.wake(entry[2])
+def _raise_timeout(thread_id: int, exc_type: type[BaseException]) -> None:
+    raise_in_thread(thread_id, exc_type)
+    waiting.wake(thread_id)
 
 
 DEADLINES = Deadlines()
@@ -143,6 +111,25 @@ class SlotMixin:
     death_penalty_class = ThreadDeathPenalty
     slot_thread_id: int | None = None  # the thread running this slot's loop
     first_slot = True  # SlotPool sets it False on every slot but its first
+    holds_cpu_gate = False
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ's, then a job of a ``cpu_bound`` task waits for the process's :data:`CPU_GATE`: threads that
+        hold the GIL only take turns on one core, each switch costing, so slots run such jobs one at a time
+        (jobs of other tasks go on beside it). Before the job's timeout starts; its heartbeats go on."""
+        super().prepare_job_execution(job, remove_from_intermediate_queue)  # type: ignore[misc]
+        task = self.catalogue.for_path(job.func_name)  # type: ignore[attr-defined]
+        if task is not None and task.cpu_bound:
+            while not self.holds_cpu_gate:
+                self.holds_cpu_gate = CPU_GATE.acquire(timeout=GATE_POLL)
+
+    def execute_job(self, job: Job, queue: Queue):
+        try:
+            return super().execute_job(job, queue)  # type: ignore[misc]
+        finally:
+            if self.holds_cpu_gate:
+                self.holds_cpu_gate = False
+                CPU_GATE.release()
 
     def clean_group_registries(self) -> None:
         """RQ's, from the first slot only: one lock covers every worker, so the other slots' tries (a round trip
