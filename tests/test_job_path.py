@@ -495,3 +495,26 @@ def test_a_requeue_stop_between_take_and_run_hands_the_job_back_unrun(cfg, servi
     assert job.get_status() == "queued" and job.retries_left == cfg.retries
     assert redis_client.lrange("rq:queue:default", 0, -1) == [job.id.encode()]
     assert StartedJobRegistry("default", connection=redis_client).get_job_ids(cleanup=False) == []
+
+
+def test_a_job_that_came_back_from_a_dead_workers_take_is_claimed_before_it_runs(cfg, service, redis_client):
+    """A job the exporter put back (its hash counts the returns) is claimed as it starts even inside a take, so a
+    job that kills its worker spends its own retries; the take's other jobs still run unclaimed."""
+    from taskqueue.store.records import RETURNS_FIELD
+
+    ids = [j.id for j in service.enqueue_batch([NOOP] * 12)]
+    returned = ids[8]  # well inside the takes that follow the first job
+    redis_client.hset(Job.key_for(returned), RETURNS_FIELD, 1)
+    claimed: list[str] = []
+    real_claim = LeanInProcessWorker._claim
+
+    def counting_claim(worker, run, give_back):  # a wrapper that notes the claim, runs the real one
+        claimed.append(run.job.id)
+        return real_claim(worker, run, give_back)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(LeanInProcessWorker, "_claim", counting_claim)
+        make_worker(cfg).work(burst=True)
+    assert claimed == [returned]
+    queue = Queue("default", connection=redis_client, serializer=SERIALIZER)
+    assert set(FinishedJobRegistry(queue=queue).get_job_ids()) == set(ids)

@@ -84,10 +84,11 @@ def test_a_tight_loop_of_progress_calls_writes_a_few_times_and_its_last_value(pr
     doc = svc.describe(finished)
     assert doc["progress"]["current"] == 99_999 and doc["progress"]["total"] == 100_000, doc
     assert doc["progress"]["message"] == "looping"
-    # One write when the loop starts, at most one each INTERVAL it runs, and the last value at the job's end.
+    # At most one write each INTERVAL the loop runs, by the process's writer (none if the job ends first: the last
+    # value then goes with the job's end, in its finish with fast paths on, or in a write of its own).
     seconds = finished.return_value()["seconds"]
     bound = 2 + math.ceil(seconds / report.INTERVAL)
-    assert 1 <= writes <= bound, f"{writes} writes in {seconds:.2f} s of 100,000 calls"
+    assert 0 <= writes <= bound, f"{writes} writes in {seconds:.2f} s of 100,000 calls"
 
 
 def test_progress_outside_a_job_does_nothing_and_bad_values_are_refused():
@@ -124,11 +125,35 @@ def test_a_job_never_writes_the_progress_another_job_kept(service, redis_client)
     progress(2, 4, "kept")  # within INTERVAL of the write: kept for the next write or the job's end
     report.begin(second)  # the next job in this thread, with no flush of the first in between
     report.flush(second)
-    assert service.describe(service.fetch(first.id))["progress"]["message"] == "written"
-    assert service.describe(service.fetch(second.id))["progress"] is None
+
+    def message(job) -> str | None:
+        doc = service.describe(service.fetch(job.id))["progress"]
+        return None if doc is None else doc["message"]
+
+    # The process's writer sends what a running job reported within INTERVAL; the kept value never goes out.
+    wait_for(lambda: message(first) == "written", timeout=2 * report.INTERVAL + 1, what="the first write")
+    assert message(second) is None
     report.begin(first)
     progress(1, 4, "again")
     progress(3, 4, "kept")
     report.flush(second)  # a flush for another job writes nothing of this one's
-    assert service.describe(service.fetch(first.id))["progress"]["message"] == "again"
-    assert service.describe(service.fetch(second.id))["progress"] is None
+    wait_for(lambda: message(first) == "again", timeout=2 * report.INTERVAL + 1, what="the second write")
+    assert message(first) == "again" and message(second) is None
+
+
+def test_a_jobs_last_value_is_written_at_its_end_and_never_overwritten_by_a_batch(service, redis_client):
+    """A value queued for the process's writer and not sent yet when the job ends is written by the end's
+    flush, at once; the writer's batch then holds nothing older of that job."""
+    from taskqueue.api.jobs import JobRequest
+
+    job = service.fetch(service.enqueue(JobRequest(service.catalogue["noop"], []))[0].id)
+    report.begin(job)
+    progress(1, 2, "queued for the writer")
+    report.flush(job)  # the job ends before the writer's next batch
+    assert service.describe(service.fetch(job.id))["progress"]["message"] == "queued for the writer"
+    report.begin(job)
+    progress(1, 2, "first")
+    progress(2, 2, "last")  # kept: within INTERVAL of the first
+    report.flush(job)
+    assert service.describe(service.fetch(job.id))["progress"]["message"] == "last"
+    assert job.key not in report._WRITER._pending  # no batch to come holds an older value of it

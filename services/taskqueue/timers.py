@@ -21,8 +21,11 @@ class Timers:
     """Calls each function at its time, in one daemon thread (started at the first use). A function runs in
     that thread: keep it short, it delays the ones due after it."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, under_lock: bool = False) -> None:
+        """``under_lock``: call each function holding the timers' lock, so that once :meth:`cancel` returns no
+        call of that entry can still be running (for quick calls only: a call holds up every set and cancel)."""
         self.name = name
+        self._under_lock = under_lock
         self._cond = threading.Condition()
         self._heap: list[list[Any]] = []  # [deadline, seq, function, live]
         self._live = 0
@@ -43,7 +46,8 @@ class Timers:
         return entry
 
     def cancel(self, entry: list[Any]) -> None:
-        """After this returns the entry's function is not called (one called before may still be running)."""
+        """After this returns the entry's function is not called (one called before may still be running,
+        unless the timers call under their lock)."""
         with self._cond:
             if entry[3]:
                 entry[3] = False
@@ -68,7 +72,13 @@ class Timers:
                 entry = heapq.heappop(self._heap)
                 entry[3] = False
                 self._live -= 1
-            try:  # outside the lock: setting and cancelling others never waits for a call
-                entry[2]()
-            except Exception:  # a function's failure is its own; the others still run
-                log.exception("%s: a timed call failed", self.name)
+                if self._under_lock:
+                    self._call(entry)
+                    continue
+            self._call(entry)  # outside the lock: setting and cancelling others never waits for a call
+
+    def _call(self, entry: list[Any]) -> None:
+        try:
+            entry[2]()
+        except Exception:  # a function's failure is its own; the others still run
+            log.exception("%s: a timed call failed", self.name)

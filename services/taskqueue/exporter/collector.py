@@ -25,13 +25,13 @@ from taskqueue import config as config_module
 from taskqueue import tasks
 from taskqueue.exporter.maintenance import maintain
 from taskqueue.observability import logs
+from taskqueue.store.records import RETURNS_FIELD
 
 log = logging.getLogger("taskqueue.exporter")
 
 SECOND_MARGIN = 0.005  # seconds past a whole second when the scheduler looks for due jobs
 # Times a job may come back from workers that died before they claimed it, no retry spent (requeue_stranded).
 STRANDED_RETURNS_MAX = 3
-RETURNS_FIELD = "taskqueue_returns"  # the count, in the job's hash
 REGISTRY_STATES = ("started", "scheduled", "deferred", "failed", "finished", "canceled")
 
 
@@ -114,8 +114,10 @@ class QueueState:
 
         A fast-path worker also runs short jobs there before it claims them (fastpath/job_path.py): a
         job that kills its worker within that time would come back for ever. So each return is counted
-        in the job's hash; past :data:`STRANDED_RETURNS_MAX` the job is handed to RQ as an abandoned
-        job instead (claimed with an expired claim), which spends a retry or fails it at the next pass.
+        in the job's hash (and such a worker claims a job that came back before it runs it, so a job that
+        kills its worker is then retried by RQ as any claimed job); past :data:`STRANDED_RETURNS_MAX` the job
+        is handed to RQ as an abandoned job instead (claimed with an expired claim), which spends a retry or
+        fails it at the next pass.
         """
         from rq.executions import Execution
         from rq.job import Job, JobStatus

@@ -5,8 +5,8 @@ Stock RQ spends 9 round trips of bookkeeping on a job that does nothing (``pytho
 redis_cost``). :class:`LeanJobPath` overrides well-delimited ``BaseWorker`` methods so that the same
 records are written, in RQ's order, in fewer and merged calls. A job runs one of two ways:
 
-**Claimed before it runs** (the first job after the worker was idle, and every job after one that ran
-long): two round trips.
+**Claimed before it runs** (the first job after the worker was idle, and a job that came back from a dead
+worker's take): two round trips.
 
 - **take and start** (one MULTI/EXEC, after the pop): the job read (HGETALL), the Execution (its
   hash, the job's executions, the started registry, the worker's executions), the job's
@@ -18,13 +18,14 @@ long): two round trips.
   intermediate list meanwhile (requeued by maintenance) is not started;
 - **finish** (one MULTI/EXEC): status/ended_at/heartbeat, the Result (XADD), the finished registry,
   expiry, the Execution removed, SMEMBERS of the job's dependents (enqueued afterwards through RQ
-  if there are any), and the *next* job popped into the intermediate list (LMOVE), so a busy worker
-  makes no separate pop (none when maintenance is due); a popped job not started (stop,
+  if there are any), and the *next* job taken (a take of one, below) in the same transaction, so a busy
+  worker makes no separate pop (none when maintenance is due); a taken job not started (stop,
   ``max_jobs``, ``rq suspend``) is pushed back to the front.
 
-**Taken several at a time, claimed only if it runs long** (after a job that ended within
-:data:`CLAIM_AFTER`): a *take* (:data:`TAKE`, a script) moves up to N jobs into the intermediate list
-and returns their hashes; N doubles (1, 2, 4 ... :data:`TAKE_MAX`) while the take's jobs all end in time.
+**Taken, claimed only if it runs long** (every job after the first of a busy spell): a *take*
+(:data:`TAKE`, a script) moves up to N jobs into the intermediate list and returns their hashes; N is 1
+after a job that ran long, and doubles (2, 4 ... :data:`TAKE_MAX`) while the take's jobs all end within
+:data:`CLAIM_AFTER`.
 
 - a job of a take starts in memory only; its start is written (it is *claimed*, as above) by the
   process's claim timer once it has run :data:`CLAIM_AFTER`, or before RQ's failure, callback or
@@ -83,9 +84,10 @@ from taskqueue.fastpath import redis_pipeline
 from taskqueue.fastpath.timestamps import rq_timestamp
 from taskqueue.store.connection import STORE_FULL_ERRORS
 from taskqueue.store.outcomes import BoundedResultJob
+from taskqueue.store.records import RETURNS_FIELD
+from taskqueue.tasks import report
 from taskqueue.timers import Timers
 
-JOB_FINISH_FIELDS = ("status", "ended_at", "last_heartbeat")
 # The first job of the first non-empty queue (priority order) into that queue's intermediate list, as
 # RQ's LMOVE does for one queue. KEYS: each queue's list, then its intermediate list. Returns
 # {the queue's place (from 1), the job id}, or nil.
@@ -232,9 +234,10 @@ class LeanJobPath:
         self._claim_lock = threading.Lock()  # the running job's Run, between its thread and the claim timer
         self._run: Run | None = None
         self._queued: deque[tuple[Queue, str, list]] = deque()  # taken, not run yet: queue, id, hash
-        self._ended: list[tuple[Job, Queue, Execution, int]] = []  # ran unclaimed, end not written yet
+        # ran unclaimed, end not written yet: the job, queue, execution, result TTL and last progress
+        self._ended: list[tuple[Job, Queue, Execution, int, dict]] = []
         self._ended_since = 0.0
-        self._discarded: list[tuple[Queue, str]] = []  # taken, deleted or canceled meanwhile: not run
+        self._discarded: list[tuple[Queue, str]] = []  # taken, found deleted or canceled as it came up: not run
         self._take_size = 0  # 0: one job at a time, claimed before it runs
         super().__init__(*args, **kwargs)
         self._give_back = self.connection.register_script(GIVE_BACK)
@@ -457,8 +460,11 @@ class LeanJobPath:
         job.redis_server_version = self.get_redis_server_version()
         execution = Execution(uuid4().hex, job.id, self.connection, worker_name=self.name)  # written if claimed
         run = self._run = Run(job, queue, execution)
-        run.timer = CLAIMS.call_later(CLAIM_AFTER, functools.partial(self._claim_late, run))
         self._taken = execution
+        if RETURNS_FIELD.encode() in raw:  # it came back from a worker that died in a take: claimed before it
+            self._claim(run, give_back=False)  # runs, so a job that kills its worker spends its own retries only
+        else:
+            run.timer = CLAIMS.call_later(CLAIM_AFTER, functools.partial(self._claim_late, run))
         self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
         return job
 
@@ -496,7 +502,9 @@ class LeanJobPath:
             queue = self.queues[int(reply[0]) - 1]
             self._queued.extend((queue, as_text(reply[i]), reply[i + 1]) for i in range(1, len(reply), 2))
 
-    def _write_end(self, pipe: redis.client.Pipeline, job: Job, queue: Queue, execution: Execution, result_ttl: int):
+    def _write_end(
+        self, pipe: redis.client.Pipeline, job: Job, queue: Queue, execution: Execution, result_ttl: int, final: dict
+    ):
         """The records of a job that succeeded unclaimed: its start's and its end's fields, as a claimed job's
         end leaves them (no Execution: a claimed job's is deleted at its end). Returns its replies' places."""
         first = len(pipe)
@@ -509,6 +517,7 @@ class LeanJobPath:
                 "ended_at": rq_timestamp(job.ended_at),
                 "last_heartbeat": rq_timestamp(job.last_heartbeat),
                 "worker_name": self.name,
+                **final,
             },
         )
         LeanResult.create(
@@ -533,9 +542,17 @@ class LeanJobPath:
         pipe.lrem(queue.intermediate_queue_key, 1, job.id)
         return first, len(pipe) - 2
 
-    def _after_ends(self, ended: list[tuple[Job, Queue, Execution, int]], places: list[tuple[int, int]], replies):
+    @staticmethod
+    def _final_progress(job: Job) -> dict[str, str]:
+        """The job's ``meta`` field with its last progress, if it reported progress that is not written yet:
+        written with the job's end instead of in a round trip of its own (tasks/report.py). In the job's thread."""
+        if report.take_final(job) is None:
+            return {}
+        return {"meta": job.serializer.dumps(job.meta)}
+
+    def _after_ends(self, ended: list[tuple[Job, Queue, Execution, int, dict]], places: list[tuple[int, int]], replies):
         """After the ends are written: stubs of jobs deleted while they ran dropped, dependents enqueued."""
-        for (job, queue, _execution, result_ttl), (first, members) in zip(ended, places, strict=True):
+        for (job, queue, _execution, result_ttl, _final), (first, members) in zip(ended, places, strict=True):
             if not replies[first]:  # deleted while it ran: drop the fields the end wrote
                 self.connection.delete(job.key)
                 continue
@@ -603,7 +620,15 @@ class LeanJobPath:
         run = self._run
         if run is not None and run.job is job and run.state == Run.UNCLAIMED:
             CLAIMS.cancel(run.timer)
-            self._claim(run, give_back=False)
+            try:
+                self._claim(run, give_back=False)
+            except redis.exceptions.RedisError as exc:  # left unclaimed in the intermediate list: the exporter's
+                self.log.warning("Worker %s: job %s: start not written: %s", self.name, job.id, exc)
+
+    def handle_job_retry(self, job: Job, queue: Queue, retry, started_job_registry, execution: Execution):
+        """A job that returned RQ's ``Retry`` is claimed first: RQ's retry path works on a claimed job."""
+        self.claim_running(job)
+        return super().handle_job_retry(job, queue, retry, started_job_registry, execution)
 
     def run_maintenance_tasks(self):
         """RQ's maintenance, with the take given back first (RQ's looks at the intermediate lists)."""
@@ -705,6 +730,7 @@ class LeanJobPath:
         self.increment_successful_job_count()
         self.increment_total_working_time(job.ended_at - job.started_at)
         job._status = JobStatus.FINISHED
+        final = self._final_progress(job)
         run = self._run
         if run is not None and run.job is job:
             with self._claim_lock:
@@ -716,18 +742,17 @@ class LeanJobPath:
                 self.executions.pop(execution.id, None)  # the worker no longer runs it (as cleanup_execution)
                 if not self._ended:
                     self._ended_since = time.monotonic()
-                self._ended.append((job, queue, execution, result_ttl))
+                self._ended.append((job, queue, execution, result_ttl, final))
                 return None
         short = (job.ended_at - job.started_at).total_seconds() < CLAIM_AFTER
+        finish = {
+            "status": JobStatus.FINISHED,
+            "ended_at": rq_timestamp(job.ended_at),
+            "last_heartbeat": rq_timestamp(job.last_heartbeat),
+            **final,
+        }
         with self.connection.pipeline() as pipe:
-            pipe.hset(
-                job.key,
-                mapping={
-                    "status": JobStatus.FINISHED,
-                    "ended_at": rq_timestamp(job.ended_at),
-                    "last_heartbeat": rq_timestamp(job.last_heartbeat),
-                },
-            )
+            pipe.hset(job.key, mapping=finish)
             LeanResult.create(
                 job,
                 Result.Type.SUCCESSFUL,
@@ -748,24 +773,13 @@ class LeanJobPath:
             pipe.smembers(job.dependents_key)
             # Not before maintenance, which would see the popped job in the intermediate list.
             prefetch = not self._stop_requested and not self.should_run_maintenance_tasks and not self._queued
-            if prefetch and short:  # a take of one, unclaimed: the next ones grow while jobs stay short
+            if prefetch:  # a take of one, run unclaimed: takes grow while jobs stay short
                 pipe.eval(TAKE, 2 * len(self.queues), *self._pop_keys(), 1, self.job_class.key_for(""))
-            elif prefetch:  # the next job, popped in the same round trip; taken by the next dequeue
-                if len(self.queues) == 1:
-                    pipe.lmove(self.queues[0].key, self.queues[0].intermediate_queue_key)
-                else:  # EVAL, not EVALSHA: no NOSCRIPT inside the transaction after a Redis restart
-                    pipe.eval(POP_FIRST, 2 * len(self.queues), *self._pop_keys())
             replies = redis_pipeline.send(pipe)
-        if prefetch and short:
-            self._take_size = 2
+        if prefetch:
+            self._take_size = 2 if short else 1
             self._add_take(replies.pop())
-        elif prefetch:
-            reply = replies.pop()
-            if len(self.queues) == 1:
-                self._prefetched = None if reply is None else (self.queues[0], as_text(reply))
-            else:
-                self._prefetched = self._popped(reply)
-        if replies[0] == len(JOB_FINISH_FIELDS):  # the job's hash was deleted while it ran: drop the stub
+        if replies[0] == len(finish):  # the job's hash was deleted while it ran: drop the stub
             self.connection.delete(job.key)
         if replies[-1]:
             # Dependents registered before the commit are in the reply; later ones saw FINISHED and

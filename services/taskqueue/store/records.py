@@ -23,3 +23,7 @@ REGISTRIES = {
     "deferred": DeferredJobRegistry,
     "canceled": CanceledJobRegistry,
 }
+
+# In a job's hash: times the exporter put the job back from a worker that died before it claimed it
+# (exporter/collector.py); a fast-path worker claims such a job before it runs it (fastpath/job_path.py).
+RETURNS_FIELD = "taskqueue_returns"

@@ -150,6 +150,10 @@ class TaskqueueWorkerMixin:
         except STORE_FULL_ERRORS as exc:  # Redis full: wait it out in the loop; the key lives out its TTL
             self.log.warning("Worker %s: heartbeat not written, Redis is full: %s", self.name, exc)
 
+    def mark_beaten(self) -> None:
+        """The worker key was just written whole (a birth): the next beat is due a beat's interval from now."""
+        self._last_worker_beat = time.monotonic()
+
     def _beat(self, ttl: int) -> None:
         super().heartbeat()  # RQ's beat (in-process: with the job counters), with RQ's TTL: cut below
         with self.connection.pipeline(transaction=False) as pipe:
