@@ -70,7 +70,7 @@ def test_the_lean_path_overrides_only_methods_rq_still_has():
     own = {"_take", "_started", "_wait_for_job", "_resume_interrupted_take", "_give_back_prefetched",
            "_write_with_counters", "_counters_pending", "_pop", "_pop_keys", "_popped", "_next_of_take",
            "_start_unclaimed", "_write_take", "_add_take", "_write_end", "_after_ends", "_claim", "_claim_late",
-           "claim_running", "_final_progress"}  # fmt: skip
+           "claim_running", "_final_progress", "_write_success"}  # fmt: skip
     for name, member in vars(LeanJobPath).items():
         if callable(member) and not name.startswith("__") and name not in own:
             assert hasattr(SimpleWorker, name), f"RQ's worker has no {name} any more"

@@ -520,6 +520,15 @@ class LeanJobPath:
                 **final,
             },
         )
+        self._write_success(pipe, job, execution, result_ttl)
+        if result_ttl <= 0:  # kept for ever (a requeued failed job has a TTL; a claimed job's start persisted it)
+            pipe.persist(job.key)
+        pipe.smembers(job.dependents_key)
+        pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+        return first, len(pipe) - 2
+
+    def _write_success(self, pipe: redis.client.Pipeline, job: Job, execution: Execution, result_ttl: int) -> None:
+        """A succeeded job's Result, finished-registry entry and expiry: the part of its end both paths write."""
         LeanResult.create(
             job,
             Result.Type.SUCCESSFUL,
@@ -536,11 +545,6 @@ class LeanJobPath:
             pipe.expire(job.key, result_ttl)
             if job._dependency_ids:
                 pipe.expire(job.dependencies_key, result_ttl)
-        else:  # kept for ever (a requeued failed job has a TTL)
-            pipe.persist(job.key)
-        pipe.smembers(job.dependents_key)
-        pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-        return first, len(pipe) - 2
 
     @staticmethod
     def _final_progress(job: Job) -> dict[str, str]:
@@ -753,22 +757,7 @@ class LeanJobPath:
         }
         with self.connection.pipeline() as pipe:
             pipe.hset(job.key, mapping=finish)
-            LeanResult.create(
-                job,
-                Result.Type.SUCCESSFUL,
-                ttl=result_ttl,
-                return_value=job._result,
-                worker_name=self.name,
-                pipeline=pipe,
-                execution_id=execution.id,
-                execution_started_at=execution.created_at,
-                execution_ended_at=job.ended_at,
-            )
-            job.finished_job_registry.add(job, result_ttl, pipe)
-            if result_ttl > 0:
-                pipe.expire(job.key, result_ttl)
-                if job._dependency_ids:
-                    pipe.expire(job.dependencies_key, result_ttl)
+            self._write_success(pipe, job, execution, result_ttl)
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             pipe.smembers(job.dependents_key)
             # Not before maintenance, which would see the popped job in the intermediate list.
