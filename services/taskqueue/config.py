@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from taskqueue.webhooks.guard import AllowList
+
 
 class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
@@ -223,6 +225,39 @@ SETTINGS: tuple[Setting, ...] = (
         (W,),
     ),
     Setting("cleanup_interval", "15", int, "Seconds between the exporter's passes over abandoned jobs.", (E,)),
+    Setting(
+        "webhook_allowed_hosts",
+        "",
+        _str_list,
+        "Comma-separated hosts a job's `callbackUrl` may name: host names (`*.example.com` for subdomains) and"
+        " IPs or CIDRs; a name must resolve to public addresses, or to ones listed here. Empty: webhooks"
+        " refused with 400 (docs/webhooks.md).",
+        (G, E),
+    ),
+    Setting(
+        "webhook_secret",
+        "",
+        str,
+        "Key of each webhook's `X-Taskqueue-Signature` (HMAC-SHA256 of the body); needed when"
+        " `webhook_allowed_hosts` is set.",
+        (E,),
+    ),
+    Setting("webhook_timeout", "10", float, "Seconds a webhook attempt may take (connect and each read).", (E,)),
+    Setting(
+        "webhook_retry_for",
+        "86400",
+        int,
+        "Seconds after its first attempt a webhook is still retried (connection errors, 5xx, 408, 429).",
+        (E,),
+    ),
+    Setting(
+        "webhook_backoff",
+        "10",
+        float,
+        "Seconds before a webhook's second attempt; doubled for each next one, up to 15 minutes.",
+        (E,),
+    ),
+    Setting("webhook_concurrency", "8", int, "Webhook attempts the exporter makes at once.", (E,)),
     Setting("log_format", "json", str, "`json` (one object a line) or `text`."),
     Setting("log_level", "INFO", str, "Python log level name."),
     Setting(
@@ -294,6 +329,12 @@ class Config:
     heartbeat_ttl: int
     shutdown_mode: str
     cleanup_interval: int
+    webhook_allowed_hosts: tuple[str, ...]
+    webhook_secret: str
+    webhook_timeout: float
+    webhook_retry_for: int
+    webhook_backoff: float
+    webhook_concurrency: int
     log_format: str
     log_level: str
     log_job_lines: bool
@@ -339,6 +380,8 @@ def _validate(cfg: Config) -> None:
         "max_schedule_delay",
         "maintenance_interval",
         "cleanup_interval",
+        "webhook_retry_for",
+        "webhook_concurrency",
     ):
         if getattr(cfg, name) < 1:
             problems.append(f"{name}: must be >= 1")
@@ -356,6 +399,12 @@ def _validate(cfg: Config) -> None:
         problems.append(f"web_worker_class: one of {', '.join(VALID_WEB_WORKER_CLASSES)}")
     if cfg.log_format not in VALID_LOG_FORMATS:
         problems.append(f"log_format: one of {', '.join(VALID_LOG_FORMATS)}")
+    if not (cfg.webhook_timeout > 0 and cfg.webhook_backoff > 0):
+        problems.append("webhook_timeout, webhook_backoff: must be > 0")
+    try:
+        AllowList.parse(cfg.webhook_allowed_hosts)
+    except ValueError as exc:
+        problems.append(str(exc))
     if not cfg.redis_url.startswith(("redis://", "rediss://", "unix://")):
         problems.append("redis_url: must start with redis://, rediss:// or unix://")
     if problems:

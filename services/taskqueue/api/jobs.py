@@ -6,7 +6,7 @@ import contextlib
 import re
 import time
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
@@ -17,17 +17,18 @@ from rq.command import send_stop_job_command
 from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
-from rq.results import Result
 
 from taskqueue.config import Config
 from taskqueue.fastpath.enqueue_path import Enqueuer
 from taskqueue.fastpath.group_commit import GroupCommit
+from taskqueue.store import outbox
 from taskqueue.store.connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
 from taskqueue.store.enqueue import BaseEnqueuer, Enqueued, JobRequest, JobSettings, StockEnqueuer
-from taskqueue.store.outcomes import error_summary
+from taskqueue.store.outcomes import iso, job_outcome
 from taskqueue.store.records import REGISTRIES, SERIALIZER
 from taskqueue.tasks import Catalogue, Task
 from taskqueue.tasks import load as load_catalogue
+from taskqueue.webhooks.guard import AllowList
 
 # Job ids as RQ makes them; "batch" is not one, so GET /jobs/batch is a 405, not a lookup.
 JOB_ID_REGEX = r"(?!batch$)[A-Za-z0-9_-]{1,64}"
@@ -49,15 +50,6 @@ QUEUED_JOB_GROWTH = 2048
 
 LIST_STATES = ("queued", *REGISTRIES)
 STATUSES = ("queued", "started", "finished", "failed", "scheduled", "deferred", "canceled", "stopped")
-
-
-def iso(dt: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a Z, or None: the API's timestamps."""
-    if dt is None:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class JobNotFound(LookupError):
@@ -110,6 +102,7 @@ class JobService:
             self.schedulers[name] = StockEnqueuer(queue, settings)
         self._backlog = dict.fromkeys(self.queues, 0)
         self._memory_full, self._capacity_read_at = False, float("-inf")
+        self.webhooks = AllowList.parse(cfg.webhook_allowed_hosts)  # what a callbackUrl may name
 
     def queue_for(self, name: str) -> Queue:
         return Queue(name, connection=self.redis, serializer=SERIALIZER)
@@ -124,8 +117,10 @@ class JobService:
         return req.queue or self.task_queue(req.task)
 
     def writer(self, reqs: Sequence[JobRequest], queue: str) -> BaseEnqueuer:
-        """The writer for these requests: the queue's own, or RQ's when any of them is scheduled."""
-        return self.schedulers[queue] if any(req.run_at is not None for req in reqs) else self.enqueuers[queue]
+        """The writer for these requests: the queue's own, or RQ's when any of them is scheduled or has a
+        callback (which RQ's writer records in the same transaction)."""
+        plain = all(req.run_at is None and req.callback_url is None for req in reqs)
+        return self.enqueuers[queue] if plain else self.schedulers[queue]
 
     # -- enqueue -----------------------------------------------------------------------------------
 
@@ -183,7 +178,8 @@ class JobService:
         with _store_full_as_refusal():
             if idempotency_key is None:
                 self._check_capacity(queue, 1)
-                commit = self._commits.get(queue) if req.run_at is None else None
+                plain = req.run_at is None and req.callback_url is None
+                commit = self._commits.get(queue) if plain else None
                 if commit is None:
                     return self.writer([req], queue).enqueue([req])[0], True
                 return commit.submit(req), True
@@ -270,28 +266,16 @@ class JobService:
 
     def describe(self, job: Job) -> dict[str, Any]:
         """The status document of a job (the seed's ``result`` plus lifecycle fields)."""
-        status = job.get_status(refresh=False)
-        status_value = status.value if isinstance(status, JobStatus) else status
-        latest: Result | None = None
-        if status_value in ("finished", "failed", "stopped"):
-            latest = job.latest_result()
-        result = latest.return_value if latest is not None and latest.type == Result.Type.SUCCESSFUL else None
-        error = None
-        if status_value == "failed" or (latest is not None and latest.type == Result.Type.FAILED):
-            error = error_summary(latest.exc_string if latest is not None else None)
         return {
             "jobId": job.id,
             "task": self.job_task(job),
-            "status": status_value,
-            "result": result,
-            "error": error,
-            "enqueuedAt": iso(job.enqueued_at),
-            "startedAt": iso(job.started_at),
-            "endedAt": iso(job.ended_at),
+            **job_outcome(job),
             "retriesLeft": job.retries_left,
             "queue": job.origin,
             "runAt": iso(run_at(job)),
             "progress": job.meta.get("progress"),  # what the task last reported (taskqueue.tasks.progress)
+            # Its completion webhook (webhooks/outbox.py): only a job enqueued with a callbackUrl has one.
+            **({"callback": outbox.status(self.redis, job.id)} if job.meta.get(outbox.META_FLAG) else {}),
         }
 
     def list_ids(self, state: str, offset: int, limit: int) -> tuple[list[str], int]:
@@ -375,6 +359,8 @@ class JobService:
                 pipe.zrem(registry.key, job.id)
                 job.started_at = job.ended_at = None  # as RQ's registry requeue does
                 self.queue_for(job.origin).enqueue_job(job, pipeline=pipe)
+                if job.meta.get(outbox.META_FLAG):  # it will end again: its webhook is owed again
+                    outbox.rearm(pipe, job.id)
                 pipe.execute()
             except WatchError:
                 raise JobStateConflict("job was requeued by another request meanwhile") from None

@@ -94,6 +94,8 @@ def _task_request(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
                         f"task's own ({task.queue or cfg.queue}).",
                     },
                     **_schedule(cfg),
+                    # Only while webhooks are on (TASKQUEUE_WEBHOOK_ALLOWED_HOSTS): else the field is refused.
+                    **({"callbackUrl": CALLBACK_URL} if cfg.webhook_allowed_hosts else {}),
                 },
                 "required": ["task", "args"] if args.get("required") else ["task"],
                 "not": {"required": ["runAt", "delaySeconds"]},
@@ -104,6 +106,13 @@ def _task_request(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
 
 
 RUN_AT = {"type": "string", "format": "date-time", "description": "A scheduled job: when it is to run (UTC)."}
+CALLBACK_URL = {
+    "type": "string",
+    "format": "uri",
+    "maxLength": 2048,
+    "description": "An http(s) URL to POST the job's outcome to when it ends (signed; docs/webhooks.md). Its host "
+    "must be in TASKQUEUE_WEBHOOK_ALLOWED_HOSTS, else 400 invalid_callback_url.",
+}
 
 
 def _schedule(cfg: Config) -> dict[str, Any]:
@@ -409,6 +418,18 @@ def _schemas(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
                         "total": {"type": ["number", "null"]},
                         "message": {"type": ["string", "null"], "maxLength": 200},
                         "updatedAt": {"type": "string", "format": "date-time"},
+                    },
+                    "additionalProperties": False,
+                },
+                "callback": {
+                    "description": "Only for a job enqueued with a callbackUrl: its webhook's delivery (pending "
+                    "until the job ends and the receiver answers 2xx; failed once given up).",
+                    "type": "object",
+                    "required": ["status", "attempts", "lastError"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                        "attempts": {"type": "integer", "minimum": 0},
+                        "lastError": {"type": ["string", "null"]},
                     },
                     "additionalProperties": False,
                 },

@@ -36,6 +36,7 @@ from taskqueue.observability import metrics
 from taskqueue.store.enqueue import Enqueued
 from taskqueue.tasks import TaskInputError
 from taskqueue.tasks.builtin import seed_message
+from taskqueue.webhooks.guard import UrlRefused
 
 
 class JobIdConverter(BaseConverter):
@@ -126,7 +127,7 @@ def _json_body() -> Any:
 def _job_request(item: Any) -> JobRequest:
     if not isinstance(item, dict):
         raise ApiError(400, "invalid_body", "a job must be an object with 'task' and 'args'")
-    unknown = sorted(set(item) - {"task", "args", "queue", *SCHEDULE_FIELDS})
+    unknown = sorted(set(item) - {"task", "args", "queue", "callbackUrl", *SCHEDULE_FIELDS})
     if unknown:
         raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
     svc = service()
@@ -140,7 +141,16 @@ def _job_request(item: Any) -> JobRequest:
     if "queue" in item and (not isinstance(queue, str) or queue not in svc.queues):
         known = ", ".join(svc.queues)
         raise ApiError(400, "unknown_queue", f"queue must be one of TASKQUEUE_QUEUES: {known}", field="queue")
-    return JobRequest(task, args, run_at=_run_at(item, svc.cfg.max_schedule_delay), queue=queue)
+    callback_url = None
+    if "callbackUrl" in item:
+        try:
+            svc.webhooks.check_url(item["callbackUrl"])
+        except UrlRefused as exc:
+            code = "invalid_callback_url" if svc.webhooks.enabled else "webhooks_disabled"
+            raise ApiError(400, code, str(exc), field="callbackUrl") from None
+        callback_url = item["callbackUrl"]
+    run_at = _run_at(item, svc.cfg.max_schedule_delay)
+    return JobRequest(task, args, run_at=run_at, queue=queue, callback_url=callback_url)
 
 
 SCHEDULE_FIELDS = ("runAt", "delaySeconds")

@@ -15,6 +15,8 @@ fault in ``field``, ``NotFound``, ``Conflict``, ``BacklogFull``, ``Unavailable``
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import random
 import time
@@ -102,6 +104,7 @@ class Client:
         retry_for: float = 0.0,
         run_at: datetime | str | None = None,
         delay_seconds: float | None = None,
+        callback_url: str | None = None,
         **args: Any,
     ) -> str:
         """Enqueue ``task`` with keyword ``args``; the job id.
@@ -109,7 +112,8 @@ class Client:
         ``retry_for``: seconds to keep trying while the API answers 429 or 503, waiting its Retry-After
         between tries; the tries share one Idempotency-Key (``idempotency_key``, else a new one), so the
         job is enqueued once however many answers were lost. ``run_at`` (a time with a zone) or
-        ``delay_seconds`` schedules the job to run then.
+        ``delay_seconds`` schedules the job to run then. ``callback_url``: where to POST the job's outcome when it
+        ends (check it there with :func:`verify_webhook`).
         """
         if retry_for > 0 and idempotency_key is None:
             idempotency_key = uuid.uuid4().hex
@@ -119,6 +123,8 @@ class Client:
             body["runAt"] = run_at.isoformat() if isinstance(run_at, datetime) else run_at
         if delay_seconds is not None:
             body["delaySeconds"] = delay_seconds
+        if callback_url is not None:
+            body["callbackUrl"] = callback_url
         deadline = time.monotonic() + retry_for
         while True:
             try:
@@ -183,3 +189,11 @@ def _api_error(exc: urllib.error.HTTPError) -> ApiError:
     except ValueError:  # none, or an HTTP date (the API sends seconds)
         retry_after = None
     return ERRORS.get(exc.code, ApiError)(exc.code, code, message, retry_after, field)
+
+
+def verify_webhook(secret: str | bytes, body: bytes, signature: str | None) -> bool:
+    """Whether a webhook's ``X-Taskqueue-Signature`` header is ours for ``body`` (the raw bytes received),
+    compared in constant time. A receiver also drops a repeated ``X-Taskqueue-Delivery`` (sent at least once)."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    expected = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+    return signature is not None and hmac.compare_digest(signature.encode(), expected.encode())

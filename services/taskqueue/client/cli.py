@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     enqueue.add_argument("--idempotency-key")
     enqueue.add_argument("--retry-for", type=float, default=0.0, help="seconds to retry while busy (429/503)")
     enqueue.add_argument("--wait", action="store_true", help="then wait for the job, as `wait` does")
+    enqueue.add_argument("--callback-url", metavar="URL", help="POST the job's outcome to URL when it ends")
     later = enqueue.add_mutually_exclusive_group()
     later.add_argument("--delay", type=float, metavar="SECONDS", help="run it no earlier than SECONDS from now")
     later.add_argument("--run-at", metavar="TIME", help="run it no earlier than TIME (ISO 8601 with a zone)")
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 retry_for=args.retry_for,
                 run_at=args.run_at,
                 delay_seconds=args.delay,
+                callback_url=args.callback_url,
                 **parse_args_pairs(args.args),
             )
             if not args.wait:

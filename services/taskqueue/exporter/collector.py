@@ -25,6 +25,7 @@ from taskqueue import config as config_module
 from taskqueue import tasks
 from taskqueue.exporter.maintenance import maintain
 from taskqueue.observability import logs
+from taskqueue.store import outbox
 from taskqueue.store.records import RETURNS_FIELD
 
 log = logging.getLogger("taskqueue.exporter")
@@ -166,12 +167,13 @@ class QueueStateCollector:
         return []
 
     def collect(self) -> Iterator:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         up = GaugeMetricFamily("taskqueue_redis_up", "1 when the exporter could read Redis at this scrape.")
         try:
             counts, workers = self.state.read()
             memory = self.state.redis.info("memory")
+            deliveries, pending = outbox.counts(self.state.redis)
         except Exception as exc:  # Redis down or slow: report it as a metric, not a scrape failure
             log.warning("cannot read queue state: %s", exc)
             up.add_metric([], 0)
@@ -200,6 +202,23 @@ class QueueStateCollector:
             "Redis's maxmemory (0: no limit); enqueue stops at TASKQUEUE_REDIS_MEMORY_LIMIT percent of it.",
             value=int(memory.get("maxmemory", 0)),
         )
+        sent = CounterMetricFamily(
+            "taskqueue_webhook_deliveries",
+            "Webhook attempts by outcome: delivered, retry (another is scheduled), rejected (3xx/4xx), expired"
+            " (retry window spent), refused (address not allowed at delivery).",
+            labels=["outcome"],
+        )
+        for outcome, n in deliveries.items():
+            sent.add_metric([outcome], n)
+        yield sent
+        owed = GaugeMetricFamily(
+            "taskqueue_webhooks_pending",
+            "Webhooks owed: waiting (their job has not ended) and due (to send or retry).",
+            labels=["state"],
+        )
+        for state, n in pending.items():
+            owed.add_metric([state], n)
+        yield owed
 
 
 def make_app(registry, state: QueueState):
@@ -266,6 +285,21 @@ def maintenance_loop(state: QueueState, cfg: config_module.Config, stop: threadi
         log.warning("could not release the scheduler locks: %s", exc)
 
 
+def start_webhooks(cfg: config_module.Config, redis, stop: threading.Event) -> threading.Thread | None:
+    """Send completion webhooks from a thread of this process (webhooks/delivery.py), when any host is allowed."""
+    from taskqueue.webhooks.delivery import Deliverer
+
+    if not cfg.webhook_allowed_hosts:
+        return None
+    if not cfg.webhook_secret:
+        log.error("TASKQUEUE_WEBHOOK_ALLOWED_HOSTS is set but TASKQUEUE_WEBHOOK_SECRET is empty: webhooks unsigned")
+        sys.exit(2)
+    thread = threading.Thread(target=Deliverer(cfg, redis).run, args=(stop,), name="webhooks", daemon=True)
+    thread.start()
+    log.info("webhooks to %s", ",".join(cfg.webhook_allowed_hosts))
+    return thread
+
+
 def main(argv: list[str] | None = None) -> None:
     _args, cfg = config_module.parse_cli("taskqueue-exporter", "exporter", __doc__.splitlines()[0], argv)
     logs.setup(cfg.log_format, cfg.log_level)
@@ -286,7 +320,10 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    webhooks = start_webhooks(cfg, state.redis, stop)
     maintenance_loop(state, cfg, stop)
+    if webhooks is not None:
+        webhooks.join()
     server.shutdown()
     sys.exit(0)
 

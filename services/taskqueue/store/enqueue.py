@@ -1,7 +1,8 @@
 """A validated job request, what the API reports of an enqueued job, and RQ's own way of enqueueing.
 
 :class:`StockEnqueuer` writes new jobs with ``Queue.enqueue_many`` in one MULTI/EXEC, and scheduled ones
-(``run_at``) with ``Queue.schedule_job`` in the same transaction. With fast paths on, the job service uses
+(``run_at``) with ``Queue.schedule_job`` in the same transaction, with the webhook records of jobs that
+have a ``callback_url``. With fast paths on, the job service uses
 :class:`taskqueue.fastpath.enqueue_path.Enqueuer` for jobs to run now: the same records, the same
 interface, in one script call.
 """
@@ -19,6 +20,7 @@ from rq import Queue, Retry
 from rq.job import JobStatus
 
 from taskqueue.config import Config
+from taskqueue.store import outbox
 from taskqueue.tasks import Task
 
 
@@ -31,6 +33,7 @@ class JobRequest:
     description: str | None = None
     run_at: datetime | None = None  # scheduled: not before this time (UTC, whole seconds); None: now
     queue: str | None = None  # the queue it asks for; None: its task's
+    callback_url: str | None = None  # where to POST when the job ends (checked by webhooks.guard)
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,11 @@ class StockEnqueuer(BaseEnqueuer):
                 "args": req.args,
                 "description": req.description,
                 "job_id": job_id,
-                "meta": {"task": req.task.name, **({"runAt": req.run_at.isoformat()} if req.run_at else {})},
+                "meta": {
+                    "task": req.task.name,
+                    **({"runAt": req.run_at.isoformat()} if req.run_at else {}),
+                    **({outbox.META_FLAG: True} if req.callback_url else {}),
+                },
                 **self.settings.for_task(req.task).job_options(),
             }
             for req, job_id in zip(reqs, ids, strict=True)
@@ -154,4 +161,7 @@ class StockEnqueuer(BaseEnqueuer):
                 job = self.queue.create_job(req.task.func, status=JobStatus.SCHEDULED, **opts)
                 self.queue.schedule_job(job, req.run_at, pipeline=pipe)
                 written.append((job.id, job.created_at))
+        for req, (job_id, _at) in zip(reqs, written, strict=True):
+            if req.callback_url:  # owed from now on, in the same transaction as the job (webhooks/outbox.py)
+                outbox.add(pipe, job_id, req.callback_url, req.task.name)
         return written

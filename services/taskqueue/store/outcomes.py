@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any
 
-from rq.job import Job
+from rq.job import Job, JobStatus
+from rq.results import Result
 
 # Characters of error text (traceback included) kept per failure; the end is kept, where the error is.
 ERROR_TEXT_MAX = 4000
@@ -64,6 +66,37 @@ def error_summary(text: str | None) -> str:
     # Written by someone else (RQ's maintenance, an older version): its last line, as RQ shows it.
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:1000] if lines else "job failed"
+
+
+def iso(dt: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, or None: the API's timestamps."""
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_outcome(job: Job) -> dict[str, Any]:
+    """How a job stands or ended, as the status document and a webhook's body tell it: its status, result or
+    error, and its times (one more round trip for an ended job's latest Result)."""
+    status = job.get_status(refresh=False)
+    status_value = status.value if isinstance(status, JobStatus) else status
+    latest: Result | None = None
+    if status_value in ("finished", "failed", "stopped"):
+        latest = job.latest_result()
+    result = latest.return_value if latest is not None and latest.type == Result.Type.SUCCESSFUL else None
+    error = None
+    if status_value == "failed" or (latest is not None and latest.type == Result.Type.FAILED):
+        error = error_summary(latest.exc_string if latest is not None else None)
+    return {
+        "status": status_value,
+        "result": result,
+        "error": error,
+        "enqueuedAt": iso(job.enqueued_at),
+        "startedAt": iso(job.started_at),
+        "endedAt": iso(job.ended_at),
+    }
 
 
 def check_result_size(dumps: Any, value: Any, limit: int) -> None:

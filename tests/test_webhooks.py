@@ -1,0 +1,362 @@
+"""Completion webhooks: a real HTTP receiver in this process, and real redis-server, generator, worker and exporter.
+
+The receiver (:class:`Receiver`) listens on 127.0.0.1 and answers each POST with the next status of its script
+(or holds it until released); it records every request's headers, body and time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from taskqueue.client import Client, verify_webhook
+from tests.support import RedisServer, free_port, wait_for, wait_status
+
+SECRET = "test-webhook-secret"
+
+
+class Receiver:
+    """An HTTP server that answers POSTs with ``script``'s statuses in turn (then 200), or holds them while
+    ``hold`` is set; ``requests`` lists what came: ``{"headers", "body", "at"}``."""
+
+    def __init__(self, script: list[int] | None = None, location: str | None = None):
+        self.script = list(script or [])
+        self.location = location
+        self.requests: list[dict] = []
+        self.hold = threading.Event()  # set: requests wait until it is cleared (or 30 s)
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver._lock:
+                    receiver.requests.append({"headers": dict(self.headers), "body": body, "at": time.time()})
+                    status = receiver.script.pop(0) if receiver.script else 200
+                deadline = time.monotonic() + 30
+                while receiver.hold.is_set() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                self.send_response(status)
+                if receiver.location and 300 <= status < 400:
+                    self.send_header("Location", receiver.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook?team=a"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.hold.clear()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def app_env(app_env):
+    """Webhooks on, to 127.0.0.1 only; short attempts and backoff so retries fit a test."""
+    return {
+        **app_env,
+        "TASKQUEUE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+        "TASKQUEUE_WEBHOOK_SECRET": SECRET,
+        "TASKQUEUE_WEBHOOK_TIMEOUT": "1",
+        "TASKQUEUE_WEBHOOK_BACKOFF": "0.2",
+    }
+
+
+def post_job(base: str, **fields) -> str:
+    r = requests.post(base + "/jobs", json={"task": "noop", **fields}, timeout=5)
+    assert r.status_code == 202, r.text
+    return r.json()["jobId"]
+
+
+def callback(base: str, job_id: str) -> dict:
+    return requests.get(f"{base}/status/{job_id}", timeout=5).json()["callback"]
+
+
+def wait_callback(base: str, job_id: str, status: str, timeout: float = 20) -> dict:
+    def check():
+        c = callback(base, job_id)
+        return c if c["status"] == status else None
+
+    return wait_for(check, timeout=timeout, interval=0.05, what=f"callback of {job_id} to be {status}")
+
+
+def deliveries(metrics_port: int) -> dict[str, float]:
+    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("taskqueue_webhook_deliveries_total{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels.split('outcome="')[1].split('"')[0]] = float(value)
+    return out
+
+
+@pytest.mark.behaviour
+def test_each_ended_job_is_posted_once_signed_with_its_outcome(processes, receiver):
+    """A finished, a failed (retries spent) and a canceled job: one POST each, the body's fields as documented,
+    signed with HMAC-SHA256 of the exact body, each with its own delivery id; /status shows it delivered."""
+    generator, _worker, exporter = processes.generator(), processes.worker(), processes.exporter()
+    done = post_job(generator.base, callbackUrl=receiver.url)
+    failed = post_job(generator.base, task="fail", args={"message": "boom"}, callbackUrl=receiver.url)
+    canceled = Client(generator.base).enqueue("noop", delay_seconds=60, callback_url=receiver.url)
+    assert callback(generator.base, canceled) == {"status": "pending", "attempts": 0, "lastError": None}
+    assert requests.delete(f"{generator.base}/jobs/{canceled}", timeout=5).status_code == 200
+    for job_id in (done, failed, canceled):
+        assert wait_callback(generator.base, job_id, "delivered") == {
+            "status": "delivered", "attempts": 1, "lastError": None,
+        }  # fmt: skip
+    bodies = {}
+    for req in receiver.requests:
+        body, headers = req["body"], req["headers"]
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["X-Taskqueue-Signature"], expected)
+        assert verify_webhook(SECRET, body, headers["X-Taskqueue-Signature"])
+        assert not verify_webhook("another secret", body, headers["X-Taskqueue-Signature"])
+        assert not verify_webhook(SECRET, body + b" ", headers["X-Taskqueue-Signature"])
+        assert headers["Content-Type"] == "application/json" and len(headers["X-Taskqueue-Delivery"]) == 32
+        doc = json.loads(body)
+        bodies[doc["jobId"]] = doc
+    assert len(receiver.requests) == 3 and set(bodies) == {done, failed, canceled}
+    assert len({r["headers"]["X-Taskqueue-Delivery"] for r in receiver.requests}) == 3
+    assert bodies[done] == {
+        "jobId": done, "task": "noop", "status": "finished", "result": None,
+        "enqueuedAt": bodies[done]["enqueuedAt"], "startedAt": bodies[done]["startedAt"],
+        "endedAt": bodies[done]["endedAt"],
+    }  # fmt: skip
+    assert bodies[done]["endedAt"] >= bodies[done]["startedAt"] >= bodies[done]["enqueuedAt"]
+    assert bodies[failed]["status"] == "failed" and bodies[failed]["error"] == "RuntimeError: boom"
+    assert "result" not in bodies[failed]
+    assert bodies[canceled]["status"] == "canceled" and bodies[canceled]["startedAt"] is None
+    assert deliveries(exporter.metrics_port)["delivered"] == 3
+    # A job without a callback has no "callback" field.
+    plain = post_job(generator.base)
+    assert "callback" not in wait_status(generator.base, plain, {"finished"})
+
+
+@pytest.mark.behaviour
+def test_a_receiver_that_fails_three_times_gets_the_same_delivery_a_fourth_time(processes):
+    """500, 500, 500, then 200: four attempts, with growing waits, one delivery id; metrics count 3 retries and
+    1 delivery; /status shows the attempts and, meanwhile, the last error."""
+    receiver = Receiver(script=[500, 500, 500])
+    try:
+        generator, _worker, exporter = processes.generator(), processes.worker(), processes.exporter()
+        job_id = post_job(generator.base, callbackUrl=receiver.url)
+        wait_for(lambda: len(receiver.requests) >= 1, what="the first attempt")
+        pending = wait_for(lambda: (c := callback(generator.base, job_id))["attempts"] >= 1 and c, what="a retry")
+        assert pending["status"] == "pending" and pending["lastError"] == "HTTP 500"
+        assert wait_callback(generator.base, job_id, "delivered")["attempts"] == 4
+        assert len(receiver.requests) == 4
+        assert len({r["headers"]["X-Taskqueue-Delivery"] for r in receiver.requests}) == 1
+        gaps = [b["at"] - a["at"] for a, b in zip(receiver.requests, receiver.requests[1:], strict=False)]
+        # Backoff 0.2 s doubled (±10 %), plus up to a pass (0.5 s) each: never sooner than the backoff.
+        assert gaps[0] >= 0.18 and gaps[1] >= 0.36 and gaps[2] >= 0.72, gaps
+        counts = deliveries(exporter.metrics_port)
+        assert counts["retry"] == 3 and counts["delivered"] == 1, counts
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize(
+    ("script", "attempts", "error"),
+    [([404], 1, "HTTP 404"), ([429, 408, 503], 4, None), ([302], 1, "HTTP 302 (redirects are not followed)")],
+)
+def test_4xx_stops_but_408_429_and_5xx_are_retried_and_redirects_are_not_followed(processes, script, attempts, error):
+    """A 404 is given up at once (rejected); 429, 408 and 503 are retried; a 302 is not followed: the URL it
+    points to is never asked."""
+    elsewhere = Receiver()
+    receiver = Receiver(script=script, location=elsewhere.url)
+    try:
+        generator, _worker, _exporter = processes.generator(), processes.worker(), processes.exporter()
+        job_id = post_job(generator.base, callbackUrl=receiver.url)
+        final = "delivered" if error is None else "failed"
+        assert wait_callback(generator.base, job_id, final) == {
+            "status": final,
+            "attempts": attempts,
+            "lastError": error,
+        }
+        assert len(receiver.requests) == attempts and elsewhere.requests == []
+    finally:
+        receiver.close()
+        elsewhere.close()
+
+
+def test_retries_stop_when_the_retry_window_is_spent(processes, app_env):
+    """With TASKQUEUE_WEBHOOK_RETRY_FOR=1, a receiver that always answers 500 is given up as expired."""
+    receiver = Receiver(script=[500] * 100)
+    try:
+        env = {**app_env, "TASKQUEUE_WEBHOOK_RETRY_FOR": "1"}
+        generator, _w = processes.generator(), processes.worker()
+        exporter = processes.exporter(env=env)
+        job_id = post_job(generator.base, callbackUrl=receiver.url)
+        c = wait_callback(generator.base, job_id, "failed")
+        assert c["lastError"].startswith("HTTP 500; gave up after 1 s") and 1 <= c["attempts"] <= 4, c
+        assert deliveries(exporter.metrics_port)["expired"] == 1
+    finally:
+        receiver.close()
+
+
+REFUSED_URLS = [
+    "http://169.254.169.254/latest/meta-data/",  # the cloud's metadata service
+    "http://localhost:8080/hook",
+    "http://2852039166/",  # 169.254.169.254 written as one number
+    "http://[::1]/",
+    "http://[::ffff:169.254.169.254]/",
+    "http://user:pw@127.0.0.1/",
+    "ftp://127.0.0.1/",
+    "file:///etc/passwd",
+    "http://127.0.0.1:99999/",
+    "/relative",
+    42,
+    "http://127.0.0.1/" + "a" * 2100,
+]
+
+
+def test_urls_outside_the_allowed_hosts_are_refused_at_enqueue(generator):
+    """400 invalid_callback_url with the field named, for single jobs and batch items; nothing is enqueued."""
+    for url in REFUSED_URLS:
+        r = requests.post(generator.base + "/jobs", json={"task": "noop", "callbackUrl": url}, timeout=5)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_callback_url", (url, r.text)
+        assert r.json()["error"]["field"] == "callbackUrl"
+        items = [{"task": "noop"}, {"task": "noop", "callbackUrl": url}]
+        batch = requests.post(generator.base + "/jobs/batch", json={"jobs": items}, timeout=5)
+        assert batch.status_code == 400, (url, batch.text)
+    assert requests.get(generator.base + "/list", params={"state": "queued"}, timeout=5).json()["total"] == 0
+
+
+def test_webhooks_are_refused_when_no_host_is_allowed(processes, app_env, receiver):
+    env = {k: v for k, v in app_env.items() if not k.startswith("TASKQUEUE_WEBHOOK_")}
+    generator = processes.generator(env=env)
+    r = requests.post(generator.base + "/jobs", json={"task": "noop", "callbackUrl": receiver.url}, timeout=5)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "webhooks_disabled", r.text
+
+
+def test_a_listed_name_that_resolves_to_a_private_address_is_refused_at_delivery(processes, app_env, receiver):
+    """``localhost`` listed by name passes the check at enqueue; at delivery it resolves to loopback, which no
+    listed network holds: refused, and the receiver behind it is never asked."""
+    env = {**app_env, "TASKQUEUE_WEBHOOK_ALLOWED_HOSTS": "localhost"}
+    generator, _worker, exporter = processes.generator(env=env), processes.worker(), processes.exporter(env=env)
+    url = receiver.url.replace("127.0.0.1", "localhost")
+    job_id = post_job(generator.base, callbackUrl=url)
+    c = wait_callback(generator.base, job_id, "failed")
+    assert c["attempts"] == 1 and "resolves to" in c["lastError"] and "not public" in c["lastError"], c
+    assert receiver.requests == []
+    assert deliveries(exporter.metrics_port)["refused"] == 1
+
+
+@pytest.mark.behaviour
+def test_a_delivery_survives_the_worker_and_the_exporter_killed_and_redis_restarted(processes, app_env, receiver):
+    """The worker is SIGKILLed right after its job ended, the exporter is SIGKILLed while the receiver holds the
+    POST, and Redis restarts (AOF) while no exporter runs: a new exporter still delivers, with the same id (at
+    least once: the receiver got it twice)."""
+    redis = processes.add(RedisServer()).start()
+    env = {**app_env, **redis.env()}
+    generator, worker = processes.generator(env=env), processes.worker(env=env)
+    job_id = post_job(generator.base, callbackUrl=receiver.url)
+    wait_status(generator.base, job_id, {"finished"})
+    worker.signal(signal.SIGKILL)
+    receiver.hold.set()
+    exporter = processes.exporter(env=env)
+    wait_for(lambda: receiver.requests, what="the first attempt")
+    exporter.signal(signal.SIGKILL)
+    exporter.proc.wait(timeout=10)
+    receiver.hold.clear()
+    redis.stop()
+    redis.start()
+    assert callback(generator.base, job_id)["status"] == "pending"
+    processes.exporter(env=env)
+    # The lease of the killed attempt ends (2 x 1 s + 5 s), then it is sent again.
+    assert wait_callback(generator.base, job_id, "delivered", timeout=30)["attempts"] == 1
+    assert len(receiver.requests) == 2
+    assert (
+        receiver.requests[0]["headers"]["X-Taskqueue-Delivery"]
+        == receiver.requests[1]["headers"]["X-Taskqueue-Delivery"]
+    )
+    assert receiver.requests[0]["body"] == receiver.requests[1]["body"]
+
+
+def test_a_hanging_receiver_does_not_slow_the_worker(processes, app_env):
+    """Jobs whose receiver holds every POST until it times out, against jobs whose receiver answers at once:
+    the worker's time to run them is the same within 10 % (medians of 3 rounds each, in turn)."""
+    fast, hanging = Receiver(), Receiver()
+    hanging.hold.set()
+    try:
+        generator, _exporter = processes.generator(), processes.exporter()
+        processes.worker(args=["--job-slots", "8"])
+        spans: dict[str, list[float]] = {"fast": [], "hanging": []}
+        for _ in range(3):
+            for name, receiver in (("fast", fast), ("hanging", hanging)):
+                ids = [
+                    post_job(generator.base, task="sleep", args={"seconds": 1}, callbackUrl=receiver.url)
+                    for _ in range(16)
+                ]
+                docs = [wait_status(generator.base, i, {"finished"}) for i in ids]
+                starts = [d["startedAt"] for d in docs]
+                ends = [d["endedAt"] for d in docs]
+                spans[name].append(_seconds(max(ends)) - _seconds(min(starts)))
+        fast_span, hanging_span = statistics.median(spans["fast"]), statistics.median(spans["hanging"])
+        assert hanging_span <= fast_span * 1.10, spans
+        assert hanging.requests and all(callback(generator.base, i)["status"] == "pending" for i in ids)
+    finally:
+        fast.close()
+        hanging.close()
+
+
+def _seconds(iso_time: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso_time).timestamp()
+
+
+def test_the_guard_checks_names_networks_and_resolved_addresses():
+    """The allow list itself. Names outside this machine cannot be resolved here (no DNS beyond package
+    registries), so those cases pass a stand-in for getaddrinfo; ``localhost`` goes through the real resolver."""
+    from taskqueue.webhooks.guard import AllowList, UrlRefused
+
+    allow = AllowList.parse(["hooks.example.com", "*.corp.example", "10.1.0.0/16", "192.0.2.7"])
+    for ok in ("https://hooks.example.com/x", "http://a.b.corp.example:8080/", "http://10.1.2.3/", "http://192.0.2.7"):
+        allow.check_url(ok)
+    for bad in ("http://example.com/", "http://corp.example/", "http://10.2.0.1/", "http://192.0.2.8/"):
+        with pytest.raises(UrlRefused):
+            allow.check_url(bad)
+    # A listed name must resolve to public addresses, or to listed ones.
+    public = lambda *a, **k: [(2, 1, 6, "", ("93.184.215.14", 443))]  # noqa: E731
+    private = lambda *a, **k: [(2, 1, 6, "", ("93.184.215.14", 443)), (2, 1, 6, "", ("10.9.9.9", 443))]  # noqa: E731
+    listed = lambda *a, **k: [(2, 1, 6, "", ("10.1.5.5", 443))]  # noqa: E731
+    target = allow.resolve("https://hooks.example.com/x?y=1", getaddrinfo=public)
+    assert (target.address, target.host, target.port, target.path) == (
+        "93.184.215.14",
+        "hooks.example.com",
+        443,
+        "/x?y=1",
+    )
+    with pytest.raises(UrlRefused, match=r"10\.9\.9\.9"):
+        allow.resolve("https://hooks.example.com/x", getaddrinfo=private)
+    assert allow.resolve("https://hooks.example.com/", getaddrinfo=listed).address == "10.1.5.5"
+    with pytest.raises(UrlRefused, match=r"127\.0\.0\.1|::1"):
+        AllowList.parse(["localhost"]).resolve("http://localhost/")
+    with pytest.raises(ValueError):
+        AllowList.parse(["not a host"])
+    with pytest.raises(UrlRefused, match="off"):
+        AllowList.parse([]).check_url("http://127.0.0.1/")
