@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from taskqueue.client import Client, verify_webhook
-from tests.support import RedisServer, free_port, wait_for, wait_status
+from tests.support import Exporter, RedisServer, free_port, wait_for, wait_status
 
 SECRET = "test-webhook-secret"
 
@@ -360,3 +360,25 @@ def test_the_guard_checks_names_networks_and_resolved_addresses():
         AllowList.parse(["not a host"])
     with pytest.raises(UrlRefused, match="off"):
         AllowList.parse([]).check_url("http://127.0.0.1/")
+
+
+def test_a_requeued_job_is_owed_a_new_delivery(processes, receiver):
+    """A failed job's delivery, then POST /jobs/<id>/requeue: when it fails again, a second delivery (a new id)."""
+    generator, _worker, _exporter = processes.generator(), processes.worker(), processes.exporter()
+    job_id = post_job(generator.base, task="fail", callbackUrl=receiver.url)
+    wait_callback(generator.base, job_id, "delivered")
+    requeued = requests.post(f"{generator.base}/jobs/{job_id}/requeue", timeout=5)
+    assert requeued.status_code == 200, requeued.text
+    assert requeued.json()["callback"] == {"status": "pending", "attempts": 0, "lastError": None}
+    wait_callback(generator.base, job_id, "delivered")
+    assert len(receiver.requests) == 2
+    first, second = (r["headers"]["X-Taskqueue-Delivery"] for r in receiver.requests)
+    assert first != second and all(json.loads(r["body"])["status"] == "failed" for r in receiver.requests)
+
+
+def test_the_exporter_refuses_to_send_unsigned_webhooks(processes, app_env):
+    """Hosts allowed but no secret: the exporter exits 2 and says why, instead of sending unsigned bodies."""
+    env = {**app_env, "TASKQUEUE_WEBHOOK_SECRET": ""}
+    exporter = processes.add(Exporter(env, processes.log_dir)).start(wait=False)
+    assert exporter.proc.wait(timeout=30) == 2
+    assert "TASKQUEUE_WEBHOOK_SECRET is empty" in exporter.log()
