@@ -73,6 +73,20 @@ EXTERNAL_REDIS = {
     "networkPolicy": {"externalRedisTo": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]},
 }
 
+# values.yaml's networkPolicy.exporterEgress example: webhooks to named hosts over HTTPS, to any address
+# but the private and link-local ones.
+PUBLIC_HTTPS = {
+    "to": [
+        {
+            "ipBlock": {
+                "cidr": "0.0.0.0/0",
+                "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"],
+            }
+        }
+    ],
+    "ports": [{"protocol": "TCP", "port": 443}],
+}
+
 CASES: dict[str, Case] = {
     c.name: c
     for c in (
@@ -116,6 +130,21 @@ CASES: dict[str, Case] = {
                     ]
                 },
             },
+        ),
+        # Completion webhooks to a named host, a private network and one address: the key is generated, the
+        # exporter may reach the two by address and, with the example rule, public addresses over HTTPS.
+        Case(
+            "webhooks",
+            {
+                "webhooks": {"allowedHosts": ["hooks.example.com", "10.1.2.0/24", "192.0.2.7"]},
+                "networkPolicy": {"exporterEgress": [PUBLIC_HTTPS]},
+            },
+        ),
+        # Webhooks to subdomains only (no address: no egress added), signed with the user's own Secret.
+        Case(
+            "webhooks-existing-secret",
+            {"webhooks": {"allowedHosts": ["*.example.com"], "existingSecret": "mine"}},
+            provided=(_secret("mine", NAMESPACE, {"webhook-secret": "s3cret"}),),
         ),
         # Another release and namespace, several worker processes, a longer job timeout, fast paths off.
         Case(

@@ -4,13 +4,14 @@ A small evaluator applies the rendered policies (Kubernetes semantics: a pod sel
 a direction only allows what some such policy allows; peers are pod/namespace selectors or ipBlocks;
 ports by number or by the destination container's port name) to a model of the cluster: our pods,
 Prometheus, the KEDA operator (to the exporter's /scale, or to Redis with the redis-list trigger),
-CoreDNS, a stranger pod in our namespace and one elsewhere, and the
-external Redis. Every (source, destination, port) among them is decided, and the allowed set must
+CoreDNS, a stranger pod in our namespace and one elsewhere, the external Redis, and webhook receivers
+outside the cluster. Every (source, destination, port) among them is decided, and the allowed set must
 equal the set of connections the app needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -63,7 +64,25 @@ def build_model(case) -> tuple[Model, list[dict]]:
     ]
     if case.values.get("externalRedis", {}).get("enabled"):
         model.endpoints.append(Endpoint("external-redis", None, ports=(("redis", 6380),), ip="10.20.1.5"))
+    if case.values.get("webhooks", {}).get("allowedHosts"):
+        model.endpoints += [
+            # In 10.1.2.0/24 and at 192.0.2.7 (the webhooks case's allowedHosts), on ports of their own;
+            # the next address, and a private one no entry lists.
+            Endpoint("receiver-in-network", None, ports=(("http", 8080),), ip="10.1.2.9"),
+            Endpoint("receiver-at-address", None, ports=(("https-alt", 8443),), ip="192.0.2.7"),
+            Endpoint("receiver-next-address", None, ports=(("https-alt", 8443),), ip="192.0.2.8"),
+            Endpoint("private-unlisted", None, ports=(("https", 443),), ip="10.9.9.9"),
+        ]
     return model, objs
+
+
+def webhook_networks(case) -> list:
+    """The IPs and CIDRs of webhooks.allowedHosts, as the exporter's SSRF guard reads them."""
+    out = []
+    for entry in case.values.get("webhooks", {}).get("allowedHosts", []):
+        with contextlib.suppress(ValueError):  # a host name
+            out.append(ipaddress.ip_network(entry, strict=False))
+    return out
 
 
 def peer_matches(peer, other: Endpoint, policy_ns: str) -> bool:
@@ -138,6 +157,14 @@ def allowed(policies, src: Endpoint, dst: Endpoint, port: int, proto: str) -> bo
     )
 
 
+# Private (RFC 1918: pods, nodes) and link-local (the cloud's metadata service) addresses.
+NOT_PUBLIC = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")]
+
+
+def candidate_ports(model: Model) -> set[tuple[int, str]]:
+    return {(n, "TCP") for e in model.endpoints for _, n in e.ports} | {(53, "UDP"), (53, "TCP"), (443, "TCP")}
+
+
 def needed_connections(case, model: Model, objs) -> set[tuple[str, str, int, str]]:
     """What the app does (and the cluster around it needs)."""
     ours = [e for e in model.endpoints if e.ours]
@@ -160,6 +187,15 @@ def needed_connections(case, model: Model, objs) -> set[tuple[str, str, int, str
     # networkPolicy.workerEgress: the workers' calls out for their tasks (the case's rule: 443 to 203.0.113.0/24).
     if case.values.get("networkPolicy", {}).get("workerEgress"):
         need.add(("worker", "internet", 443, "TCP"))
+    # Webhooks: the exporter POSTs to any address inside webhooks.allowedHosts' networks, on whatever TCP port
+    # the callback URL names; with the case's networkPolicy.exporterEgress (HTTPS to public addresses), to the
+    # public addresses a listed host name may resolve to, on 443.
+    for e in (e for e in model.endpoints if e.ip is not None):
+        addr = ipaddress.ip_address(e.ip)
+        if any(addr in n for n in webhook_networks(case)):
+            need |= {("exporter", e.name, port, "TCP") for port, proto in candidate_ports(model) if proto == "TCP"}
+        if case.values.get("networkPolicy", {}).get("exporterEgress") and not any(addr in n for n in NOT_PUBLIC):
+            need.add(("exporter", e.name, 443, "TCP"))
     # The API is public: any client pod may call it (our own pods never do: their egress is closed).
     for client in model.endpoints:
         if not client.ours and client.namespace is not None:
@@ -172,11 +208,6 @@ def test_policies_admit_exactly_the_needed_connections(case):
     c = CASES[case]
     model, objs = build_model(c)
     policies = by_kind(objs, "NetworkPolicy")
-    candidate_ports = {(n, "TCP") for e in model.endpoints for _, n in e.ports} | {
-        (53, "UDP"),
-        (53, "TCP"),
-        (443, "TCP"),
-    }
     allowed_set = set()
     for src in model.endpoints:
         for dst in model.endpoints:
@@ -184,7 +215,7 @@ def test_policies_admit_exactly_the_needed_connections(case):
                 continue
             if src.namespace is None:
                 continue  # nothing outside the cluster connects in
-            for port, proto in candidate_ports:
+            for port, proto in candidate_ports(model):
                 if allowed(policies, src, dst, port, proto):
                     allowed_set.add((src.name, dst.name, port, proto))
     need = needed_connections(c, model, objs)

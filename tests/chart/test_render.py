@@ -94,6 +94,10 @@ def test_matrix_toggles_what_it_says():
         {"redis": {"appendfsync": "sometimes"}},
         {"extraEnv": {"PATH": "/evil"}},
         {"autoscalling": {"enabled": False}},
+        {"webhooks": {"allowedHosts": "hooks.example.com"}},  # a list, not a comma-separated string
+        {"webhooks": {"allowedHosts": ["https://hooks.example.com/done"]}},  # hosts, not URLs
+        {"webhooks": {"concurrency": 0}},
+        {"networkPolicy": {"exporterEgress": {"to": []}}},
     ],
 )
 def test_schema_rejects(bad):

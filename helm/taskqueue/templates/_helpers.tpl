@@ -127,6 +127,44 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.externalRedis.enabled (or .Values.externalRedis.tls.caSecret .Values.externalRedis.tls.caConfigMap) }}true{{ end }}
 {{- end }}
 
+{{/* -- Webhooks -------------------------------------------------------------------------------- */}}
+
+{{/* "true" when any callback host is allowed (the exporter then sends webhooks and needs the key). */}}
+{{- define "taskqueue.webhooks.enabled" -}}
+{{- if .Values.webhooks.allowedHosts }}true{{ end }}
+{{- end }}
+
+{{/* The Secret with the webhooks' signing key, under the key "webhook-secret". */}}
+{{- define "taskqueue.webhooks.secretName" -}}
+{{- default (include "taskqueue.componentName" (dict "ctx" . "component" "webhook")) .Values.webhooks.existingSecret }}
+{{- end }}
+
+{{/* One webhooks.allowedHosts entry as a CIDR (a bare IP as /32 or /128); empty for a host name. */}}
+{{- define "taskqueue.webhooks.cidr" -}}
+{{- $h := trim . }}
+{{- if or (regexMatch "^[0-9]{1,3}(\\.[0-9]{1,3}){3}(/[0-9]{1,2})?$" $h) (contains ":" $h) }}
+{{- if contains "/" $h }}{{ $h }}{{ else }}{{ printf "%s/%d" $h (ternary 128 32 (contains ":" $h)) }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* Exporter egress to the receivers listed by address in webhooks.allowedHosts, on any TCP port (the
+     callback URL names it). Host names cannot be: they need a rule in networkPolicy.exporterEgress. */}}
+{{- define "taskqueue.webhooks.egress" -}}
+{{- $cidrs := list }}
+{{- range .Values.webhooks.allowedHosts }}
+{{- with include "taskqueue.webhooks.cidr" . }}{{ $cidrs = append $cidrs . }}{{ end }}
+{{- end }}
+{{- with $cidrs -}}
+- to:
+    {{- range . }}
+    - ipBlock:
+        cidr: {{ . | quote }}
+    {{- end }}
+  ports:
+    - protocol: TCP
+{{- end }}
+{{- end }}
+
 {{/* -- Pod pieces shared by generator, worker and exporter ------------------------------------ */}}
 
 {{/* env of the app containers: the ConfigMap comes in with envFrom; these need the release. */}}
