@@ -113,7 +113,7 @@ def deliveries(metrics_port: int) -> dict[str, float]:
     return out
 
 
-@pytest.mark.behaviour
+@pytest.mark.behaviour  # the ends are written by the worker's own path in each mode: run in both (make test)
 def test_each_ended_job_is_posted_once_signed_with_its_outcome(processes, receiver):
     """A finished, a failed (retries spent) and a canceled job: one POST each, the body's fields as documented,
     signed with HMAC-SHA256 of the exact body, each with its own delivery id; /status shows it delivered."""
@@ -155,7 +155,6 @@ def test_each_ended_job_is_posted_once_signed_with_its_outcome(processes, receiv
     assert "callback" not in wait_status(generator.base, plain, {"finished"})
 
 
-@pytest.mark.behaviour
 def test_a_receiver_that_fails_three_times_gets_the_same_delivery_a_fourth_time(processes):
     """500, 500, 500, then 200: four attempts, with growing waits, one delivery id; metrics count 3 retries and
     1 delivery; /status shows the attempts and, meanwhile, the last error."""
@@ -265,7 +264,6 @@ def test_a_listed_name_that_resolves_to_a_private_address_is_refused_at_delivery
     assert deliveries(exporter.metrics_port)["refused"] == 1
 
 
-@pytest.mark.behaviour
 def test_a_delivery_survives_the_worker_and_the_exporter_killed_and_redis_restarted(processes, app_env, receiver):
     """The worker is SIGKILLed right after its job ended, the exporter is SIGKILLed while the receiver holds the
     POST, and Redis restarts (AOF) while no exporter runs: a new exporter still delivers, with the same id (at
