@@ -6,10 +6,13 @@ The receiver (:class:`Receiver`) listens on 127.0.0.1 and answers each POST with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import signal
+import socket
+import ssl
 import statistics
 import threading
 import time
@@ -21,6 +24,7 @@ import requests
 
 from taskqueue.client import Client, verify_webhook
 from tests.support import Exporter, RedisServer, free_port, wait_for, wait_status
+from tests.test_reliability import make_test_ca
 
 SECRET = "test-webhook-secret"
 
@@ -229,6 +233,8 @@ REFUSED_URLS = [
     "/relative",
     42,
     "http://127.0.0.1/" + "a" * 2100,
+    "http://127.0.0.1/\ud800",  # a lone surrogate: valid JSON, not encodable
+    "http://127.0.0.1/\u2603",
 ]
 
 
@@ -380,3 +386,85 @@ def test_the_exporter_refuses_to_send_unsigned_webhooks(processes, app_env):
     exporter = processes.add(Exporter(env, processes.log_dir)).start(wait=False)
     assert exporter.proc.wait(timeout=30) == 2
     assert "TASKQUEUE_WEBHOOK_SECRET is empty" in exporter.log()
+
+
+def test_a_receiver_that_answers_a_byte_at_a_time_is_cut_at_the_timeout(processes):
+    """A receiver that sends its status line one byte every 0.3 s (each read would restart a read timeout): the
+    attempt ends within the 1 s timeout (plus a pass), and is retried as a timeout."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    held: list[float] = []
+
+    def trickle() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            start = time.monotonic()
+            conn.recv(65536)
+            with contextlib.suppress(OSError):
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                    conn.send(bytes([byte]))
+                    time.sleep(0.3)
+            held.append(time.monotonic() - start)
+            conn.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        generator, _worker, _exporter = processes.generator(), processes.worker(), processes.exporter()
+        job_id = post_job(generator.base, callbackUrl=f"http://127.0.0.1:{port}/slow")
+        c = wait_for(lambda: (c := callback(generator.base, job_id))["attempts"] >= 1 and c, what="the first attempt")
+        assert c["status"] == "pending" and c["lastError"].startswith("TimeoutError: no answer within 1 s"), c
+        wait_for(lambda: held, what="the receiver to see its connection shut")
+        assert held[0] < 2.0, held  # the whole status line would have taken 11 s
+    finally:
+        server.close()
+
+
+def test_https_receivers_are_verified_against_the_urls_host(processes, app_env, tmp_path):
+    """An HTTPS receiver whose certificate (from a throwaway CA the exporter trusts through SSL_CERT_FILE) names
+    127.0.0.1 gets the delivery; without that CA the attempt fails verification and is retried."""
+    certs = make_test_ca(tmp_path)
+    receiver = Receiver()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs["cert"], certs["key"])
+    receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+    url = receiver.url.replace("http://", "https://")
+    try:
+        generator, _worker = processes.generator(), processes.worker()
+        untrusted = processes.exporter()
+        first = post_job(generator.base, callbackUrl=url)
+        c = wait_for(lambda: (c := callback(generator.base, first))["attempts"] >= 1 and c, what="an attempt")
+        assert c["status"] == "pending" and "CERTIFICATE_VERIFY_FAILED" in c["lastError"], c
+        untrusted.stop()
+        processes.exporter(env={**app_env, "SSL_CERT_FILE": str(certs["ca"])})
+        assert wait_callback(generator.base, first, "delivered")["attempts"] >= 2
+        assert json.loads(receiver.requests[-1]["body"])["jobId"] == first
+    finally:
+        receiver.close()
+
+
+def test_an_attempt_is_recorded_only_against_the_delivery_and_count_it_was_made_for(redis_client):
+    """The outbox's scripts against a real Redis: a settle for an attempt that outlived its lease, or for a job
+    requeued meanwhile, writes nothing; an end is made due only if the job still has the status it was read with."""
+    from rq.job import Job
+
+    from taskqueue.store import outbox
+
+    redis_client.sadd(outbox.WAITING_KEY, "j1")
+    redis_client.hset(Job.key_for("j1"), "status", "queued")  # read as finished, then requeued
+    keys = [outbox.WAITING_KEY, Job.key_for("j1"), outbox.record_key("j1"), outbox.DUE_KEY]
+    assert redis_client.eval(outbox.MAKE_DUE_SCRIPT, 4, *keys, "j1", "finished", "d", "{}", 1) == 0
+    assert redis_client.sismember(outbox.WAITING_KEY, "j1") and redis_client.zcard(outbox.DUE_KEY) == 0
+    redis_client.hset(Job.key_for("j1"), "status", "finished")
+    assert redis_client.eval(outbox.MAKE_DUE_SCRIPT, 4, *keys, "j1", "finished", "d", "{}", 1) == 1
+    assert not redis_client.sismember(outbox.WAITING_KEY, "j1") and redis_client.zcard(outbox.DUE_KEY) == 1
+
+    pipe = redis_client.pipeline()
+    outbox.rearm(pipe, "j2")
+    pipe.hset(outbox.record_key("j2"), mapping={"url": "http://127.0.0.1/", "task": "noop"})
+    pipe.hset(outbox.record_key("j2"), mapping={"delivery": "d1", "body": "{}", "firstAttemptAt": 1})
+    pipe.execute()
+    assert outbox.settle(redis_client, "j2", "d1", 1, "retry", "HTTP 500", time.time() + 60)
+    assert not outbox.settle(redis_client, "j2", "d1", 1, "delivered", "", None)  # a second, late attempt 1
+    assert not outbox.settle(redis_client, "j2", "d0", 2, "delivered", "", None)  # another delivery's
+    assert outbox.status(redis_client, "j2") == {"status": "pending", "attempts": 1, "lastError": "HTTP 500"}
+    assert redis_client.hget(outbox.STATS_KEY, "delivered") is None

@@ -275,8 +275,12 @@ class JobService:
             "runAt": iso(run_at(job)),
             "progress": job.meta.get("progress"),  # what the task last reported (taskqueue.tasks.progress)
             # Its completion webhook (webhooks/outbox.py): only a job enqueued with a callbackUrl has one.
-            **({"callback": outbox.status(self.redis, job.id)} if job.meta.get(outbox.META_FLAG) else {}),
+            **({"callback": callback} if (callback := self._callback(job)) is not None else {}),
         }
+
+    def _callback(self, job: Job) -> dict[str, Any] | None:
+        """A job's webhook delivery (``callback`` in its status), if it was enqueued with one whose record is kept."""
+        return outbox.status(self.redis, job.id) if job.meta.get(outbox.META_FLAG) else None
 
     def list_ids(self, state: str, offset: int, limit: int) -> tuple[list[str], int]:
         """A page of the ids of jobs in ``state`` on the generator's queues, and the total in that state.

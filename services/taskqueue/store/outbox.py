@@ -16,6 +16,7 @@ outcomes' counts (``taskqueue:webhooks:stats``) are the exporter's ``taskqueue_w
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,10 +24,13 @@ from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job
 
 from taskqueue.store.outcomes import job_outcome
 from taskqueue.store.records import SERIALIZER
+
+log = logging.getLogger("taskqueue.webhooks")
 
 WAITING_KEY = "taskqueue:webhooks:waiting"  # set: ids of jobs with a callback that have not ended
 DUE_KEY = "taskqueue:webhooks:due"  # sorted set: job id -> time of its delivery's next attempt
@@ -76,6 +80,37 @@ def status(redis: Redis, job_id: str) -> dict[str, Any] | None:
     return {"status": fields[0].decode(), "attempts": int(fields[1] or 0), "lastError": last_error}
 
 
+# Make a waiting job's delivery due (KEYS: waiting set, job hash, record, due set; ARGV: job id, the status
+# the body was built from, delivery id, body, now): only while the job is still waiting and still has that
+# status, so a requeue between the read and this write (which re-arms the wait) is never undone.
+MAKE_DUE_SCRIPT = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[2], 'status') ~= ARGV[2] then return 0 end
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[3], 'delivery', ARGV[3], 'body', ARGV[4], 'firstAttemptAt', ARGV[5])
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+return 1
+"""
+
+# Record an attempt (KEYS: record, due set, stats; ARGV: job id, delivery id, attempts before it, outcome,
+# error, retry time or '' when final, final status, record TTL) only if the record still holds that delivery
+# at that count: an attempt that outlived its lease, or one whose job was requeued meanwhile, changes nothing.
+SETTLE_SCRIPT = """
+local rec = redis.call('HMGET', KEYS[1], 'delivery', 'attempts')
+if rec[1] ~= ARGV[2] or tonumber(rec[2] or '0') ~= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'attempts', tonumber(ARGV[3]) + 1, 'lastError', ARGV[5])
+if ARGV[6] == '' then
+  redis.call('HSET', KEYS[1], 'status', ARGV[7])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
+else
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+end
+redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+return 1
+"""
+
+
 def _waiting_ids(redis: Redis) -> Iterator[list[str]]:
     cursor = 0
     while True:
@@ -87,7 +122,9 @@ def _waiting_ids(redis: Redis) -> Iterator[list[str]]:
 
 
 def move_ended(redis: Redis, now: float | None = None) -> int:
-    """Make a delivery due for every waiting job that has ended (its body written now); how many."""
+    """Make a delivery due for every waiting job that has ended (its body written now); how many.
+
+    A job that cannot be told (its data gone or not readable) is logged and given up, alone."""
     moved = 0
     for ids in _waiting_ids(redis):
         with redis.pipeline(transaction=False) as pipe:
@@ -96,30 +133,35 @@ def move_ended(redis: Redis, now: float | None = None) -> int:
             statuses = pipe.execute()
         for job_id, raw in zip(ids, statuses, strict=True):
             if raw is None or raw.decode() in ENDED:
-                _make_due(redis, job_id, now if now is not None else time.time())
-                moved += 1
+                moved += _make_due(redis, job_id, now if now is not None else time.time())
     return moved
 
 
-def _make_due(redis: Redis, job_id: str, now: float) -> None:
+def _make_due(redis: Redis, job_id: str, now: float) -> int:
     key = record_key(job_id)
-    task = (redis.hget(key, "task") or b"other").decode()
     try:
         job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
-    except Exception:  # gone (expired, deleted) or not readable: nothing to tell, and it will not end again
-        job = None
+        task = (redis.hget(key, "task") or b"other").decode()
+        body = {"jobId": job_id, "task": task, **job_outcome(job)}
+    except (NoSuchJobError, DeserializationError) as exc:  # it will not end again: nothing to tell
+        reason = "the job no longer exists" if isinstance(exc, NoSuchJobError) else "the job's data is not readable"
+        return _give_up(redis, job_id, reason)
+    body.pop("error" if body["status"] == "finished" else "result")
+    keys = [WAITING_KEY, Job.key_for(job_id), key, DUE_KEY]
+    delivery = uuid.uuid4().hex
+    args = [job_id, body["status"], delivery, json.dumps(body, separators=(",", ":")), now]
+    return int(redis.eval(MAKE_DUE_SCRIPT, len(keys), *keys, *args))
+
+
+def _give_up(redis: Redis, job_id: str, reason: str) -> int:
+    log.warning("webhook of job %s given up: %s", job_id, reason)
     with redis.pipeline() as pipe:
         pipe.srem(WAITING_KEY, job_id)
-        if job is None:
-            pipe.hset(key, mapping={"status": "failed", "lastError": "the job no longer exists"})
-            pipe.expire(key, RECORD_TTL)
-        else:
-            body = {"jobId": job_id, "task": task, **job_outcome(job)}
-            body.pop("error" if body["status"] == "finished" else "result")
-            fields = {"delivery": uuid.uuid4().hex, "body": json.dumps(body, separators=(",", ":"))}
-            pipe.hset(key, mapping={**fields, "firstAttemptAt": now})
-            pipe.zadd(DUE_KEY, {job_id: now})
+        pipe.hset(record_key(job_id), mapping={"status": "failed", "lastError": reason})
+        pipe.expire(record_key(job_id), RECORD_TTL)
+        pipe.hincrby(STATS_KEY, "expired", 1)
         pipe.execute()
+    return 0
 
 
 def claim_due(redis: Redis, limit: int, lease: float, now: float | None = None) -> list[str]:
@@ -134,20 +176,20 @@ def read(redis: Redis, job_id: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in redis.hgetall(record_key(job_id)).items()}
 
 
-def settle(redis: Redis, job_id: str, outcome: str, attempts: int, error: str, retry_at: float | None) -> None:
-    """Record an attempt: its ``outcome`` (one of :data:`OUTCOMES`), and when to try again, if ever."""
-    key = record_key(job_id)
-    with redis.pipeline() as pipe:
-        final = "delivered" if outcome == "delivered" else "failed"
-        state = final if retry_at is None else "pending"
-        pipe.hset(key, mapping={"attempts": attempts, "lastError": error, "status": state})
-        if retry_at is None:
-            pipe.zrem(DUE_KEY, job_id)
-            pipe.expire(key, RECORD_TTL)
-        else:
-            pipe.zadd(DUE_KEY, {job_id: retry_at})
-        pipe.hincrby(STATS_KEY, outcome, 1)
-        pipe.execute()
+def settle(
+    redis: Redis, job_id: str, delivery: str, attempts: int, outcome: str, error: str, retry_at: float | None
+) -> bool:
+    """Record attempt number ``attempts`` of ``delivery``: its ``outcome`` (one of :data:`OUTCOMES`), and when to
+    try again, if ever. False (nothing written) when the record moved on meanwhile (see SETTLE_SCRIPT)."""
+    final = "delivered" if outcome == "delivered" else "failed"
+    keys = [record_key(job_id), DUE_KEY, STATS_KEY]
+    args = [job_id, delivery, attempts - 1, outcome, error, "" if retry_at is None else retry_at, final, RECORD_TTL]
+    return bool(redis.eval(SETTLE_SCRIPT, len(keys), *keys, *args))
+
+
+def drop_due(redis: Redis, job_id: str) -> None:
+    """Take a due entry that has nothing to send (its record has no delivery: re-armed, or gone) out of the set."""
+    redis.zrem(DUE_KEY, job_id)
 
 
 def counts(redis: Redis) -> tuple[dict[str, int], dict[str, int]]:

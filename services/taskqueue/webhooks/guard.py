@@ -109,8 +109,10 @@ class AllowList:
             raise UrlRefused("callbackUrl must be an http:// or https:// URL with a host")
         if parts.username is not None or parts.password is not None:
             raise UrlRefused("callbackUrl must not carry credentials (user:password@)")
-        if any(c.isspace() or ord(c) < 0x20 for c in url):
-            raise UrlRefused("callbackUrl must not contain spaces or control characters")
+        if not url.isascii() or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+            raise UrlRefused(
+                "callbackUrl must be ASCII without spaces or control characters (an international name: its xn-- form)"
+            )
         if port == 0:
             raise UrlRefused("callbackUrl has port 0")
         host = parts.hostname.rstrip(".")
@@ -118,7 +120,7 @@ class AllowList:
         if address is not None:
             if not self._address_listed(address):
                 raise UrlRefused(f"callbackUrl's address {host} is not in TASKQUEUE_WEBHOOK_ALLOWED_HOSTS")
-        elif not self._name_listed(host):
+        elif not _is_name(host) or not self._name_listed(host):
             raise UrlRefused(f"callbackUrl's host {host} is not in TASKQUEUE_WEBHOOK_ALLOWED_HOSTS")
         return parts
 
@@ -139,7 +141,7 @@ class AllowList:
         if not addresses:
             raise OSError(f"{host} resolves to no address")
         for address in addresses:
-            listed = self._address_listed(address) or (literal is None and address.is_global)
+            listed = self._address_listed(address) or (literal is None and _public(address))
             if not listed:
                 raise UrlRefused(
                     f"{host} resolves to {address}, which is not public and not in TASKQUEUE_WEBHOOK_ALLOWED_HOSTS"
@@ -148,6 +150,26 @@ class AllowList:
         if parts.query:
             path += "?" + parts.query
         return Target(parts.scheme, host, port, path, str(addresses[0]))
+
+
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _public(address: Address) -> bool:
+    """Whether ``address`` is public (global). An IPv6 address that carries an IPv4 one (IPv4-mapped, 6to4,
+    Teredo, NAT64) is judged by the IPv4 address it reaches, so a name cannot reach 169.254.169.254 or a
+    private network through a translating gateway; the deprecated IPv4-compatible form never is."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in IPV4_COMPATIBLE:
+            return False
+        teredo = address.teredo
+        embedded = address.ipv4_mapped or address.sixtofour or (teredo[1] if teredo else None)
+        if embedded is None and any(address in n for n in NAT64):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return _public(embedded)
+    return address.is_global
 
 
 def _is_name(entry: str) -> bool:
