@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import os
@@ -25,6 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # How the chart, compose and local mode configure Redis's encodings (docs/reliability.md, "Memory budget").
 REDIS_MEMORY_SHAPE = ("--stream-node-max-bytes", "512", "--hash-max-ziplist-value", "256")  # 6.2 and 7+ name
 BIN = Path(sys.executable).parent
+
+
+# Every generator the tests start reads this tokens file (TASKQUEUE_API_TOKENS_FILE), unless its env names
+# another: an admin token (send ADMIN's headers for DELETE and requeue), anonymous requests submit as default.
+ADMIN_TOKEN = secrets.token_urlsafe(24)
+TOKENS_FILE = Path(tempfile.mkdtemp(prefix="tq-tokens-")) / "api-tokens"
+TOKENS_FILE.write_text(f"# the test suite's tokens\nadmin {ADMIN_TOKEN}\n")
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+atexit.register(shutil.rmtree, TOKENS_FILE.parent, True)
 
 
 def free_port() -> int:
@@ -147,7 +157,8 @@ class Generator(Service):
             "taskqueue-generator",
             ["--http-host", "127.0.0.1", "--http-port", str(self.port), "--metrics-host", "127.0.0.1",
              "--metrics-port", str(self.metrics_port), "--web-workers", str(web_workers)],
-            {"PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"metrics-{self.port}"), **env},
+            {"PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"metrics-{self.port}"),
+             "TASKQUEUE_API_TOKENS_FILE": str(TOKENS_FILE), **env},
             log_dir,
         )  # fmt: skip
         self.base = f"http://127.0.0.1:{self.port}"

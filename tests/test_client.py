@@ -10,7 +10,7 @@ import time
 import pytest
 
 from taskqueue.client import BacklogFull, BadRequest, Client, NotFound, Unavailable, WaitTimeout
-from tests.support import BIN, ROOT, RedisServer, free_port
+from tests.support import ADMIN_TOKEN, BIN, ROOT, RedisServer, free_port
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def team_env(app_env):
 
 def test_the_client_enqueues_waits_reads_lists_and_cancels(team_env, processes):
     gen = processes.generator(env=team_env)
-    client = Client(gen.base)
+    client = Client(gen.base, token=ADMIN_TOKEN)
     assert {t["name"] for t in client.tasks()} >= {"sleep", "team.summarize"}
     waiting = client.enqueue("sleep", seconds=30)  # no worker yet: it waits in the queue
     assert client.status(waiting)["status"] == "queued"

@@ -18,7 +18,7 @@ import requests
 from rq import Worker
 from rq.timeouts import JobTimeoutException
 
-from tests.support import ROOT, kill_tree, wait_for, wait_status
+from tests.support import ADMIN, ROOT, kill_tree, wait_for, wait_status
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_fifty_jobs_run_at_once_in_one_process_each_with_its_own_timeout_and_sto
     assert gauge(text, "taskqueue_worker_slots") == 50
     # DELETE stops one running job; the others go on.
     stopped = ids[0]
-    assert requests.delete(f"{gen.base}/jobs/{stopped}", timeout=5).status_code == 200
+    assert requests.delete(f"{gen.base}/jobs/{stopped}", headers=ADMIN, timeout=5).status_code == 200
     doc = wait_status(gen.base, stopped, {"stopped", "failed", "finished"}, timeout=3)
     assert doc["status"] == "stopped" and seconds(doc) < 3.5, doc
     docs = [wait_status(gen.base, i, {"finished", "failed", "stopped"}, timeout=15) for i in ids]

@@ -9,18 +9,18 @@ import time
 import pytest
 import requests
 
-from tests.support import WorkerProc, running, wait_status
+from tests.support import ADMIN, WorkerProc, running, wait_status
 
 pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
 
 def test_cancel_queued_job_and_conflicts(generator):
     job_id = requests.get(generator.base + "/start?delay=1", timeout=2).json()["jobId"]
-    r = requests.delete(f"{generator.base}/jobs/{job_id}", timeout=2)
+    r = requests.delete(f"{generator.base}/jobs/{job_id}", headers=ADMIN, timeout=2)
     assert r.status_code == 200 and r.json()["status"] == "canceled"
-    again = requests.delete(f"{generator.base}/jobs/{job_id}", timeout=2)
+    again = requests.delete(f"{generator.base}/jobs/{job_id}", headers=ADMIN, timeout=2)
     assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_job_state"
-    assert requests.delete(f"{generator.base}/jobs/unknown", timeout=2).status_code == 404
+    assert requests.delete(f"{generator.base}/jobs/unknown", headers=ADMIN, timeout=2).status_code == 404
     listed = requests.get(generator.base + "/list?state=canceled", timeout=2).json()
     assert listed["jobs"] == [job_id]
 
@@ -28,19 +28,19 @@ def test_cancel_queued_job_and_conflicts(generator):
 def test_requeue_failed_job(generator, worker):
     job_id = requests.post(generator.base + "/jobs", json={"task": "fail"}, timeout=2).json()["jobId"]
     wait_status(generator.base, job_id, {"failed"}, timeout=20)
-    r = requests.post(f"{generator.base}/jobs/{job_id}/requeue", timeout=2)
+    r = requests.post(f"{generator.base}/jobs/{job_id}/requeue", headers=ADMIN, timeout=2)
     assert r.status_code == 200
     assert wait_status(generator.base, job_id, {"failed"}, timeout=20)["error"] == "RuntimeError: requested failure"
     ok = requests.get(generator.base + "/start?delay=0", timeout=2).json()["jobId"]
     wait_status(generator.base, ok, {"finished"}, timeout=10)
-    r = requests.post(f"{generator.base}/jobs/{ok}/requeue", timeout=2)
+    r = requests.post(f"{generator.base}/jobs/{ok}/requeue", headers=ADMIN, timeout=2)
     assert r.status_code == 409
 
 
 def test_a_requeued_canceled_job_leaves_the_canceled_registry(generator, redis_client, app_env, tmp_path):
     job_id = requests.get(generator.base + "/start?delay=0", timeout=2).json()["jobId"]
-    assert requests.delete(f"{generator.base}/jobs/{job_id}", timeout=2).json()["status"] == "canceled"
-    r = requests.post(f"{generator.base}/jobs/{job_id}/requeue", timeout=2)
+    assert requests.delete(f"{generator.base}/jobs/{job_id}", headers=ADMIN, timeout=2).json()["status"] == "canceled"
+    r = requests.post(f"{generator.base}/jobs/{job_id}/requeue", headers=ADMIN, timeout=2)
     assert r.status_code == 200 and r.json()["status"] == "queued"
     for state in ("canceled", "failed"):
         listed = requests.get(f"{generator.base}/list?state={state}", timeout=2).json()
@@ -52,10 +52,10 @@ def test_a_requeued_canceled_job_leaves_the_canceled_registry(generator, redis_c
 
 def test_concurrent_requeues_of_a_job_queue_it_once(generator, redis_client):
     job_id = requests.get(generator.base + "/start?delay=0", timeout=2).json()["jobId"]
-    assert requests.delete(f"{generator.base}/jobs/{job_id}", timeout=2).json()["status"] == "canceled"
+    assert requests.delete(f"{generator.base}/jobs/{job_id}", headers=ADMIN, timeout=2).json()["status"] == "canceled"
 
     def requeue(_):
-        return requests.post(f"{generator.base}/jobs/{job_id}/requeue", timeout=5).status_code
+        return requests.post(f"{generator.base}/jobs/{job_id}/requeue", headers=ADMIN, timeout=5).status_code
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(requeue, range(8)))

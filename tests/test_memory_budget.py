@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import FAST_ENV
-from tests.support import Exporter, Generator, RedisServer, WorkerProc, running, wait_for, wait_status
+from tests.support import ADMIN, Exporter, Generator, RedisServer, WorkerProc, running, wait_for, wait_status
 
 pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
@@ -169,11 +169,11 @@ def test_cancel_and_requeue_on_a_full_redis_answer_503_and_leave_the_job_where_i
     gen = Generator(env_for(small_redis, redis_memory_limit="0"), tmp_path)  # Redis itself refuses the writes
     with running(gen.start()):
         queued, canceled = (requests.get(gen.base + "/start?delay=0", timeout=2).json()["jobId"] for _ in "ab")
-        assert requests.delete(f"{gen.base}/jobs/{canceled}", timeout=2).json()["status"] == "canceled"
+        assert requests.delete(f"{gen.base}/jobs/{canceled}", headers=ADMIN, timeout=2).json()["status"] == "canceled"
         make_full(client)
         for r in (
-            requests.delete(f"{gen.base}/jobs/{queued}", timeout=5),
-            requests.post(f"{gen.base}/jobs/{canceled}/requeue", timeout=5),
+            requests.delete(f"{gen.base}/jobs/{queued}", headers=ADMIN, timeout=5),
+            requests.post(f"{gen.base}/jobs/{canceled}/requeue", headers=ADMIN, timeout=5),
         ):
             assert r.status_code == 503, r.text
             assert_refused(r)
@@ -181,7 +181,7 @@ def test_cancel_and_requeue_on_a_full_redis_answer_503_and_leave_the_job_where_i
         assert client.zscore("rq:canceled:default", canceled) is not None
         assert requests.get(f"{gen.base}/status/{canceled}", timeout=2).json()["status"] == "canceled"
         empty(client)
-        r = requests.post(f"{gen.base}/jobs/{canceled}/requeue", timeout=5)
+        r = requests.post(f"{gen.base}/jobs/{canceled}/requeue", headers=ADMIN, timeout=5)
         assert r.status_code == 200 and r.json()["status"] == "queued"
         assert client.zscore("rq:canceled:default", canceled) is None
 

@@ -27,6 +27,7 @@ NOT_PLAIN = [
     ("HEAD", "/start", {}),
     ("POST", "/start", {}),
     ("GET", "/start?delay=1", {"Idempotency-Key": "key-of-{}"}),  # a key of its own for each app
+    ("GET", "/start?delay=1", {"Authorization": "Bearer not-a-token-of-this-app"}),  # checked by the view: 401
 ]
 JOB_ID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}")  # RQ's ids, or ours (hex)
 TIME = re.compile(r"\d{4}-\d\d-\d\dT[0-9:.]+Z?")

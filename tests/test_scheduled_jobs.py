@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 import requests
 
-from tests.support import wait_status
+from tests.support import ADMIN, wait_status
 
 
 def at(text: str) -> datetime:
@@ -38,7 +38,7 @@ def test_a_scheduled_job_waits_unseen_by_the_scaler_and_starts_within_a_second_o
     canceled = requests.post(
         generator.base + "/jobs", json={"task": "noop", "runAt": timed.json()["runAt"]}, timeout=5
     ).json()["jobId"]
-    deleted = requests.delete(f"{generator.base}/jobs/{canceled}", timeout=5)
+    deleted = requests.delete(f"{generator.base}/jobs/{canceled}", headers=ADMIN, timeout=5)
     assert deleted.status_code == 200 and deleted.json()["status"] == "canceled", deleted.text
 
     for job_id, accepted in jobs.items():
@@ -62,7 +62,7 @@ def test_a_scheduled_job_waits_unseen_by_the_scaler_and_starts_within_a_second_o
     # The scheduler's pass that queued the second job was the canceled one's time too.
     doc = requests.get(f"{generator.base}/status/{canceled}", timeout=5).json()
     assert doc["status"] == "canceled" and doc["startedAt"] is None, doc
-    assert requests.delete(f"{generator.base}/jobs/{canceled}", timeout=5).status_code == 409
+    assert requests.delete(f"{generator.base}/jobs/{canceled}", headers=ADMIN, timeout=5).status_code == 409
 
 
 BAD_SCHEDULES = [

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from taskqueue.client import Client, verify_webhook
-from tests.support import Exporter, RedisServer, free_port, wait_for, wait_status
+from tests.support import ADMIN, Exporter, RedisServer, free_port, wait_for, wait_status
 from tests.test_reliability import make_test_ca
 
 SECRET = "test-webhook-secret"
@@ -126,7 +126,7 @@ def test_each_ended_job_is_posted_once_signed_with_its_outcome(processes, receiv
     failed = post_job(generator.base, task="fail", args={"message": "boom"}, callbackUrl=receiver.url)
     canceled = Client(generator.base).enqueue("noop", delay_seconds=60, callback_url=receiver.url)
     assert callback(generator.base, canceled) == {"status": "pending", "attempts": 0, "lastError": None}
-    assert requests.delete(f"{generator.base}/jobs/{canceled}", timeout=5).status_code == 200
+    assert requests.delete(f"{generator.base}/jobs/{canceled}", headers=ADMIN, timeout=5).status_code == 200
     for job_id in (done, failed, canceled):
         assert wait_callback(generator.base, job_id, "delivered") == {
             "status": "delivered", "attempts": 1, "lastError": None,
@@ -371,7 +371,7 @@ def test_a_requeued_job_is_owed_a_new_delivery(processes, receiver):
     generator, _worker, _exporter = processes.generator(), processes.worker(), processes.exporter()
     job_id = post_job(generator.base, task="fail", callbackUrl=receiver.url)
     wait_callback(generator.base, job_id, "delivered")
-    requeued = requests.post(f"{generator.base}/jobs/{job_id}/requeue", timeout=5)
+    requeued = requests.post(f"{generator.base}/jobs/{job_id}/requeue", headers=ADMIN, timeout=5)
     assert requeued.status_code == 200, requeued.text
     assert requeued.json()["callback"] == {"status": "pending", "attempts": 0, "lastError": None}
     wait_callback(generator.base, job_id, "delivered")

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.support import wait_for, wait_status
+from tests.support import ADMIN, wait_for, wait_status
 
 pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
@@ -59,7 +59,7 @@ def test_delete_stops_a_running_job(generator, processes, worker_class):
     processes.worker(["--worker-class", worker_class], stop_timeout=5)
     job_id = requests.get(generator.base + "/start?delay=60", timeout=2).json()["jobId"]
     wait_status(generator.base, job_id, {"started"}, timeout=10)
-    r = requests.delete(f"{generator.base}/jobs/{job_id}", timeout=5)
+    r = requests.delete(f"{generator.base}/jobs/{job_id}", headers=ADMIN, timeout=5)
     assert r.status_code == 200, r.text
     doc = wait_status(generator.base, job_id, {"stopped"}, timeout=10)
     assert doc["retriesLeft"] == 2  # a stop is not a failure: no retry is spent
@@ -68,7 +68,7 @@ def test_delete_stops_a_running_job(generator, processes, worker_class):
     nxt = requests.get(generator.base + "/start?delay=0", timeout=2).json()["jobId"]
     assert wait_status(generator.base, nxt, {"finished"}, timeout=10)["result"].startswith("Processed message")
     # A stopped job can be requeued.
-    r = requests.post(f"{generator.base}/jobs/{job_id}/requeue", timeout=5)
+    r = requests.post(f"{generator.base}/jobs/{job_id}/requeue", headers=ADMIN, timeout=5)
     # The answer is the job's state after the requeue: an idle worker may have started it already.
     assert r.status_code == 200 and r.json()["status"] in ("queued", "started")
     wait_status(generator.base, job_id, {"started"}, timeout=10)
@@ -76,7 +76,7 @@ def test_delete_stops_a_running_job(generator, processes, worker_class):
     failed = requests.get(generator.base + "/list?state=failed", timeout=2).json()
     assert job_id not in failed["jobs"] and failed["total"] == 0
     # Stop it again, so no 60 s work-horse outlives the test (a horse is in its own process group).
-    assert requests.delete(f"{generator.base}/jobs/{job_id}", timeout=5).status_code == 200
+    assert requests.delete(f"{generator.base}/jobs/{job_id}", headers=ADMIN, timeout=5).status_code == 200
     wait_status(generator.base, job_id, {"stopped"}, timeout=10)
 
 

@@ -116,6 +116,22 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds ahead a job may be scheduled (`runAt`, `delaySeconds`); 30 days by default.",
         (G,),
     ),
+    Setting(
+        "api_tokens_file",
+        "",
+        str,
+        "File of API tokens, one `ROLE TOKEN` a line (`read`, `submit`, `admin`; `#` comments), re-read when it"
+        " changes; clients send `Authorization: Bearer TOKEN` (docs/reliability.md#security).",
+        (G,),
+    ),
+    Setting(
+        "anonymous_role",
+        "submit",
+        str,
+        "What a request without a token may do: `submit` (read and enqueue: the seed's `curl /start`), `read`"
+        " or `none`. Cancel and requeue always need an `admin` token.",
+        (G,),
+    ),
     Setting("max_backlog", "100000", int, "Queued jobs beyond which enqueue answers 429 (0: no limit).", (G,)),
     Setting(
         "redis_memory_limit",
@@ -284,6 +300,7 @@ WEB_WORKER_CLASSES = {
 FAST_WEB_WORKER_CLASSES = {"gevent": "taskqueue.server.workers.FairGeventWorker"}
 VALID_WEB_WORKER_CLASSES = tuple(WEB_WORKER_CLASSES)
 VALID_SHUTDOWN_MODES = ("finish", "requeue")
+VALID_ANONYMOUS_ROLES = ("none", "read", "submit")
 MAX_JOB_SLOTS = 500  # threads and Redis connections (two a slot) per process
 
 
@@ -306,6 +323,8 @@ class Config:
     delay_max: int
     delay_limit: int
     max_schedule_delay: int
+    api_tokens_file: str
+    anonymous_role: str
     max_backlog: int
     redis_memory_limit: int
     max_result_bytes: int
@@ -395,6 +414,8 @@ def _validate(cfg: Config) -> None:
         problems.append(f"shutdown_mode: one of {', '.join(VALID_SHUTDOWN_MODES)}")
     if cfg.heartbeat_ttl < 3:
         problems.append("heartbeat_ttl: must be >= 3")
+    if cfg.anonymous_role not in VALID_ANONYMOUS_ROLES:
+        problems.append(f"anonymous_role: one of {', '.join(VALID_ANONYMOUS_ROLES)} (admin needs a token)")
     if cfg.web_worker_class not in VALID_WEB_WORKER_CLASSES:
         problems.append(f"web_worker_class: one of {', '.join(VALID_WEB_WORKER_CLASSES)}")
     if cfg.log_format not in VALID_LOG_FORMATS:

@@ -58,6 +58,17 @@ def password(state: Path) -> str:
     return path.read_text().strip()
 
 
+def api_tokens(state: Path) -> Path:
+    """The local API tokens file: one random admin token (for cancel and requeue), made on first run, kept in .run/
+    with owner-only access; anonymous requests read and enqueue, as the seed's do."""
+    path = state / "api-tokens"
+    if not path.exists():
+        header = "# ROLE TOKEN, one a line (read, submit, admin); re-read when it changes\n"
+        path.write_text(f"{header}admin {secrets.token_urlsafe(24)}\n")
+        path.chmod(0o600)
+    return path
+
+
 def write_files(state: Path, args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, str]]:
     """Redis config, Prometheus config and environment under ``state``; returns the commands (Redis first)
     and the environment."""
@@ -88,6 +99,7 @@ def write_files(state: Path, args: argparse.Namespace) -> tuple[dict[str, list[s
         "TASKQUEUE_REDIS_URL": f"redis://127.0.0.1:{args.redis_port}/0",
         "TASKQUEUE_REDIS_PASSWORD": pw,
         "TASKQUEUE_HTTP_HOST": "127.0.0.1",
+        "TASKQUEUE_API_TOKENS_FILE": str(api_tokens(state)),
         "TASKQUEUE_METRICS_HOST": "127.0.0.1",
         # The exporter runs the scheduler; a worker stopped mid-way then never holds its lock.
         "TASKQUEUE_WORKER_MAINTENANCE": "false",
@@ -151,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     state.mkdir(parents=True, exist_ok=True)
     procs, env = write_files(state, args)
     print(f"taskqueue local mode: API http://127.0.0.1:{args.port}  (state in {state}; Ctrl-C stops all)", flush=True)
+    print(f"  admin token (cancel, requeue): TASKQUEUE_TOKEN=$(awk '$1==\"admin\"{{print $2}}' {state}/api-tokens)",
+          flush=True)  # fmt: skip
     env = {**os.environ, **env}
     redis_cmd = procs.pop("redis")
     sys.exit(Supervisor(env).run(redis_cmd, procs, stop_timeout(env)))

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from tests.support import (
+    ADMIN,
     ROOT,
     Exporter,
     Generator,
@@ -130,7 +131,7 @@ def workload(stack) -> Workload:
     assert r.status_code == 202, r.text
     sleeper = r.json()["jobId"]
     wait_status(gen.base, sleeper, {"started"}, timeout=15)
-    assert requests.delete(f"{gen.base}/jobs/{sleeper}", timeout=5).status_code == 200
+    assert requests.delete(f"{gen.base}/jobs/{sleeper}", headers=ADMIN, timeout=5).status_code == 200
     wait_status(gen.base, sleeper, {"stopped"}, timeout=15)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:

@@ -13,6 +13,7 @@ from werkzeug.routing import Rule
 
 from taskqueue import config as config_module
 from taskqueue.api import errors, routes
+from taskqueue.api.auth import Role, Tokens
 from taskqueue.api.jobs import JobService
 from taskqueue.fastpath.plain_start import PlainStart
 from taskqueue.observability import metrics
@@ -118,13 +119,16 @@ def create_app(cfg: config_module.Config | None = None, catalogue: Catalogue | N
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
     app.extensions["taskqueue"] = JobService(cfg, connect(cfg), catalogue)
+    anonymous = Role.named(cfg.anonymous_role)
+    app.extensions["taskqueue.tokens"] = Tokens(cfg.api_tokens_file, anonymous)
     errors.register(app)
     app.register_blueprint(routes.bp)
     if cfg.metrics_enabled:
         svc = app.extensions["taskqueue"]
         metrics.init_generator_series((svc.task_queue(t), t.name) for t in svc.catalogue.values())
         app.count_requests = True
-    if cfg.fast_paths and not app.debug:  # (debug: Flask indents its JSON)
+    # (debug: Flask indents its JSON; a request with a token, or anonymous ones that may not submit, go to Flask.)
+    if cfg.fast_paths and not app.debug and anonymous >= Role.SUBMIT:
         # Flask's documented way to add WSGI middleware; the Flask app still answers all but plain /start.
         app.wsgi_app = PlainStart(app.wsgi_app, app.plain_start, cfg.delay_limit)  # type: ignore[method-assign]
     return app

@@ -22,13 +22,22 @@ RETRY_AFTER_STORE_FULL = 30  # finished jobs expire and workers drain the queue:
 class ApiError(Exception):
     """An error with an HTTP status, a stable machine-readable code and a message for people."""
 
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None, field: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: int | None = None,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.retry_after = retry_after
         self.field = field  # the request's argument at fault, when one is
+        self.headers = headers or {}  # more headers of the answer (WWW-Authenticate)
 
 
 def error_payload(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -67,6 +76,7 @@ def as_api_error(exc: Exception) -> ApiError:
 def _code_for(status: int) -> str:
     return {
         400: "bad_request",
+        401: "unauthorized",
         403: "forbidden",
         404: "not_found",
         405: "method_not_allowed",
@@ -111,4 +121,6 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)  # ApiError included
     def _unexpected(exc: Exception):
         err = as_api_error(exc)
-        return error_response(err.status, err.code, err.message, err.retry_after, err.field)
+        response = error_response(err.status, err.code, err.message, err.retry_after, err.field)
+        response.headers.update(err.headers)
+        return response

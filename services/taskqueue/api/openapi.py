@@ -153,7 +153,7 @@ def document(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
         "415": _error("Body is not JSON."),
     }
     accepted_headers = {"Location": {"schema": {"type": "string"}, "description": "The job's status URL."}}
-    return {
+    return _secured(cfg, {
         "openapi": "3.1.0",
         "info": {"title": "taskqueue generator", "version": __version__},
         "paths": {
@@ -276,7 +276,50 @@ def document(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
             },
         },
         "components": {"schemas": _schemas(cfg, catalogue)},
+    })  # fmt: skip
+
+
+# The role each operation needs (api/auth.py); the others need none.
+OPERATION_ROLES = {
+    ("/start", "get"): "submit",
+    ("/jobs", "post"): "submit",
+    ("/jobs/batch", "post"): "submit",
+    ("/status/{job_id}", "get"): "read",
+    ("/jobs/{job_id}", "get"): "read",
+    ("/jobs/{job_id}", "delete"): "admin",
+    ("/jobs/{job_id}/requeue", "post"): "admin",
+    ("/list", "get"): "read",
+    ("/tasks", "get"): "read",
+}
+ROLE_ORDER = ("none", "read", "submit", "admin")
+
+
+def _secured(cfg: Config, doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with the bearer scheme declared per operation: a token of the operation's role, or none where
+    anonymous requests (``TASKQUEUE_ANONYMOUS_ROLE``) may; the health routes and this document need none."""
+    doc["components"]["securitySchemes"] = {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A token of TASKQUEUE_API_TOKENS_FILE, of the role read, submit or admin (each may do"
+            " what the ones before it may).",
+        }
     }
+    anonymous = ROLE_ORDER.index(cfg.anonymous_role)
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            role = OPERATION_ROLES.get((path, method))
+            if role is None:
+                op["security"] = []
+                continue
+            op["security"] = [{"bearer": []}] + ([{}] if anonymous >= ROLE_ORDER.index(role) else [])
+            op["description"] = f"Role: {role}."
+            op["responses"]["401"] = {
+                **_error("No valid token where one is needed (`unauthorized`, `invalid_token`)."),
+                "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+            }
+            op["responses"]["403"] = _error("The token's role is below this operation's (`forbidden`).")
+    return doc
 
 
 def _status_op(summary: str) -> dict[str, Any]:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Blueprint, current_app, jsonify, request
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
+from taskqueue.api.auth import Role
 from taskqueue.api.errors import RETRY_AFTER_BACKLOG, RETRY_AFTER_STORE_FULL, ApiError, error_response
 from taskqueue.api.jobs import (
     IDEMPOTENCY_KEY_RE,
@@ -38,6 +41,8 @@ from taskqueue.tasks import TaskInputError
 from taskqueue.tasks.builtin import seed_message
 from taskqueue.webhooks.guard import UrlRefused
 
+View = TypeVar("View", bound=Callable[..., Any])
+
 
 class JobIdConverter(BaseConverter):
     """Route only well-formed job ids; anything else is a JSON 404 from routing, never a Redis lookup."""
@@ -46,6 +51,37 @@ class JobIdConverter(BaseConverter):
 
 
 bp = Blueprint("api", __name__)
+BEARER = 'Bearer realm="taskqueue"'  # WWW-Authenticate of a 401 (RFC 6750)
+
+
+def needs(role: Role) -> Callable[[View], View]:
+    """A view that answers only requests whose role (api/auth.py) is ``role`` or above: else 401 when no valid
+    token came and one is needed, 403 when a valid token's role is too low. Checked before the body is read."""
+
+    def wrap(view: View) -> View:
+        @functools.wraps(view)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            _authorize(role)
+            return view(*args, **kwargs)
+
+        return checked  # type: ignore[return-value]
+
+    return wrap
+
+
+def _authorize(needed: Role) -> None:
+    decision = current_app.extensions["taskqueue.tokens"].decide(request.headers.get("Authorization"))
+    if decision.role >= needed:
+        return
+    if not decision.presented:
+        raise ApiError(401, "unauthorized", f"this needs a token of the {needed.label} role or above: send "
+                       "Authorization: Bearer <token>", headers={"WWW-Authenticate": BEARER})  # fmt: skip
+    if decision.role is Role.NONE:
+        raise ApiError(401, "invalid_token", "the token is not valid (unknown, revoked, or not a Bearer token)",
+                       headers={"WWW-Authenticate": BEARER + ', error="invalid_token"'})  # fmt: skip
+    raise ApiError(403, "forbidden", f"this needs the {needed.label} role; the token has {decision.role.label}")
+
+
 # Registered before any route of the blueprint, so the rules below can use <job_id:...>.
 bp.record_once(lambda state: state.app.url_map.converters.setdefault("job_id", JobIdConverter))
 
@@ -266,6 +302,7 @@ def start_request(svc: JobService, delay: int) -> JobRequest:
 # HEAD /start answers 405 (Allow: GET, OPTIONS) and enqueues nothing: a HEAD must have no side effect, and an
 # empty 200 would describe a job (its Location) that does not exist. (Werkzeug would run the GET view for it.)
 @bp.get("/start", head=False)
+@needs(Role.SUBMIT)
 def start():
     """The seed's route: enqueue the sleep task with ``?delay=`` or a random 20-30 s.
 
@@ -279,6 +316,7 @@ def start():
 
 
 @bp.post("/jobs")
+@needs(Role.SUBMIT)
 def create_job():
     """Enqueue one task from the allow-list: ``{"task": "hash", "args": {"rounds": 100000}}``."""
     req = _job_request(_json_body())
@@ -287,6 +325,7 @@ def create_job():
 
 
 @bp.post("/jobs/batch")
+@needs(Role.SUBMIT)
 def create_batch():
     """Enqueue up to MAX_BATCH jobs in one Redis pipeline: ``{"jobs": [{"task": ..., "args": ...}, ...]}``."""
     body = _json_body()
@@ -325,6 +364,7 @@ def create_batch():
 
 @bp.get("/jobs/<job_id:job_id>", endpoint="job")
 @bp.get(STATUS_PATH + "<job_id:job_id>")
+@needs(Role.READ)
 def status(job_id: str):
     """The seed's route: a job's ``result`` plus its lifecycle."""
     svc = service()
@@ -335,6 +375,7 @@ def status(job_id: str):
 
 
 @bp.get("/list")
+@needs(Role.READ)
 def list_jobs():
     """The seed's route: running job ids; ``?state=`` lists another state, ``offset``/``limit`` page it."""
     state = request.args.get("state", "started")
@@ -347,12 +388,14 @@ def list_jobs():
 
 
 @bp.delete("/jobs/<job_id:job_id>")
+@needs(Role.ADMIN)
 def cancel_job(job_id: str):
     """Cancel a waiting job or stop a running one."""
     return _change(job_id, service().cancel)
 
 
 @bp.post("/jobs/<job_id:job_id>/requeue")
+@needs(Role.ADMIN)
 def requeue_job(job_id: str):
     """Requeue a failed, stopped or canceled job."""
     return _change(job_id, service().requeue)
@@ -376,6 +419,7 @@ def openapi():
 
 
 @bp.get("/tasks")
+@needs(Role.READ)
 def list_tasks():
     """The task catalogue: each task's name, description, arguments' JSON Schema, queue, timeout and retries."""
     svc = service()

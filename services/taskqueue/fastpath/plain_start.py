@@ -4,7 +4,8 @@ Flask spends more CPU on a request around the view (a request and an app context
 URL routing, a session opened and saved, a ``Response`` object built and turned back into WSGI) than
 the view spends enqueueing the job (docs/performance.md). :class:`PlainStart` is WSGI middleware, set
 as the Flask app's ``wsgi_app`` the way Flask documents for middleware: it takes only ``GET /start``
-with no query or ``?delay=<digits>``, no ``Idempotency-Key`` and no mount point, and hands the delay
+with no query or ``?delay=<digits>``, no ``Idempotency-Key``, no ``Authorization`` and no mount point (and
+only while anonymous requests may submit), and hands the delay
 to ``answer``, the API's own code for ``/start`` outside a request context
 (``taskqueue.api.app.GeneratorApp.plain_start``), which enqueues, counts and renders the same JSON,
 status and headers as the Flask view. Any other request, and a delay out of range, goes to Flask
@@ -40,6 +41,7 @@ class PlainStart:
             or environ["REQUEST_METHOD"] != "GET"
             or environ.get("SCRIPT_NAME")
             or "HTTP_IDEMPOTENCY_KEY" in environ
+            or "HTTP_AUTHORIZATION" in environ  # a token is checked by the Flask view (api/auth.py)
         ):
             return False, None
         query = environ.get("QUERY_STRING")
