@@ -130,6 +130,7 @@ kind-up: tools images ## Create the kind cluster (idempotent), install KEDA, Pro
 	@echo "taskqueue is up. Next:"
 	@echo "  make port-forward    # API :8000, Prometheus :9090, Grafana :3000 (admin / taskqueue-dev-only, dev only)"
 	@echo "  curl -s localhost:8000/start; curl -s localhost:8000/list"
+	@echo "  $(KCTL) -n $(NAMESPACE) get secret $(FULLNAME)-api-tokens -o jsonpath='{.data.api-tokens}' | base64 -d   # the admin token (cancel, requeue; the CLI reads TASKQUEUE_TOKEN)"
 	@echo "  make load            # $(LOAD_JOBS) x /start, then watch: $(KUBECTL) --context $(KUBE_CONTEXT) -n $(NAMESPACE) get scaledobject,hpa,pods -w"
 	@echo "  make scale REPLICAS=3 / make autoscale"
 	@echo "  Prometheus: sum(taskqueue_jobs_enqueued_total), sum(taskqueue_jobs_completed_total)"

@@ -53,11 +53,12 @@ class Case:
     provided: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
 
-def _secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
+def _secret(name: str, namespace: str, data: dict[str, str], type_: str = "Opaque") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": name, "namespace": namespace},
+        "type": type_,
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     }
 
@@ -86,6 +87,28 @@ PUBLIC_HTTPS = {
     ],
     "ports": [{"protocol": "TCP", "port": 443}],
 }
+
+# The ingress case: the API from outside through an nginx ingress controller, over TLS. It also narrows
+# networkPolicy.apiFrom to the pods labelled API_CLIENT_LABEL, so the controller gets in only by the rule the
+# Ingress adds (tests/chart/test_network_policy.py).
+INGRESS_HOST = "taskqueue.example.com"
+API_CLIENT_LABEL = ("taskqueue.example/client", "true")
+INGRESS = {
+    "generator": {
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "1m"},
+            "hosts": [{"host": INGRESS_HOST, "paths": [{"path": "/", "pathType": "Prefix"}]}],
+            "tls": [{"secretName": "taskqueue-tls", "hosts": [INGRESS_HOST]}],
+            "controllerPodSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+        }
+    },
+    "networkPolicy": {"apiFrom": [{"podSelector": {"matchLabels": dict([API_CLIENT_LABEL])}}]},
+}
+
+# The auth-existing-secret case's tokens file (the user's Secret, key api-tokens).
+USER_TOKENS = {"admin": "admin-token-of-the-user-0001", "read": "read-token-of-the-user-0001"}
 
 CASES: dict[str, Case] = {
     c.name: c
@@ -145,6 +168,31 @@ CASES: dict[str, Case] = {
             "webhooks-existing-secret",
             {"webhooks": {"allowedHosts": ["*.example.com"], "existingSecret": "mine"}},
             provided=(_secret("mine", NAMESPACE, {"webhook-secret": "s3cret"}),),
+        ),
+        # The API behind an Ingress (class, TLS, an annotation); the TLS Secret is the user's (or cert-manager's).
+        Case(
+            "ingress",
+            INGRESS,
+            provided=(
+                _secret(
+                    "taskqueue-tls",
+                    NAMESPACE,
+                    {"tls.crt": "-----BEGIN CERTIFICATE-----\n", "tls.key": "-----BEGIN PRIVATE KEY-----\n"},
+                    "kubernetes.io/tls",
+                ),
+            ),
+        ),
+        # API tokens from the user's Secret instead of a generated one; anonymous requests may only read.
+        Case(
+            "auth-existing-secret",
+            {"generator": {"auth": {"existingSecret": "taskqueue-tokens", "anonymousRole": "read"}}},
+            provided=(
+                _secret(
+                    "taskqueue-tokens",
+                    NAMESPACE,
+                    {"api-tokens": "".join(f"{role} {token}\n" for role, token in USER_TOKENS.items())},
+                ),
+            ),
         ),
         # Another release and namespace, several worker processes, a longer job timeout, fast paths off.
         Case(

@@ -177,12 +177,38 @@ def _refs(obj):
             out.append(("Secret", ref["name"], ref["key"]))
         for ref in obj["spec"].get("configMapTargetRef") or []:
             out.append(("ConfigMap", ref["name"], ref["key"]))
+    if obj["kind"] == "Ingress":
+        for tls in obj["spec"].get("tls") or []:
+            out.append(("Secret", tls["secretName"], "tls.crt"))
+        for backend in _ingress_backends(obj):
+            out.append(("Service", backend["service"]["name"], None))
     if obj["kind"] == "ScaledObject":
         for t in obj["spec"]["triggers"]:
             if "authenticationRef" in t:
                 out.append(("TriggerAuthentication", t["authenticationRef"]["name"], None))
         out.append(("Deployment", obj["spec"]["scaleTargetRef"]["name"], None))
     return out
+
+
+def _ingress_backends(ingress):
+    backends = [ingress["spec"]["defaultBackend"]] if "defaultBackend" in ingress["spec"] else []
+    for rule in ingress["spec"].get("rules") or []:
+        backends += [p["backend"] for p in rule["http"]["paths"]]
+    return backends
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_ingress_sends_to_the_generators_http_port(case):
+    """Every Ingress backend is the generator Service's http port, which targets the container's http port."""
+    objs = objects(CASES[case])
+    for ingress in by_kind(objs, "Ingress"):
+        for backend in _ingress_backends(ingress):
+            svc = find(objs, "Service", backend["service"]["name"], ingress["metadata"]["namespace"])
+            assert svc is not None and component(svc) == "generator"
+            want = backend["service"]["port"]
+            (port,) = [p for p in svc["spec"]["ports"] if want in ({"name": p["name"]}, {"number": p["port"]})]
+            container = pod_spec(workload(objs, "generator"))["containers"][0]
+            assert container_port(container, port["targetPort"]) == container_port(container, "http")
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)

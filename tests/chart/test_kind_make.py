@@ -159,3 +159,38 @@ def test_kind_up_with_a_tasks_package_builds_loads_and_installs_its_images():
     # Without it, nothing of the above.
     plain = make_dry_run("kind-up", **fresh())
     assert "examples/Dockerfile" not in plain and "csv-summary" not in plain
+
+
+def test_kind_up_prints_how_to_read_the_admin_token():
+    """The last words of kind-up name the API tokens Secret and key the chart renders, in kind's context."""
+    from tests.chart.rendering import render_values
+
+    for release, namespace in (("taskqueue", "taskqueue"), ("demo", "jobs")):
+        out = make_dry_run("kind-up", RELEASE=release, NAMESPACE=namespace, **fresh())
+        (line,) = [x for x in out.splitlines() if x.startswith("echo ") and "api-tokens" in x]
+        printed = subprocess.run(["sh", "-c", line], capture_output=True, text=True, check=True).stdout
+        secret = next(o for o in render_values(None, release, namespace) if o["kind"] == "Secret"
+                      and o["metadata"]["name"].endswith("-api-tokens"))  # fmt: skip
+        command = (
+            f"/nonexistent-bin/kubectl --context kind-taskqueue -n {namespace} get secret "
+            f"{secret['metadata']['name']} -o jsonpath='{{.data.api-tokens}}' | base64 -d"
+        )
+        assert printed.strip().startswith(command), printed
+        assert "api-tokens" in secret["data"] and "TASKQUEUE_TOKEN" in printed
+        # The same command as the chart's NOTES give.
+        notes = render_notes(release, namespace)
+        assert (
+            f"-n {namespace} get secret {secret['metadata']['name']} -o jsonpath='{{.data.api-tokens}}' | base64 -d"
+            in notes
+        )
+    # After the other next steps, before kind-down's.
+    lines = make_dry_run("kind-up", **fresh()).splitlines()
+    at = next(i for i, x in enumerate(lines) if "api-tokens" in x)
+    assert any("port-forward" in x for x in lines[at - 3 : at]) and any("kind-down" in x for x in lines[at:])
+
+
+def render_notes(release: str, namespace: str) -> str:
+    import helm_python as helm
+
+    with helm.Chart.load(CHART_DIR) as chart:
+        return chart.render(None, name=release, namespace=namespace, is_install=True)["taskqueue/templates/NOTES.txt"]

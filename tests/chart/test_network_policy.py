@@ -4,9 +4,10 @@ A small evaluator applies the rendered policies (Kubernetes semantics: a pod sel
 a direction only allows what some such policy allows; peers are pod/namespace selectors or ipBlocks;
 ports by number or by the destination container's port name) to a model of the cluster: our pods,
 Prometheus, the KEDA operator (to the exporter's /scale, or to Redis with the redis-list trigger),
-CoreDNS, a stranger pod in our namespace and one elsewhere, the external Redis, and webhook receivers
-outside the cluster. Every (source, destination, port) among them is decided, and the allowed set must
-equal the set of connections the app needs.
+CoreDNS, a stranger pod in our namespace and one elsewhere, an API client pod, the ingress controller
+and another pod of its namespace, the external Redis, and webhook receivers outside the cluster. Every
+(source, destination, port) among them is decided, and the allowed set must equal the set of connections
+the app needs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.chart.rendering import CASES, by_kind, component, container_port, objects, pod_spec, workloads
+from tests.chart.rendering import (
+    API_CLIENT_LABEL,
+    CASES,
+    by_kind,
+    component,
+    container_port,
+    objects,
+    pod_spec,
+    workloads,
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,16 @@ def build_model(case) -> tuple[Model, list[dict]]:
         Endpoint("coredns", "kube-system", (("k8s-app", "kube-dns"),), (("dns", 53), ("dns-tcp", 53))),
         Endpoint("stranger", case.namespace, (("app", "stranger"),), (("http", 8080),)),
         Endpoint("stranger-elsewhere", "default", (("app", "stranger"),), (("http", 8080),)),
+        # A pod of ours the cases that narrow networkPolicy.apiFrom let call the API (by its label).
+        Endpoint("api-client", case.namespace, (API_CLIENT_LABEL,), (("http", 8080),)),
+        # ingress-nginx's controller (values' generator.ingress.controllerNamespaceSelector), and another pod there.
+        Endpoint(
+            "ingress-controller",
+            "ingress-nginx",
+            (("app.kubernetes.io/component", "controller"), ("app.kubernetes.io/name", "ingress-nginx")),
+            (("http", 80), ("https", 443)),
+        ),
+        Endpoint("ingress-neighbour", "ingress-nginx", (("app", "neighbour"),), (("http", 8080),)),
         Endpoint("internet", None, ip="203.0.113.7"),
     ]
     if case.values.get("externalRedis", {}).get("enabled"):
@@ -196,9 +216,21 @@ def needed_connections(case, model: Model, objs) -> set[tuple[str, str, int, str
             need |= {("exporter", e.name, port, "TCP") for port, proto in candidate_ports(model) if proto == "TCP"}
         if case.values.get("networkPolicy", {}).get("exporterEgress") and not any(addr in n for n in NOT_PUBLIC):
             need.add(("exporter", e.name, 443, "TCP"))
-    # The API is public: any client pod may call it (our own pods never do: their egress is closed).
+    # The API is public: any client pod may call it (our own pods never do: their egress is closed), unless
+    # networkPolicy.apiFrom narrows it (the cases that do: to the pods labelled API_CLIENT_LABEL). With the
+    # Ingress on, its controller's pods may call it too (all of the namespace's without a controllerPodSelector).
+    api_from = case.values.get("networkPolicy", {}).get("apiFrom")
+    ingress = case.values.get("generator", {}).get("ingress", {})
     for client in model.endpoints:
-        if not client.ours and client.namespace is not None:
+        if client.ours or client.namespace is None:
+            continue
+        labelled = client.namespace == case.namespace and API_CLIENT_LABEL in client.labels
+        via_ingress = (
+            ingress.get("enabled")
+            and client.namespace == "ingress-nginx"
+            and (client.name == "ingress-controller" or not ingress.get("controllerPodSelector"))
+        )
+        if not api_from or labelled or via_ingress:
             need.add((client.name, "generator", ports["generator"]["http"], "TCP"))
     return need
 

@@ -8,7 +8,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tests.chart.rendering import CASES, CHART_DIR, by_kind, kube_version, objects, render
+from tests.chart.rendering import CASES, CHART_DIR, by_kind, kube_version, objects, one, render
 
 CASE_NAMES = sorted(CASES)
 
@@ -59,6 +59,7 @@ def test_matrix_toggles_what_it_says():
     assert not {"ScaledObject", "TriggerAuthentication"} & kinds["autoscaling-off"]
     assert not {"ServiceMonitor", "PrometheusRule"} & kinds["monitoring-crds-off"]
     assert "StatefulSet" not in kinds["external-redis"]
+    assert [name for name, k in kinds.items() if "Ingress" in k] == ["ingress"]
     sts = by_kind(objects(CASES["persistence-off"]), "StatefulSet")[0]
     assert "volumeClaimTemplates" not in sts["spec"]
     assert any(v["name"] == "data" and "emptyDir" in v for v in sts["spec"]["template"]["spec"]["volumes"])
@@ -107,7 +108,7 @@ def test_schema_rejects(bad):
 
 def test_redis_password_generated_once_and_kept():
     """A random password on install; `lookup` returns it on upgrades and resource-policy keeps it."""
-    secret = next(o for o in objects(CASES["defaults"]) if o["kind"] == "Secret")
+    secret = one(objects(CASES["defaults"]), "Secret", component="redis")
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     with helm.Chart.load(CHART_DIR) as chart:
         again = chart.render(None, name="taskqueue", namespace="taskqueue", is_install=True)

@@ -165,6 +165,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* -- API tokens (the generator's) ----------------------------------------------------------- */}}
+
+{{/* The Secret with the API tokens file, under the key "api-tokens": <fullname>-api-tokens, or the user's. */}}
+{{- define "taskqueue.apiTokens.secretName" -}}
+{{- default (include "taskqueue.componentName" (dict "ctx" . "component" "api-tokens")) .Values.generator.auth.existingSecret }}
+{{- end }}
+
+{{/* Where the tokens Secret is mounted in the generator: a directory (never subPath), so kubelet's update
+     of a changed Secret reaches the file, and the generator re-reads it without a restart. */}}
+{{- define "taskqueue.apiTokens.dir" -}}/var/run/secrets/taskqueue/tokens{{- end }}
+
 {{/* -- Pod pieces shared by generator, worker and exporter ------------------------------------ */}}
 
 {{/* env of the app containers: the ConfigMap comes in with envFrom; these need the release. */}}
