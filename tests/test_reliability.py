@@ -151,17 +151,21 @@ def test_a_worker_told_to_stop_during_a_redis_outage_stops(processes):
     # before that is the case of the test below).
     wait_for(lambda: "Listening on" in w.log(), timeout=10, what="the worker listening")
     server.stop()
-    # The worker notices: in RQ's loop (its retries log "Redis unavailable (..."), or, when a call outside
-    # them met the outage first, between workers ("redis unavailable: ...", the case of the test below). Either
-    # way SIGTERM must end it; which one came first decides what it logs.
-    in_loop, between = "Redis unavailable (", '"msg": "redis unavailable: '
-    noticed = wait_for(
-        lambda: next((m for m in (between, in_loop) if m in w.log()), None), timeout=15, what="the worker noticing"
-    )
+    # The worker notices: in RQ's loop (its retries log "Redis unavailable (..." or, in its dequeue, "could not
+    # connect to Redis"), or, when a call outside them met the outage first, between workers ("redis
+    # unavailable: ...", the case of the test below). Either way SIGTERM must end it; which one came first
+    # decides what it logs.
+    between, in_loop = '"msg": "redis unavailable: ', ("Redis unavailable (", "could not connect to Redis")
+
+    def noticed_where() -> str | None:
+        log = w.log()
+        return "between" if between in log else "in_loop" if any(m in log for m in in_loop) else None
+
+    noticed = wait_for(noticed_where, timeout=15, what="the worker noticing")
     assert w.proc.poll() is None
     w.signal(signal.SIGTERM)
     assert w.proc.wait(timeout=15) == 0
-    if noticed == in_loop:
+    if noticed == "in_loop":
         assert "redis unavailable during shutdown" in w.log()
     else:
         assert w.log().count("starting a new worker") == 1  # stopped in the wait, no second worker
