@@ -301,29 +301,26 @@ def test_a_delivery_survives_the_worker_and_the_exporter_killed_and_redis_restar
 
 
 def test_a_hanging_receiver_does_not_slow_the_worker(processes, app_env):
-    """Jobs whose receiver holds every POST until it times out, against jobs whose receiver answers at once:
-    the worker's time to run them is the same within 10 % (medians of 3 rounds each, in turn)."""
-    fast, hanging = Receiver(), Receiver()
+    """Jobs whose receiver holds every POST until the attempt's timeout, against the same jobs without webhooks:
+    the worker's jobs/s (jobs over the span from the first start to the last end) is the same within 10 %
+    (medians of 3 rounds each, in turn). Jobs of 1 s in 8 slots, so a send in the worker's way (RQ's own
+    webhooks block the worker) would show as a second or more a job."""
+    hanging = Receiver()
     hanging.hold.set()
     try:
         generator, _exporter = processes.generator(), processes.exporter()
         processes.worker(args=["--job-slots", "8"])
-        spans: dict[str, list[float]] = {"fast": [], "hanging": []}
+        rates: dict[str, list[float]] = {"no webhooks": [], "hanging receiver": []}
         for _ in range(3):
-            for name, receiver in (("fast", fast), ("hanging", hanging)):
-                ids = [
-                    post_job(generator.base, task="sleep", args={"seconds": 1}, callbackUrl=receiver.url)
-                    for _ in range(16)
-                ]
+            for name, extra in (("no webhooks", {}), ("hanging receiver", {"callbackUrl": hanging.url})):
+                ids = [post_job(generator.base, task="sleep", args={"seconds": 1}, **extra) for _ in range(16)]
                 docs = [wait_status(generator.base, i, {"finished"}) for i in ids]
-                starts = [d["startedAt"] for d in docs]
-                ends = [d["endedAt"] for d in docs]
-                spans[name].append(_seconds(max(ends)) - _seconds(min(starts)))
-        fast_span, hanging_span = statistics.median(spans["fast"]), statistics.median(spans["hanging"])
-        assert hanging_span <= fast_span * 1.10, spans
+                span = _seconds(max(d["endedAt"] for d in docs)) - _seconds(min(d["startedAt"] for d in docs))
+                rates[name].append(len(ids) / span)
+        plain, hung = statistics.median(rates["no webhooks"]), statistics.median(rates["hanging receiver"])
+        assert hung >= plain * 0.90, rates
         assert hanging.requests and all(callback(generator.base, i)["status"] == "pending" for i in ids)
     finally:
-        fast.close()
         hanging.close()
 
 
