@@ -29,6 +29,20 @@ def test_document_lists_exactly_the_apps_routes(generator):
     assert documented == served
 
 
+def test_each_operation_declares_the_role_its_route_checks():
+    """The document's roles (openapi.OPERATION_ROLES) are the ones the routes' @needs check, route by route."""
+    from taskqueue.api.openapi import OPERATION_ROLES
+
+    app = create_app(config.load({}))
+    checked = {
+        (re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule), method.lower()): view.role.label
+        for rule in app.url_map.iter_rules()
+        if hasattr(view := app.view_functions[rule.endpoint], "role")
+        for method in rule.methods & HTTP_METHODS
+    }
+    assert checked == OPERATION_ROLES
+
+
 def test_schemathesis_finds_no_server_error_or_schema_violation(processes, app_env):
     """Property-based requests from the document: 0 server errors, 0 schema violations (bounded run).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from taskqueue import __version__
+from taskqueue.api.auth import Role
 from taskqueue.api.jobs import IDEMPOTENCY_KEY_PATTERN, JOB_ID_PATTERN, LIST_STATES, STATUSES
 from taskqueue.config import Config
 from taskqueue.tasks import Catalogue, Task
@@ -279,7 +280,8 @@ def document(cfg: Config, catalogue: Catalogue) -> dict[str, Any]:
     })  # fmt: skip
 
 
-# The role each operation needs (api/auth.py); the others need none.
+# The role each operation needs (the routes' @needs, api/auth.py; tests/test_openapi.py holds them equal); the
+# others need none.
 OPERATION_ROLES = {
     ("/start", "get"): "submit",
     ("/jobs", "post"): "submit",
@@ -291,7 +293,6 @@ OPERATION_ROLES = {
     ("/list", "get"): "read",
     ("/tasks", "get"): "read",
 }
-ROLE_ORDER = ("none", "read", "submit", "admin")
 
 
 def _secured(cfg: Config, doc: dict[str, Any]) -> dict[str, Any]:
@@ -305,14 +306,14 @@ def _secured(cfg: Config, doc: dict[str, Any]) -> dict[str, Any]:
             " what the ones before it may).",
         }
     }
-    anonymous = ROLE_ORDER.index(cfg.anonymous_role)
+    anonymous = Role.named(cfg.anonymous_role)
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             role = OPERATION_ROLES.get((path, method))
             if role is None:
                 op["security"] = []
                 continue
-            op["security"] = [{"bearer": []}] + ([{}] if anonymous >= ROLE_ORDER.index(role) else [])
+            op["security"] = [{"bearer": []}] + ([{}] if anonymous >= Role.named(role) else [])
             op["description"] = f"Role: {role}."
             op["responses"]["401"] = {
                 **_error("No valid token where one is needed (`unauthorized`, `invalid_token`)."),

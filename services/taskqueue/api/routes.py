@@ -64,6 +64,7 @@ def needs(role: Role) -> Callable[[View], View]:
             _authorize(role)
             return view(*args, **kwargs)
 
+        checked.role = role  # type: ignore[attr-defined]  # what the OpenAPI document must declare
         return checked  # type: ignore[return-value]
 
     return wrap
