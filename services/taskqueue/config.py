@@ -68,6 +68,13 @@ def default_queue(names: Sequence[str]) -> str:
 SETTINGS: tuple[Setting, ...] = (
     Setting("redis_url", "redis://127.0.0.1:6379/0", str, "Redis URL (`redis://` or `rediss://` for TLS)."),
     Setting(
+        "redis_username",
+        "",
+        str,
+        "Redis ACL user (the chart's Redis and local mode have one a component: `generator`, `worker`,"
+        " `exporter`); empty: the one in the URL, else Redis's `default` user.",
+    ),
+    Setting(
         "redis_password",
         "",
         str,
@@ -309,6 +316,7 @@ class Config:
     """Typed settings; build with :func:`load`."""
 
     redis_url: str
+    redis_username: str
     redis_password: str
     redis_ca_cert: str
     redis_timeout: float

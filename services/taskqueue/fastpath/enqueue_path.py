@@ -42,7 +42,7 @@ KEPT_PAYLOADS = 1024
 UUID_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 # The script's text: the tasks' templates as a Lua table, then this. KEYS: the queue's list, RQ's
-# set of queues, an idempotency key ('' for none), one job hash per job. ARGV: '1' if this call may be
+# set of queues, an idempotency key (NO_IDEMPOTENCY_KEY for none), one job hash per job. ARGV: '1' if this call may be
 # a repeat (else '0'), the idempotency key's TTL (0: none), then per job its task, id, timestamp, data
 # and description. Jobs go on the queue in the order given. Returns the number of jobs written: 0 when
 # a call that may be a repeat finds its first job written already, i.e. when redis-py retries a call
@@ -66,6 +66,9 @@ redis.call('SADD', KEYS[2], KEYS[1])
 if ttl > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
 return #KEYS - 3
 """
+# The third key when a call has no idempotency key: in our namespace (Redis ACL users may name only those
+# keys, '' included), and never written (its TTL is 0); an Idempotency-Key header has 1 to 128 characters.
+NO_IDEMPOTENCY_KEY = "taskqueue:idempotency:"
 LUA_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:,[]{}")
 
 
@@ -128,7 +131,7 @@ class Enqueuer(BaseEnqueuer):
         ids = list(job_ids) if job_ids is not None else [new_job_id() for _ in reqs]
         enqueued_at = now()
         stamp = rq_timestamp(enqueued_at)
-        idem_key, idem_ttl = idempotency if idempotency is not None else ("", 0)
+        idem_key, idem_ttl = idempotency if idempotency is not None else (NO_IDEMPOTENCY_KEY, 0)
         keys = [self.queue.key, Queue.redis_queues_keys, idem_key]
         args: list[Any] = [0, idem_ttl]
         for job_id, req in zip(ids, reqs, strict=True):

@@ -33,6 +33,8 @@ def connect(cfg: Config, *, retries: int = 2, max_connections: int | None = None
     }
     if max_connections is not None:
         kwargs["max_connections"] = max_connections
+    if cfg.redis_username:
+        kwargs["username"] = cfg.redis_username
     if cfg.redis_password:
         kwargs["password"] = cfg.redis_password
     if cfg.redis_url.startswith("rediss://") and cfg.redis_ca_cert:
