@@ -40,14 +40,18 @@ def test_local_mode_runs_the_seed_flow_and_stops_on_ctrl_c(tmp_path):
         assert doc["result"] == "Processed message generating task with delay: 1 after 1 seconds"
         team = requests.post(base + "/jobs", json={"task": "team.summarize", "args": {"values": [2, 4]}}, timeout=2)
         assert wait_status(base, team.json()["jobId"], {"finished"}, timeout=20)["result"]["mean"] == 3.0
-        # Redis is password-protected and writes an append-only file.
+        # Redis has the chart's users (tests/test_redis_acl.py): nobody gets in without one, each process
+        # logs in as its own, nothing was refused; and it writes an append-only file.
         anon = redis.Redis(port=redis_port, socket_timeout=2)
-        try:
+        with pytest.raises(redis.AuthenticationError):
             anon.ping()
-            raise AssertionError("local Redis answered without a password")
-        except redis.AuthenticationError:
-            pass
-        assert (state / "redis.password").stat().st_mode & 0o077 == 0
+        assert (state / "redis-passwords").stat().st_mode & 0o077 == 0
+        passwords = dict(line.split() for line in (state / "redis-passwords").read_text().splitlines())
+        admin = redis.Redis(port=redis_port, username="admin", password=passwords["admin"], socket_timeout=2)
+        users = ("generator", "worker", "exporter")
+        wait_for(lambda: {c["user"] for c in admin.client_list()} >= set(users), timeout=10, what="every user")
+        assert {c["user"] for c in admin.client_list()} <= {*users, "admin"}
+        assert admin.acl_log() == []
         wait_for(lambda: any((state / "redis").rglob("*.aof")), timeout=5, what="AOF file")
         # Every metrics endpoint answers.
         for p in (metrics_base, metrics_base + 100, metrics_base + 200):
@@ -129,7 +133,8 @@ def test_ctrl_c_stops_the_workers_before_redis(tmp_path, worker_class, shutdown_
     # The job's outcome, read from Redis's append-only file with the local Redis started again.
     again = subprocess.Popen([find_redis_server(), str(state / "redis.conf")], stdout=subprocess.DEVNULL)
     try:
-        client = redis.Redis(port=redis_port, password=(state / "redis.password").read_text().strip(), socket_timeout=2)
+        passwords = dict(line.split() for line in (state / "redis-passwords").read_text().splitlines())
+        client = redis.Redis(port=redis_port, username="admin", password=passwords["admin"], socket_timeout=2)
         wait_for(client.ping, timeout=10, what="local Redis again")
         status = client.hget(f"rq:job:{job_id}", "status").decode()
         queued = [i.decode() for i in client.lrange("rq:queue:default", 0, -1)]

@@ -1,10 +1,10 @@
 """Local mode: Redis, the generator, workers, the exporter (and Prometheus when installed) on this machine.
 
 ``python -m taskqueue.local`` (what ``make run`` calls) writes its state under ``.run/`` (git-ignored):
-a Redis password made once, Redis's AOF, and runs the processes itself, their output prefixed as
-honcho does. Ctrl-C stops everything in order: the generator, workers, exporter and Prometheus
-first (a worker finishes its running job: a warm shutdown), Redis last, so no process loses Redis
-while it still needs it. A second Ctrl-C makes it a cold shutdown.
+the Redis users' passwords, made once (each process logs in as its own user, as in the chart), Redis's AOF;
+and runs the processes itself, their output prefixed as honcho does. Ctrl-C stops everything in order: the
+generator, workers, exporter and Prometheus first (a worker finishes its running job: a warm shutdown),
+Redis last, so no process loses Redis while it still needs it. A second Ctrl-C makes it a cold shutdown.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import hashlib
 import os
 import secrets
 import shutil
@@ -27,6 +28,8 @@ from honcho.colour import get_colours
 from honcho.printer import Message, Printer
 
 ROOT = Path(__file__).resolve().parents[2]
+# The Redis users and their rules, as the chart's Redis has them.
+REDIS_USERS = ROOT / "helm" / "taskqueue" / "files" / "redis-users.acl"
 # Seconds Redis gets to answer at start, and to write its AOF and exit at the end.
 REDIS_START_TIMEOUT = 15.0
 REDIS_STOP_TIMEOUT = 30.0
@@ -49,13 +52,50 @@ def find_redis_server() -> str:
     return __redis_executable__
 
 
-def password(state: Path) -> str:
-    """The local Redis password: random, made on first run, kept in .run/ with owner-only access."""
-    path = state / "redis.password"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
+def acl_users(rules: str) -> list[tuple[str, str]]:
+    """The users of an ACL rules file (``helm/taskqueue/files/redis-users.acl``) as (name, rules): a ``user NAME
+    RULES...`` line, and the indented lines after it joined on; ``#`` lines are comments."""
+    users: list[tuple[str, str]] = []
+    for line in rules.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace():
+            if not users:
+                raise ValueError(f"rules before the first user: {line.strip()!r}")
+            name, more = users[-1]
+            users[-1] = (name, f"{more} {line.strip()}".strip())
+        else:
+            keyword, name, *more = line.strip().split(maxsplit=2)
+            if keyword != "user":
+                raise ValueError(f"not a user line: {line!r}")
+            users.append((name, more[0] if more else ""))
+    return users
+
+
+def acl_file(rules: str, passwords: dict[str, str]) -> str:
+    """Redis's ACL file: each user of ``rules`` on one line, with its password as a SHA-256 (``#<hex>``) if it
+    has one in ``passwords`` (a user without one cannot log in). The chart's Redis makes the same file at start."""
+    lines = []
+    for name, user_rules in acl_users(rules):
+        secret = passwords.get(name)
+        digest = f" #{hashlib.sha256(secret.encode()).hexdigest()}" if secret else ""
+        lines.append(f"user {name} {user_rules}{digest}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def passwords(state: Path, users: list[str]) -> dict[str, str]:
+    """The local Redis users' passwords: random, made on first run, kept in .run/redis-passwords (``USER PASSWORD``
+    lines) with owner-only access."""
+    path = state / "redis-passwords"
+    lines = path.read_text().splitlines() if path.exists() else []
+    known = dict(line.split(maxsplit=1) for line in lines if line.strip())
+    missing = [u for u in users if u not in known]
+    if missing or not path.exists():
+        known.update({u: secrets.token_urlsafe(24) for u in missing})
+        path.touch(mode=0o600)
         path.chmod(0o600)
-    return path.read_text().strip()
+        path.write_text("".join(f"{u} {known[u]}\n" for u in users))
+    return {u: known[u] for u in users}
 
 
 def api_tokens(state: Path) -> Path:
@@ -69,11 +109,17 @@ def api_tokens(state: Path) -> Path:
     return path
 
 
-def write_files(state: Path, args: argparse.Namespace) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Redis config, Prometheus config and environment under ``state``; returns the commands (Redis first)
-    and the environment."""
+def write_files(
+    state: Path, args: argparse.Namespace
+) -> tuple[dict[str, list[str]], dict[str, str], dict[str, dict[str, str]]]:
+    """Redis config and ACL file, Prometheus config and environment under ``state``; returns the commands (Redis
+    first), the environment, and each process's Redis login (``redis``: the supervisor's, to see Redis answer)."""
     (state / "redis").mkdir(parents=True, exist_ok=True)
-    pw = password(state)
+    rules = REDIS_USERS.read_text()
+    pws = passwords(state, [name for name, _ in acl_users(rules) if name != "default"])
+    acl = state / "redis-users.acl"
+    acl.touch(mode=0o600)
+    acl.write_text(acl_file(rules, pws))
     (state / "redis.conf").write_text(
         "\n".join(
             [
@@ -84,7 +130,8 @@ def write_files(state: Path, args: argparse.Namespace) -> tuple[dict[str, list[s
                 "appendonly yes",
                 "appendfsync everysec",
                 'save ""',
-                f'requirepass "{pw}"',
+                # The chart's users (helm/taskqueue/files/redis-users.acl): default off, one a process.
+                f"aclfile {acl}",
                 # The chart's memory budget (docs/reliability.md): jobs never evicted, small job records.
                 "maxmemory 256mb",
                 "maxmemory-policy noeviction",
@@ -97,7 +144,6 @@ def write_files(state: Path, args: argparse.Namespace) -> tuple[dict[str, list[s
     (state / "redis.conf").chmod(0o600)
     env = {
         "TASKQUEUE_REDIS_URL": f"redis://127.0.0.1:{args.redis_port}/0",
-        "TASKQUEUE_REDIS_PASSWORD": pw,
         "TASKQUEUE_HTTP_HOST": "127.0.0.1",
         "TASKQUEUE_API_TOKENS_FILE": str(api_tokens(state)),
         "TASKQUEUE_METRICS_HOST": "127.0.0.1",
@@ -128,7 +174,11 @@ def write_files(state: Path, args: argparse.Namespace) -> tuple[dict[str, list[s
             prometheus, f"--config.file={state / 'prometheus.yml'}", f"--storage.tsdb.path={state / 'prometheus'}",
             f"--web.listen-address=127.0.0.1:{args.prometheus_port}",
         ]  # fmt: skip
-    return procs, env
+    users = {"generator": "generator", "worker": "worker", "exporter": "exporter", "redis": "admin"}
+    logins = {
+        name: {"TASKQUEUE_REDIS_USERNAME": user, "TASKQUEUE_REDIS_PASSWORD": pws[user]} for name, user in users.items()
+    }
+    return procs, env, logins
 
 
 def metrics_ports(base: int) -> dict[str, int]:
@@ -161,13 +211,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
-    procs, env = write_files(state, args)
+    procs, env, logins = write_files(state, args)
     print(f"taskqueue local mode: API http://127.0.0.1:{args.port}  (state in {state}; Ctrl-C stops all)", flush=True)
     print(f"  admin token (cancel, requeue): TASKQUEUE_TOKEN=$(awk '$1==\"admin\"{{print $2}}' {state}/api-tokens)",
           flush=True)  # fmt: skip
     env = {**os.environ, **env}
     redis_cmd = procs.pop("redis")
-    sys.exit(Supervisor(env).run(redis_cmd, procs, stop_timeout(env)))
+    sys.exit(Supervisor(env, logins).run(redis_cmd, procs, stop_timeout(env)))
 
 
 def stop_timeout(env: dict[str, str]) -> float:
@@ -188,8 +238,9 @@ class Supervisor:
     it on in order (honcho stops all at once: a worker busy with a job then loses Redis mid-job).
     """
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], logins: dict[str, dict[str, str]] | None = None):
         self.env = env
+        self.logins = logins or {}  # a process's own Redis user; "redis": the one that sees Redis answer
         self.procs: dict[str, subprocess.Popen] = {}
         self.readers: dict[str, threading.Thread] = {}
         self.reported: set[str] = set()
@@ -221,7 +272,8 @@ class Supervisor:
         """Start ``cmd`` as ``name`` in its own session, its output relayed."""
         self.colour[name] = next(self.colours)
         proc = subprocess.Popen(
-            cmd, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cmd, env={**self.env, **self.logins.get(name.split(".")[0], {})}, cwd=ROOT,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         self.procs[name] = proc
@@ -306,8 +358,11 @@ class Supervisor:
         """Redis accepts commands (AOF loaded): the other processes may start."""
         import redis
 
-        url, password = self.env["TASKQUEUE_REDIS_URL"], self.env["TASKQUEUE_REDIS_PASSWORD"]
-        client = redis.Redis.from_url(url, password=password, socket_timeout=1, socket_connect_timeout=1)
+        login = self.logins.get("redis", {})
+        client = redis.Redis.from_url(
+            self.env["TASKQUEUE_REDIS_URL"], username=login.get("TASKQUEUE_REDIS_USERNAME"),
+            password=login.get("TASKQUEUE_REDIS_PASSWORD"), socket_timeout=1, socket_connect_timeout=1,
+        )  # fmt: skip
         try:
             return bool(client.ping())
         except redis.RedisError:

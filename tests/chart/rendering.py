@@ -74,6 +74,11 @@ EXTERNAL_REDIS = {
     "networkPolicy": {"externalRedisTo": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]},
 }
 
+# externalRedis.users: one ACL user a component, named by the external Redis's admin.
+EXTERNAL_USERS = {
+    c: {"username": f"tq-{c}", "passwordKey": f"{c}-key"} for c in ("generator", "worker", "exporter", "keda")
+}
+
 # values.yaml's networkPolicy.exporterEgress example: webhooks to named hosts over HTTPS, to any address
 # but the private and link-local ones.
 PUBLIC_HTTPS = {
@@ -128,14 +133,31 @@ CASES: dict[str, Case] = {
             ),
         ),
         Case("persistence-off", {"redis": {"persistence": {"enabled": False}}}),
+        # The Redis users' passwords from the user's own Secret, one key a user.
+        Case(
+            "redis-existing-secret",
+            {"redis": {"auth": {"existingSecret": "my-redis-users"}}, "autoscaling": {"trigger": "redis-list"}},
+            provided=(
+                _secret(
+                    "my-redis-users",
+                    NAMESPACE,
+                    {f"{u}-password": f"pw-of-{u}" for u in ("admin", "generator", "worker", "exporter", "keda")},
+                ),
+            ),
+        ),
         # The plain Redis list trigger instead of the exporter's work remaining: in-release Redis,
         # and an external one over TLS (the TriggerAuthentication carries the password and the CA).
         Case("redis-list-trigger", {"autoscaling": {"trigger": "redis-list"}}),
+        # ...with a Redis ACL user a component, each password under its own key of the Secret.
         Case(
             "redis-list-external",
-            {**EXTERNAL_REDIS, "autoscaling": {"trigger": "redis-list"}},
+            {
+                "externalRedis": {**EXTERNAL_REDIS["externalRedis"], "users": EXTERNAL_USERS},
+                "networkPolicy": EXTERNAL_REDIS["networkPolicy"],
+                "autoscaling": {"trigger": "redis-list"},
+            },
             provided=(
-                _secret("redis-credentials", NAMESPACE, {"password": "s3cret"}),
+                _secret("redis-credentials", NAMESPACE, {f"{c}-key": f"s3cret-{c}" for c in EXTERNAL_USERS}),
                 _secret("redis-ca", NAMESPACE, {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}),
             ),
         ),

@@ -9,6 +9,7 @@ and the environment the chart gives each container is a valid configuration of t
 
 from __future__ import annotations
 
+import base64
 import inspect
 import json
 import re
@@ -244,14 +245,23 @@ def test_container_env_is_a_valid_app_config(case):
         if values["externalRedis"]["enabled"]:
             assert cfg.redis_url == values["externalRedis"]["url"]
             assert Path(cfg.redis_ca_cert).parent.as_posix() in [m["mountPath"] for m in container["volumeMounts"]]
+            user = values["externalRedis"]["users"][comp]  # empty: Redis's default user, with passwordKey
+            assert cfg.redis_username == user["username"]
+            key = user["passwordKey"] or values["externalRedis"]["passwordKey"]
+            data = find(objs, "Secret", values["externalRedis"]["existingSecret"], c.namespace)["data"]
+            assert base64.b64decode(data[key]).decode() == cfg.redis_password
         else:
             redis_svc = one(objs, "Service", component="redis")
             host = urlparse(cfg.redis_url).hostname
             assert host == f"{redis_svc['metadata']['name']}.{c.namespace}.svc.cluster.local"
             assert urlparse(cfg.redis_url).port == redis_svc["spec"]["ports"][0]["port"]
+            # Each component logs in as its own Redis user, with the password Redis's start script hashes into
+            # its ACL file: the file <user>-password of the Secret mounted in the Redis pod.
             redis = workload(objs, "redis")
-            redis_env = resolve_env(redis, pod_spec(redis)["containers"][0], objs)
-            assert redis_env["REDISCLI_AUTH"] == cfg.redis_password, "app and Redis disagree on the password"
+            mounted = next(v["secret"]["secretName"] for v in pod_spec(redis)["volumes"] if v["name"] == "passwords")
+            data = find(objs, "Secret", mounted, c.namespace)["data"]
+            assert cfg.redis_username == comp
+            assert base64.b64decode(data[f"{comp}-password"]).decode() == cfg.redis_password, "app and Redis disagree"
         if comp == "worker":
             assert cfg.worker_processes == values["worker"]["processes"]
             assert cfg.job_slots == values["worker"]["jobSlots"]
@@ -308,12 +318,18 @@ def test_redis_list_trigger_reads_the_queue_and_redis_the_app_uses(case):
     assert meta["address"] == f"{url.hostname}:{url.port or 6379}"
     assert int(meta.get("databaseIndex", "0")) == int(url.path.lstrip("/") or 0)
     assert (meta.get("enableTLS") == "true") == (url.scheme == "rediss")
-    # KEDA authenticates with the same Secret key the worker reads its password from.
+    # KEDA authenticates from the Secret the worker reads its password from, as its own user (the chart's
+    # Redis: keda, whose password is keda-password; an external Redis: externalRedis.users.keda).
     auth = find(objs, "TriggerAuthentication", trigger["authenticationRef"]["name"], c.namespace)
     password_ref = next(v["valueFrom"]["secretKeyRef"] for v in pod_spec(w)["containers"][0]["env"]
                         if v["name"] == "TASKQUEUE_REDIS_PASSWORD")  # fmt: skip
     params = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
-    assert (params["password"]["name"], params["password"]["key"]) == (password_ref["name"], password_ref["key"])
+    external = values_of(c)["externalRedis"]
+    keda = external["users"]["keda"] if external["enabled"] else {"username": "keda", "passwordKey": "keda-password"}
+    assert meta.get("username", "") == keda["username"]
+    key = keda["passwordKey"] or external["passwordKey"]
+    assert (params["password"]["name"], params["password"]["key"]) == (password_ref["name"], key)
+    assert key in find(objs, "Secret", password_ref["name"], c.namespace)["data"]
     if cfg.redis_ca_cert:
         vol = next(v for v in pod_spec(w)["volumes"] if v["name"] == "redis-ca")
         assert params["ca"]["name"] == vol["secret"]["secretName"]
@@ -476,11 +492,16 @@ def test_redis_is_durable_and_keeps_its_password_off_the_command_line():
     lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in conf.splitlines() if line and line[0] != "#"}
     assert lines["appendonly"] == "yes" and lines["appendfsync"] == "everysec"
     assert lines["maxmemory-policy"] == "noeviction"
-    assert lines["include"] == "/run/redis/auth.conf"
+    # The users come from the ACL file start.sh writes on the run tmpfs (tests/test_redis_acl.py runs it).
+    assert lines["aclfile"] == "/run/redis/users.acl" and "requirepass" not in lines
     redis = workload(objs, "redis")
     container = pod_spec(redis)["containers"][0]
-    assert "requirepass" not in " ".join(container.get("command", []))
-    assert "--requirepass" not in " ".join(container.get("args", []))
+    assert container["command"] == ["/bin/sh", "/etc/redis/start.sh"] and not container.get("args")
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(redis)["volumes"]}
+    assert mounts["run"]["mountPath"] == "/run/redis" and volumes["run"]["emptyDir"]["medium"] == "Memory"
+    assert mounts["passwords"]["mountPath"] == "/etc/redis-auth" and mounts["passwords"]["readOnly"]
+    assert volumes["passwords"]["secret"]["secretName"] == one(objs, "Secret", component="redis")["metadata"]["name"]
     image = container["image"]
     assert re.fullmatch(r"docker\.io/library/redis:[78]\.\d+\.\d+-(alpine|bookworm)", image), image
 

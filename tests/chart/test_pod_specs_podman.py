@@ -9,12 +9,13 @@ named by the chart's ``generator.image.repository`` and ``worker.image.repositor
 shows that our images work as bases, and that a job of the example's task runs through the API in them.
 
 Redis runs from the chart's Redis spec too when its image is in the local store (or TQ_REDIS_IMAGE
-names one); CI cannot pull docker.io, so otherwise a host redis-server runs the chart's rendered
-redis.conf and password file instead (said in the test's output).
+names one); CI cannot pull docker.io, so otherwise the chart's rendered start script runs a host
+redis-server with the rendered redis.conf, users and passwords instead (said in the test's output).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -72,22 +73,33 @@ def case():
 
 
 def host_redis(objs, workdir):
-    """A host redis-server with the chart's redis.conf and the password file its start script writes."""
+    """A host redis-server started as the chart's pod starts it: the rendered start.sh, with the ConfigMap's files
+    as /etc/redis (redis.conf moved to loopback and a work folder) and the Secret's keys as /etc/redis-auth."""
     redis = next(w for w in workloads(objs) if w["kind"] == "StatefulSet")
     container = pod_spec(redis)["containers"][0]
-    conf = one(objs, "ConfigMap", component="redis")["data"]["redis.conf"]
-    password = resolve_env(redis, container, objs)["REDISCLI_AUTH"]
-    (workdir / "data").mkdir()
-    (workdir / "auth.conf").write_text(f'requirepass "{password}"\n')
-    conf = conf.replace("dir /data", f"dir {workdir / 'data'}").replace(
-        "/run/redis/auth.conf", str(workdir / "auth.conf")
+    files = one(objs, "ConfigMap", component="redis")["data"]
+    secret = one(objs, "Secret", component="redis")["data"]
+    conf, auth, run, data = (workdir / d for d in ("conf", "auth", "run", "data"))
+    for d in (conf, auth, run, data):
+        d.mkdir()
+    for key, value in secret.items():
+        (auth / key).write_bytes(base64.b64decode(value))
+    (conf / "users.acl").write_text(files["users.acl"])
+    (conf / "start.sh").write_text(files["start.sh"])
+    (conf / "redis.conf").write_text(
+        files["redis.conf"]
+        .replace("dir /data", f"dir {data}")
+        .replace("/run/redis/users.acl", str(run / "users.acl"))
+        .replace("bind 0.0.0.0 -::*", "bind 127.0.0.1")
     )
-    conf = conf.replace("bind 0.0.0.0 -::*", "bind 127.0.0.1")
-    (workdir / "redis.conf").write_text(conf)
-    proc = subprocess.Popen([shutil.which("redis-server"), str(workdir / "redis.conf")], stdout=subprocess.DEVNULL)
+    dirs = {"REDIS_CONF_DIR": conf, "REDIS_AUTH_DIR": auth, "REDIS_RUN_DIR": run}
+    env = {"PATH": os.environ["PATH"], **{k: str(v) for k, v in dirs.items()}}
+    proc = subprocess.Popen(["sh", str(conf / "start.sh")], env=env, stdout=subprocess.DEVNULL)
+    password = resolve_env(redis, container, objs)["REDISCLI_AUTH"]  # the admin's, for the probe
     port = container["ports"][0]["containerPort"]
     for _ in range(100):
-        r = subprocess.run(["redis-cli", "-p", str(port), "ping"], env={**os.environ, "REDISCLI_AUTH": password},
+        r = subprocess.run(["redis-cli", "--user", "admin", "-p", str(port), "ping"],
+                           env={**os.environ, "REDISCLI_AUTH": password},
                            capture_output=True, text=True, check=False)  # fmt: skip
         if r.stdout.strip() == "PONG":
             return proc

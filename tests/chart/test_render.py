@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 
 import helm_python as helm
@@ -106,16 +107,32 @@ def test_schema_rejects(bad):
         chart.render(bad, name="taskqueue", namespace="taskqueue")
 
 
-def test_redis_password_generated_once_and_kept():
-    """A random password on install; `lookup` returns it on upgrades and resource-policy keeps it."""
-    secret = one(objects(CASES["defaults"]), "Secret", component="redis")
+def test_redis_passwords_one_a_user_generated_once_and_kept():
+    """A random password for each Redis user of files/redis-users.acl (but the default user, which is off) on
+    install; `lookup` returns them on upgrades, a user new to the file gets one, and resource-policy keeps them."""
+    from taskqueue import local
+
+    objs = objects(CASES["defaults"])
+    secret = one(objs, "Secret", component="redis")
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    users = [name for name, _ in local.acl_users((CHART_DIR / "files" / "redis-users.acl").read_text())]
+    assert users[0] == "default" and {"admin", "generator", "worker", "exporter", "keda"} <= set(users)
+    assert sorted(secret["data"]) == sorted(f"{u}-password" for u in users[1:])
+    passwords = [base64.b64decode(v).decode() for v in secret["data"].values()]
+    assert len(set(passwords)) == len(passwords) and all(len(p) == 32 and p.isalnum() for p in passwords)
     with helm.Chart.load(CHART_DIR) as chart:
         again = chart.render(None, name="taskqueue", namespace="taskqueue", is_install=True)
     second = next(d for d in yaml.safe_load_all(again["taskqueue/templates/redis.yaml"]) if d and d["kind"] == "Secret")
-    assert second["data"] != secret["data"], "the password must be random, not a fixed default"
+    assert all(second["data"][k] != v for k, v in secret["data"].items()), "passwords must be random, not defaults"
     template = (CHART_DIR / "templates" / "redis.yaml").read_text()
     assert 'lookup "v1" "Secret" .Release.Namespace $name' in template
+    assert "hasKey $existing.data $key" in template  # each user's password kept by itself
+    # The user's own Secret instead: nothing generated, Redis mounts theirs.
+    objs = objects(CASES["redis-existing-secret"])
+    assert not [s for s in objs if s["kind"] == "Secret" and s["metadata"]["name"].endswith("-redis")]
+    redis = next(w for w in objs if w["kind"] == "StatefulSet")
+    volume = next(v for v in redis["spec"]["template"]["spec"]["volumes"] if v["name"] == "passwords")
+    assert volume["secret"]["secretName"] == "my-redis-users"
 
 
 def test_notes_have_next_commands():

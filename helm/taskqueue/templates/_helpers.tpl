@@ -107,7 +107,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The Secret with the Redis password and its key; empty name: no password. */}}
+{{/* The Secret with the Redis users' passwords; empty name: no password. */}}
 {{- define "taskqueue.redis.secretName" -}}
 {{- if .Values.externalRedis.enabled }}
 {{- .Values.externalRedis.existingSecret }}
@@ -116,8 +116,35 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The Redis users of the chart's Redis (files/redis-users.acl), but "default", which is off: one a
+     component (generator, worker, exporter), keda (the redis-list trigger) and admin (operators, probes). */}}
+{{- define "taskqueue.redis.users" -}}
+{{- $users := list }}
+{{- range .Files.Lines "files/redis-users.acl" }}
+{{- if hasPrefix "user " . }}
+{{- $name := index (splitList " " .) 1 }}
+{{- if ne $name "default" }}{{ $users = append $users $name }}{{ end }}
+{{- end }}
+{{- end }}
+{{- join "," $users }}
+{{- end }}
+
+{{/* The Redis user a component logs in as (dict "ctx" $ "component" "worker"); empty: Redis's default. */}}
+{{- define "taskqueue.redis.username" -}}
+{{- if .ctx.Values.externalRedis.enabled }}
+{{- (index .ctx.Values.externalRedis.users .component).username }}
+{{- else }}
+{{- .component }}
+{{- end }}
+{{- end }}
+
+{{/* The key of a component's Redis password in the Secret (dict "ctx" $ "component" "worker"). */}}
 {{- define "taskqueue.redis.secretKey" -}}
-{{- if .Values.externalRedis.enabled }}{{ .Values.externalRedis.passwordKey }}{{ else }}{{ .Values.redis.auth.secretKey }}{{ end }}
+{{- if .ctx.Values.externalRedis.enabled }}
+{{- default .ctx.Values.externalRedis.passwordKey (index .ctx.Values.externalRedis.users .component).passwordKey }}
+{{- else }}
+{{- printf "%s-password" .component }}
+{{- end }}
 {{- end }}
 
 {{/* Where the external Redis CA bundle is mounted. */}}
@@ -178,20 +205,26 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* -- Pod pieces shared by generator, worker and exporter ------------------------------------ */}}
 
-{{/* env of the app containers: the ConfigMap comes in with envFrom; these need the release. */}}
+{{/* env of an app container (dict "ctx" $ "component" "worker"): the ConfigMap comes in with envFrom;
+     these need the release, and each component logs in to Redis as its own user. */}}
 {{- define "taskqueue.appEnv" -}}
+{{- $ctx := .ctx }}
 - name: TASKQUEUE_REDIS_URL
-  value: {{ include "taskqueue.redis.url" . | quote }}
-{{- with include "taskqueue.redis.secretName" . }}
+  value: {{ include "taskqueue.redis.url" $ctx | quote }}
+{{- with include "taskqueue.redis.username" . }}
+- name: TASKQUEUE_REDIS_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- with include "taskqueue.redis.secretName" $ctx }}
 - name: TASKQUEUE_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ . }}
       key: {{ include "taskqueue.redis.secretKey" $ }}
 {{- end }}
-{{- if include "taskqueue.redis.hasCA" . }}
+{{- if include "taskqueue.redis.hasCA" $ctx }}
 - name: TASKQUEUE_REDIS_CA_CERT
-  value: {{ printf "%s/%s" (include "taskqueue.redis.caDir" .) .Values.externalRedis.tls.caKey | quote }}
+  value: {{ printf "%s/%s" (include "taskqueue.redis.caDir" $ctx) $ctx.Values.externalRedis.tls.caKey | quote }}
 {{- end }}
 {{- end }}
 
