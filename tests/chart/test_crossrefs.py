@@ -32,6 +32,7 @@ from tests.chart.rendering import (
     objects,
     one,
     pod_spec,
+    render_values,
     resolve_env,
     selector_matches,
     workloads,
@@ -503,10 +504,40 @@ def test_redis_is_durable_and_keeps_its_password_off_the_command_line():
     assert mounts["passwords"]["mountPath"] == "/etc/redis-auth" and mounts["passwords"]["readOnly"]
     assert volumes["passwords"]["secret"]["secretName"] == one(objs, "Secret", component="redis")["metadata"]["name"]
     image = container["image"]
-    assert re.fullmatch(r"docker\.io/library/redis:[78]\.\d+\.\d+-(alpine|bookworm)", image), image
+    assert re.fullmatch(r"docker\.io/library/redis:[78]\.\d+\.\d+-(alpine|bookworm)@sha256:[0-9a-f]{64}", image), image
 
 
 # -- images -----------------------------------------------------------------------------------
+
+DIGEST = "@sha256:" + "0123456789abcdef" * 4
+
+
+def test_every_pulled_image_is_pinned_by_digest_and_tags_may_carry_one():
+    """The images a cluster pulls (Redis; and the Dockerfile's base, and compose's Redis) are pinned by digest
+    by default; ours are built and loaded by make, under a tag of each build. Both accept tag@sha256:."""
+    for case in CASE_NAMES:
+        for w in workloads(objects(CASES[case])):
+            image = pod_spec(w)["containers"][0]["image"]
+            if not re.match(r"(csv-summary|taskqueue)-(generator|worker):", image):
+                assert re.search(r"@sha256:[0-9a-f]{64}$", image), (case, image)
+    dockerfile = (ROOT / "services" / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:[\d.]+-slim-bookworm@sha256:[0-9a-f]{64}$", dockerfile, re.M)
+    assert re.search(r"image: docker\.io/library/redis:\S+@sha256:[0-9a-f]{64}$", (ROOT / "compose.yaml").read_text(),
+                     re.M)  # fmt: skip
+    objs = render_values({"image": {"registry": "ghcr.io/acme", "tag": "0.1.0" + DIGEST},
+                          "redis": {"image": {"tag": "8.2.3-alpine" + DIGEST}}})  # fmt: skip
+    images = {component(w): pod_spec(w)["containers"][0]["image"] for w in workloads(objs)}
+    assert images == {
+        "generator": f"ghcr.io/acme/taskqueue-generator:0.1.0{DIGEST}",
+        "exporter": f"ghcr.io/acme/taskqueue-generator:0.1.0{DIGEST}",
+        "worker": f"ghcr.io/acme/taskqueue-worker:0.1.0{DIGEST}",
+        "redis": f"docker.io/library/redis:8.2.3-alpine{DIGEST}",
+    }
+    import helm_python as helm
+
+    for bad in ({"image": {"tag": "0.1.0@sha256:abc"}}, {"redis": {"image": {"tag": "8.2.2-alpine@md5:00"}}}):
+        with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmError):
+            chart.render(bad, name="taskqueue", namespace="taskqueue")
 
 
 def test_images_are_the_ones_make_builds_and_loads():
@@ -518,9 +549,14 @@ def test_images_are_the_ones_make_builds_and_loads():
     app_version = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"]
     assert images["generator"] == images["exporter"] == f"taskqueue-generator:{app_version}"
     assert images["worker"] == f"taskqueue-worker:{app_version}"
+    # make kind-up builds and loads its own tag, and installs the chart with it: the images the pods run.
     out = make_dry_run("kind-up")
+    tag = re.search(r"--set image\.tag=(\S+)", out).group(1)
+    objs = render_values({"image": {"tag": tag}})
+    images = {component(w): pod_spec(w)["containers"][0]["image"] for w in workloads(objs)}
+    assert images["generator"] == images["exporter"] == f"taskqueue-generator:{tag}"
     load = next(line for line in out.splitlines() if " load docker-image " in line)
-    assert set(load.split()[-2:]) == {images["generator"], images["worker"]}
+    assert f"for image in {images['generator']} {images['worker']};" in load
     builds = [line for line in out.splitlines() if " build " in line and "services/Dockerfile" in line]
     assert {b.split(" -t ")[1].split()[0] for b in builds} == {images["generator"], images["worker"]}
     assert " --target generator " in builds[0] + " " and " --target worker " in builds[1] + " "
