@@ -207,6 +207,11 @@ OUTSIDE = [
 ]
 
 
+# Outside commands a user lacks altogether (refused as commands before their keys or channels are looked at).
+NOT_ITS_COMMAND = {("keda", "GET"), ("keda", "SET"), ("keda", "DEL"), ("keda", "PUBLISH"), ("worker", "PUBLISH"),
+                   ("exporter", "PUBLISH"), ("generator", "EVAL")}  # fmt: skip
+
+
 @pytest.mark.parametrize("user", [*APPS, "keda"])
 @pytest.mark.parametrize("command", FORBIDDEN + OUTSIDE, ids=lambda c: " ".join(c[:2]))
 def test_each_user_is_refused_what_it_may_not_do(chart_redis, admin, user, command):
@@ -214,6 +219,8 @@ def test_each_user_is_refused_what_it_may_not_do(chart_redis, admin, user, comma
     # The ACL's answer (Redis 7's ACL DRYRUN), and what the user gets when it tries.
     verdict = admin.execute_command("ACL", "DRYRUN", user, *command).decode()
     assert verdict != "OK" and "no permissions" in verdict, verdict
+    if command in OUTSIDE and (user, command[0]) not in NOT_ITS_COMMAND:
+        assert ("channel" if command[0] == "PUBLISH" else "key") in verdict, verdict  # the key rule refused it
     client = chart_redis.client(user)
     # DEBUG is refused before the ACL is asked (enable-debug-command is off by default): by both, then.
     refusal = redis.exceptions.ResponseError if command[0] == "DEBUG" else redis.exceptions.NoPermissionError
@@ -240,11 +247,15 @@ def test_keda_may_read_the_queue_length_and_nothing_else(chart_redis, admin):
     assert admin.llen("rq:queue:default") == 2
 
 
-def test_the_exporter_cannot_enqueue_or_stop_a_worker(chart_redis, admin):
-    """The exporter reads, and repairs jobs in place: it never publishes worker commands."""
+def test_the_exporter_cannot_take_jobs_or_command_a_worker(chart_redis, admin):
+    """The exporter reads, and repairs jobs in place (putting a dead worker's job back on its queue): it
+    never pops a job nor publishes worker commands."""
     exporter = chart_redis.client("exporter")
     with pytest.raises(redis.exceptions.NoPermissionError):
         exporter.publish("rq:pubsub:some-worker", '{"command": "shutdown"}')
+    for command in (("LPOP", "rq:queue:default"), ("BLMOVE", "rq:queue:default", "rq:x", "LEFT", "RIGHT", "0.1")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            exporter.execute_command(*command)
 
 
 @pytest.mark.behaviour
@@ -319,3 +330,126 @@ def test_each_component_does_its_work_as_its_own_user(chart_redis, admin, proces
             assert "NOPERM" not in service.log() and "no permissions" not in service.log()
     finally:
         receiver.close()
+
+
+def load_as(chart_redis: ChartRedis, user: str, **env: str):
+    from taskqueue import config
+
+    return config.load(environ={**chart_redis.env(user), **env})
+
+
+def test_the_generator_lists_every_state_and_requeues_a_job_with_a_webhook(chart_redis, admin):
+    """Paths the work test does not take: /list of each state, and the requeue that re-arms a job's webhook."""
+    import time
+
+    from taskqueue.api.jobs import JobService
+    from taskqueue.store.connection import connect
+    from taskqueue.store.enqueue import JobRequest
+    from taskqueue.tasks import load
+
+    cfg = load_as(chart_redis, "generator")
+    service = JobService(cfg, connect(cfg))
+    hooked, _ = service.enqueue(JobRequest(load()["noop"], [], callback_url="http://127.0.0.1:9/hook"))
+    for state in ("queued", "started", "finished", "failed", "scheduled", "deferred", "canceled"):
+        service.list_ids(state, 0, 10)
+    # The job failed, as a worker records it; the generator requeues it, and its webhook is owed again.
+    admin.lrem("rq:queue:default", 0, hooked.id)
+    admin.hset(f"rq:job:{hooked.id}", "status", "failed")
+    admin.zadd("rq:failed:default", {hooked.id: time.time() + 3600})
+    service.requeue(hooked.id)
+    assert admin.lrange("rq:queue:default", 0, -1) == [hooked.id.encode()]
+    assert refused(admin) == []
+
+
+def test_the_exporter_repairs_what_dead_workers_leave_behind(chart_redis, admin):
+    """The exporter's maintenance as its own user: a job marked queued or scheduled but in no list (a worker
+    died between two writes), a job taken off its queue but never started, and an abandoned job with no retry
+    left. Each is repaired, and Redis refused nothing."""
+    import time
+
+    from taskqueue.api.jobs import JobService
+    from taskqueue.exporter.collector import STRANDED_RETURNS_MAX, QueueState
+    from taskqueue.store.connection import connect
+    from taskqueue.store.enqueue import JobRequest
+    from taskqueue.store.records import RETURNS_FIELD
+    from taskqueue.tasks import load
+
+    gen = load_as(chart_redis, "generator")
+    service = JobService(gen, connect(gen))
+    noop = load()["noop"]
+    limbo = []
+    for status in ("queued", "scheduled"):  # still claimed by its dead worker's expired execution
+        job, _ = service.enqueue(JobRequest(noop, []))
+        admin.lrem("rq:queue:default", 0, job.id)
+        admin.hset(f"rq:job:{job.id}", "status", status)
+        admin.zadd("rq:wip:default", {f"{job.id}:dead-execution": time.time() - 100})
+        limbo.append(job.id)
+    stranded, _ = service.enqueue(JobRequest(noop, []))
+    admin.lrem("rq:queue:default", 0, stranded.id)
+    admin.rpush("rq:queue:default:intermediate", stranded.id)
+    given_up, _ = service.enqueue(JobRequest(noop, []))
+    admin.lrem("rq:queue:default", 0, given_up.id)
+    admin.rpush("rq:queue:default:intermediate", given_up.id)
+    admin.hset(f"rq:job:{given_up.id}", RETURNS_FIELD, STRANDED_RETURNS_MAX)
+    abandoned, _ = service.enqueue(JobRequest(noop, []))
+    admin.lrem("rq:queue:default", 0, abandoned.id)
+    admin.hset(f"rq:job:{abandoned.id}", mapping={"status": "started", "retries_left": 0})
+    admin.zadd("rq:wip:default", {f"{abandoned.id}:dead-execution": time.time() - 100})
+
+    exp = load_as(chart_redis, "exporter", TASKQUEUE_CLEANUP_INTERVAL="1")
+    state = QueueState(exp, connect(exp))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        state.cleanup()
+        queued = {j.decode() for j in admin.lrange("rq:queue:default", 0, -1)}
+        if {*limbo, stranded.id} <= queued and admin.hget(f"rq:job:{abandoned.id}", "status") == b"failed":
+            break
+        time.sleep(0.2)
+    queued = {j.decode() for j in admin.lrange("rq:queue:default", 0, -1)}
+    assert {*limbo, stranded.id} <= queued, queued
+    assert admin.hget(f"rq:job:{abandoned.id}", "status") == b"failed"
+    assert admin.lrange("rq:queue:default:intermediate", 0, -1) == []
+    assert refused(admin) == []
+
+
+def run_start_script(chart_redis: ChartRedis, tmp_path: Path, rules: str, passwords: dict[str, str]):
+    conf, auth, run = (tmp_path / d for d in ("conf", "auth", "run"))
+    for d in (conf, auth, run):
+        d.mkdir()
+    (conf / "users.acl").write_text(rules)
+    (conf / "redis.conf").write_text("port 0\n")
+    for user, password in passwords.items():
+        (auth / f"{user}-password").write_text(password)
+    env = {
+        "PATH": os.environ["PATH"],
+        "REDIS_CONF_DIR": str(conf),
+        "REDIS_AUTH_DIR": str(auth),
+        "REDIS_RUN_DIR": str(run),
+    }
+    return subprocess.run(["sh", str(chart_redis.conf / "start.sh")], env=env, capture_output=True, text=True,
+                          timeout=15, check=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("no rules", "no ACL rules"),
+        ("an empty password", "the password of user worker is empty"),
+        ("no default user line", "no 'user default off' line"),
+    ],
+)
+def test_the_start_script_refuses_to_start_redis_open(chart_redis, tmp_path, case, said):
+    """An empty ACL file would leave Redis's default user open to everyone: the script stops instead."""
+    rules, passwords = chart_redis.rules, dict(chart_redis.passwords)
+    if case == "no rules":
+        rules = ""
+    elif case == "an empty password":
+        passwords["worker"] = ""
+    else:
+        rules = "\n".join(line for line in rules.splitlines() if not line.startswith("user default"))
+    proc = run_start_script(chart_redis, tmp_path, rules, passwords)
+    assert proc.returncode == 1 and said in proc.stderr, proc.stderr
+    assert not (tmp_path / "run" / "users.acl").exists()
+    if case == "an empty password":
+        with pytest.raises(ValueError, match="empty"):
+            local.acl_file(rules, passwords)

@@ -72,13 +72,14 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         str,
         "Redis ACL user (the chart's Redis and local mode have one a component: `generator`, `worker`,"
-        " `exporter`); empty: the one in the URL, else Redis's `default` user.",
+        " `exporter`); empty: Redis's `default` user. A user and password in the URL win over these settings:"
+        " keep them out of the URL.",
     ),
     Setting(
         "redis_password",
         "",
         str,
-        "Redis password; overrides the one in the URL (so the URL can stay free of secrets).",
+        "Redis password (of `TASKQUEUE_REDIS_USERNAME`), so the URL can stay free of secrets.",
     ),
     Setting("redis_ca_cert", "", str, "CA bundle file to verify a `rediss://` server with."),
     Setting("redis_timeout", "1.0", float, "Redis connect and socket timeout, seconds."),

@@ -78,7 +78,9 @@ def acl_file(rules: str, passwords: dict[str, str]) -> str:
     lines = []
     for name, user_rules in acl_users(rules):
         secret = passwords.get(name)
-        digest = f" #{hashlib.sha256(secret.encode()).hexdigest()}" if secret else ""
+        if secret == "":
+            raise ValueError(f"the password of user {name} is empty")  # as the chart's start.sh refuses it
+        digest = f" #{hashlib.sha256(secret.encode()).hexdigest()}" if secret is not None else ""
         lines.append(f"user {name} {user_rules}{digest}".rstrip())
     return "\n".join(lines) + "\n"
 

@@ -99,10 +99,14 @@ class QueueState:
 
     def cleanup(self) -> None:
         """Repair limbo jobs, retry or fail jobs abandoned by dead workers (their heartbeats expired),
-        and requeue jobs stranded between dequeue and start (see maintenance.py)."""
+        and requeue jobs stranded between dequeue and start (see maintenance.py). A queue whose repair fails
+        is logged and the others are still repaired."""
         for q in self.queues:
-            maintain(q)
-            self.requeue_stranded(q)
+            try:
+                maintain(q)
+                self.requeue_stranded(q)
+            except Exception as exc:
+                log.warning("maintenance of queue %s failed: %s", q.name, exc)
 
     def requeue_stranded(self, queue) -> list[str]:
         """Put back jobs a worker took off the queue but was killed before it started them.
