@@ -193,6 +193,8 @@ class Emulator:
         local = urlparse(self.redis_url)
         env["TASKQUEUE_REDIS_URL"] = urlunparse((local.scheme, local.netloc, cluster_url.path, "", "", ""))
         env["TASKQUEUE_REDIS_PASSWORD"] = self.redis_password
+        # This Redis has only its default user (tests/test_redis_acl.py runs the chart's Redis with its users).
+        env.pop("TASKQUEUE_REDIS_USERNAME", None)
         env.pop("TASKQUEUE_REDIS_CA_CERT", None)
         env["TASKQUEUE_METRICS_HOST"] = "127.0.0.1"
         env["TASKQUEUE_METRICS_PORT"] = str(metrics_port)
