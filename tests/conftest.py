@@ -28,14 +28,19 @@ def redis_client(redis_server):
     client.close()
 
 
-@pytest.fixture
-def app_env(redis_server, redis_client):
+def env_for(redis_server: RedisServer) -> dict[str, str]:
     """The settings of the processes and services a test starts; ``TASKQUEUE_FAST_PATHS`` from the
     environment, so that ``make test-stock`` runs every one of them with the fast paths off."""
     switch = (
         {"TASKQUEUE_FAST_PATHS": os.environ["TASKQUEUE_FAST_PATHS"]} if "TASKQUEUE_FAST_PATHS" in os.environ else {}
     )
     return {**redis_server.env(), **FAST_ENV, **switch}
+
+
+@pytest.fixture
+def app_env(redis_server, redis_client):
+    """:func:`env_for` the module's Redis, flushed for the test."""
+    return env_for(redis_server)
 
 
 @pytest.fixture
@@ -57,10 +62,11 @@ def service(cfg):
 
 @pytest.fixture
 def processes(request: pytest.FixtureRequest, tmp_path) -> Iterator[Processes]:
-    """Starts the test's processes (env: app_env unless given) and stops them at its end, last started first."""
+    """Starts the test's processes (env: app_env unless given) and kills them at its end (Processes.kill_all: the
+    test's checks are done; one that checks a graceful stop asks for it in the test)."""
     procs = Processes(lambda: request.getfixturevalue("app_env"), tmp_path)
     yield procs
-    procs.stop_all()
+    procs.kill_all()
 
 
 @pytest.fixture

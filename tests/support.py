@@ -145,6 +145,27 @@ class Service:
         self._log.close()
         return self.proc.returncode
 
+    def kill(self) -> int | None:
+        """SIGKILL the process and every process below it, and wait: the quick end of a process once a test's
+        checks are done (a test that checks a stop calls :meth:`stop`). The files a clean exit removes go too."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            kill_all_below(self.proc.pid)
+        self.proc.wait()
+        self._log.close()
+        for leftover in self.leftovers():
+            shutil.rmtree(leftover, ignore_errors=True)
+        return self.proc.returncode
+
+    def leftovers(self) -> list[str]:
+        """What the process removes itself when it stops cleanly: gone after :meth:`kill` too."""
+        return []
+
+    def _tmp(self, name: str) -> str:
+        """``name`` in the process's temporary folder (multiproc.tmp_path in it)."""
+        return os.path.join(self.env.get("TMPDIR", "/tmp"), name)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -174,6 +195,10 @@ class Generator(Service):
         wait_for(lambda: requests.get(self.base + "/healthz", timeout=1).ok, what="generator /healthz")
         return self
 
+    def leftovers(self) -> list[str]:
+        """The master's own metrics folder, when the environment names none (generator.main)."""
+        return [] if self.env.get("PROMETHEUS_MULTIPROC_DIR") else [self._tmp(f"taskqueue-metrics-{self.port}")]
+
 
 class MetricsService(Service):
     """A worker or the exporter: its ``/metrics`` on a port of its own, up once started."""
@@ -194,6 +219,10 @@ class MetricsService(Service):
 class WorkerProc(MetricsService):
     def __init__(self, env: dict[str, str], log_dir: Path, args: list[str] | None = None):
         super().__init__("taskqueue-worker", env, log_dir, args)
+
+    def leftovers(self) -> list[str]:
+        """A supervisor's metrics folder (worker/cli.py), named after its pid."""
+        return [self._tmp(f"taskqueue-worker-metrics-{self.proc.pid}")] if self.proc is not None else []
 
 
 class Exporter(MetricsService):
@@ -216,6 +245,22 @@ def descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def kill_all_below(pid: int) -> None:
+    """SIGKILL a process and all its descendants, stopped (SIGSTOP) first until none is left to fork another:
+    a work horse forked as its worker dies is not left running a job against the next test's Redis."""
+    frozen: set[int] = set()
+    todo = {pid}
+    while todo:
+        for p in todo:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGSTOP)
+        frozen |= todo
+        todo = set(descendants(pid)) - frozen
+    for p in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
 
 
 def kill_tree(pid: int) -> None:
@@ -279,14 +324,24 @@ class Processes:
             service.terminate()
         self._stops.close()
 
+    def kill_all(self) -> None:
+        """The end of the test's processes once its checks are done: each killed (:meth:`Service.kill`), with no
+        wait for a graceful stop nobody checks, then the Redis servers stopped. A test that checks a stop calls
+        :meth:`stop_all` (or a process's ``stop``) itself."""
+        for service in reversed(self._services):
+            service.kill()
+        self._stops.close()
+
 
 @contextlib.contextmanager
 def running(*services: Service) -> Iterator[None]:
+    """Kill the services when the block ends (the checks in it are done): a test that checks a stop calls
+    ``stop()`` itself, in the block."""
     try:
         yield
     finally:
         for s in reversed(services):
-            s.stop()
+            s.kill()
 
 
 # -- Prometheus (observability tests) ----------------------------------------------------------------

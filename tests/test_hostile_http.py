@@ -117,7 +117,7 @@ def web(request, redis_server, tmp_path_factory) -> Iterator[Generator]:
     """The generator under each web worker class, for what the server answers itself (each test flushes Redis)."""
     gen = _shared_generator(redis_server, tmp_path_factory, request.param)
     yield gen
-    gen.stop()
+    gen.kill()
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def app_web(redis_server, tmp_path_factory) -> Iterator[Generator]:
     """The default generator (gevent), shared by the module's tests of what the app answers."""
     gen = _shared_generator(redis_server, tmp_path_factory, "gevent")
     yield gen
-    gen.stop()
+    gen.kill()
 
 
 JOB = b'{"task": "noop", "args": {}}'
@@ -330,7 +330,7 @@ SMALL_BACKLOG = 5
 def small_backlog(app_env, tmp_path) -> Iterator[Generator]:
     gen = Generator({**app_env, "TASKQUEUE_MAX_BACKLOG": str(SMALL_BACKLOG)}, tmp_path).start()
     yield gen
-    gen.stop()
+    gen.kill()
 
 
 def _batch(n: int) -> dict:

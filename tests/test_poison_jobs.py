@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -18,12 +19,22 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from taskqueue.store.outcomes import ERROR_TEXT_MAX
-from tests.support import ROOT, WorkerProc, wait_status
+from tests.conftest import env_for
+from tests.support import ROOT, Generator, WorkerProc, wait_status
 
 pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
 NOOP_BOUND = 2.0  # seconds for a noop queued behind the poison to finish
 LOOP_ENDED = ("found an unhandled exception", "starting a new worker", "worker loop ended")
+
+
+@pytest.fixture(scope="module")
+def generator(redis_server, tmp_path_factory) -> Iterator[Generator]:
+    """One generator for the module: the tests check a worker (a new one each) and the API's answers, not the
+    generator's own state; each test flushes Redis (redis_client)."""
+    gen = Generator(env_for(redis_server), tmp_path_factory.mktemp("generator")).start()
+    yield gen
+    gen.kill()
 
 
 @pytest.fixture
@@ -36,7 +47,7 @@ def poison_env(app_env):
 def poison_worker(request, poison_env, tmp_path):
     w = WorkerProc(poison_env, tmp_path, ["--worker-class", request.param]).start()
     yield w
-    w.stop(timeout=10)
+    w.kill()  # the checks are done: no graceful stop to wait for
 
 
 def assert_still_serving(base: str, worker: WorkerProc) -> None:

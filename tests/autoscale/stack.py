@@ -65,6 +65,8 @@ def component_env(objs: list[dict[str, Any]], component: str, redis: RedisServer
     path = urlparse(env["TASKQUEUE_REDIS_URL"]).path
     env["TASKQUEUE_REDIS_URL"] = urlunparse(urlparse(redis.url)._replace(path=path))
     env["TASKQUEUE_REDIS_PASSWORD"] = redis.password
+    # This Redis has only its default user (tests/test_redis_acl.py runs the chart's Redis with its users).
+    env.pop("TASKQUEUE_REDIS_USERNAME", None)
     env.pop("TASKQUEUE_REDIS_CA_CERT", None)
     return env
 
@@ -120,7 +122,7 @@ def stack(
         if emulator is not None:
             emulator.stop()
         for s in reversed(services):
-            s.stop()
+            s.kill()  # the checks are done
         redis.cleanup()
 
 

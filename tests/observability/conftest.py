@@ -101,14 +101,14 @@ def stack(obs_redis, obs_dir):
         wait_for(
             lambda: prom.value("count(up == 1)") == len(targets),
             timeout=30,
-            interval=0.5,
+            interval=0.1,
             what="prometheus to scrape every target",
         )
         yield {"prometheus": prom, "generator": gen, "workers": [fork, simple], "exporter": exporter}
     finally:
         prom.cleanup()
         for s in reversed(services):
-            s.stop()
+            s.kill()  # the session's checks are done
 
 
 def _post(url: str, body: dict) -> requests.Response:
@@ -152,12 +152,12 @@ def workload(stack) -> Workload:
         "retried": failing * RETRIES,
     }
     ended = 'sum(taskqueue_jobs_completed_total{outcome=~"succeeded|failed|stopped"})'
-    wait_for(lambda: prom.value(ended) == n, timeout=60, interval=0.5, what=f"prometheus to see {n} jobs end")
+    wait_for(lambda: prom.value(ended) == n, timeout=60, interval=0.1, what=f"prometheus to see {n} jobs end")
     # Queue state settles (the exporter is scraped every second too).
     wait_for(
         lambda: prom.value('sum(taskqueue_queue_jobs{state=~"queued|started|scheduled|deferred"})') == 0,
         timeout=20,
-        interval=0.5,
+        interval=0.1,
         what="an empty queue in prometheus",
     )
     w.seconds = time.monotonic() - t0

@@ -82,7 +82,7 @@ def test_alert_rules_loaded_and_only_the_failure_ratio_alert_is_pending(stack, w
         active = prom.api("alerts")["data"]["alerts"]
         return active if any(a["labels"]["alertname"] == "TaskqueueFailureRatioHigh" for a in active) else None
 
-    active = wait_for(alerts, timeout=15, interval=0.5, what="TaskqueueFailureRatioHigh to be pending")
+    active = wait_for(alerts, timeout=15, interval=0.1, what="TaskqueueFailureRatioHigh to be pending")
     assert [(a["labels"]["alertname"], a["labels"].get("queue"), a["state"]) for a in active] == [
         ("TaskqueueFailureRatioHigh", "default", "pending")
     ]
