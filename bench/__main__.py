@@ -59,7 +59,7 @@ def metrics(opts: Opts) -> dict[str, Any]:
 
 
 def benchmarks():
-    from bench import fastpaths, http_bench, memory, progress_bench, slots_bench, worker_bench
+    from bench import failover, fastpaths, http_bench, memory, progress_bench, slots_bench, worker_bench
 
     return {
         "start": http_bench.start,
@@ -72,6 +72,7 @@ def benchmarks():
         "fastpaths": fastpaths.fastpaths,
         "slots": slots_bench.slots,
         "progress": progress_bench.progress,
+        "failover": failover.failover,
     }
 
 

@@ -37,6 +37,13 @@ def test_env_is_parsed_and_flags_win(monkeypatch):
         ({"TASKQUEUE_REDIS_URL": "http://x"}, "redis_url"),
         ({"TASKQUEUE_METRICS_ENABLED": "maybe"}, "TASKQUEUE_METRICS_ENABLED"),
         ({"TASKQUEUE_QUEUES": " , "}, "queues"),
+        (
+            {"TASKQUEUE_REDIS_SENTINELS": "sentinel-0,sentinel-1:26379"},
+            "redis_sentinels: host:port expected, not sentinel-0",
+        ),
+        ({"TASKQUEUE_REDIS_SENTINELS": "h:0"}, "redis_sentinels"),
+        ({"TASKQUEUE_REDIS_SENTINELS": "h:26379", "TASKQUEUE_REDIS_MASTER_NAME": ""}, "redis_master_name"),
+        ({"TASKQUEUE_REDIS_SENTINELS": "h:26379", "TASKQUEUE_REDIS_URL": "unix:///r.sock"}, "unix"),
     ],
 )
 def test_bad_values_are_named(env, message):
@@ -53,3 +60,10 @@ def test_readme_config_table_matches_the_code():
 
 def test_every_setting_is_a_config_field():
     assert [s.name for s in config.SETTINGS] == [f.name for f in dataclasses.fields(config.Config)]
+
+
+def test_sentinel_addresses_are_host_port_pairs():
+    assert config.host_port("redis-0.redis:26379") == ("redis-0.redis", 26379)
+    assert config.host_port("[::1]:26379") == ("::1", 26379)
+    cfg = config.load({"TASKQUEUE_REDIS_SENTINELS": " a:1 , b:2 ,"})
+    assert cfg.redis_sentinels == ("a:1", "b:2") and cfg.redis_master_name == "taskqueue"

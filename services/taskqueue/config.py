@@ -36,6 +36,23 @@ def _str_list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) as a pair; ValueError when it is not one."""
+    host, sep, port = address.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
+
+
+def _is_host_port(address: str) -> bool:
+    try:
+        host_port(address)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Setting:
     """One configuration option: its field name, default, parser and help text."""
@@ -82,6 +99,17 @@ SETTINGS: tuple[Setting, ...] = (
         "Redis password (of `TASKQUEUE_REDIS_USERNAME`), so the URL can stay free of secrets.",
     ),
     Setting("redis_ca_cert", "", str, "CA bundle file to verify a `rediss://` server with."),
+    Setting(
+        "redis_sentinels",
+        "",
+        _str_list,
+        "Comma-separated Redis Sentinel addresses (`host:port`): Redis is then the primary they name, followed"
+        " across failovers; `TASKQUEUE_REDIS_URL` gives only its scheme (`rediss://`: TLS), database and"
+        " credentials. Empty: the URL's server.",
+    ),
+    Setting("redis_master_name", "taskqueue", str, "The name the sentinels monitor the primary by."),
+    Setting("redis_sentinel_username", "", str, "User to log in to the sentinels as; empty: their default user."),
+    Setting("redis_sentinel_password", "", str, "Password of the sentinels (their `requirepass`); empty: none."),
     Setting("redis_timeout", "1.0", float, "Redis connect and socket timeout, seconds."),
     Setting(
         "queues",
@@ -320,6 +348,10 @@ class Config:
     redis_username: str
     redis_password: str
     redis_ca_cert: str
+    redis_sentinels: tuple[str, ...]
+    redis_master_name: str
+    redis_sentinel_username: str
+    redis_sentinel_password: str
     redis_timeout: float
     queues: tuple[str, ...]
     task_modules: tuple[str, ...]
@@ -437,6 +469,14 @@ def _validate(cfg: Config) -> None:
         problems.append(str(exc))
     if not cfg.redis_url.startswith(("redis://", "rediss://", "unix://")):
         problems.append("redis_url: must start with redis://, rediss:// or unix://")
+    if cfg.redis_sentinels:
+        if cfg.redis_url.startswith("unix://"):
+            problems.append("redis_sentinels: Sentinel names a host and port, not a unix:// socket")
+        bad = [a for a in cfg.redis_sentinels if not _is_host_port(a)]
+        if bad:
+            problems.append(f"redis_sentinels: host:port expected, not {', '.join(bad)}")
+        if not cfg.redis_master_name:
+            problems.append("redis_master_name: the sentinels' name of the primary is needed")
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -14,7 +14,7 @@ from taskqueue.store.connection import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_UNAVAILABLE = 5
+RETRY_AFTER_UNAVAILABLE = 2  # a restart or a Sentinel failover (seconds): worth asking again soon
 RETRY_AFTER_BACKLOG = 10
 RETRY_AFTER_STORE_FULL = 30  # finished jobs expire and workers drain the queue: not within seconds
 

@@ -189,20 +189,14 @@ class JobService:
         deadline = time.monotonic() + IDEMPOTENCY_WAIT
         while True:
             job_id = uuid4().hex
+            claim = f"{job_id} {fingerprint}"
             # SET NX decides the race between concurrent requests with the same key. The claim is
             # short-lived until the job exists, so a request that dies in between blocks no one for long.
-            if self.redis.set(key, f"{job_id} {fingerprint}", nx=True, ex=IDEMPOTENCY_CLAIM_TTL):
-                try:
-                    queue = self.request_queue(req)
-                    self._check_capacity(queue, 1)
-                    # The job and the key's full lifetime in one atomic step: both or neither.
-                    (job,) = self.writer([req], queue).enqueue([req], [job_id], (key, self.cfg.result_ttl))
-                except BaseException:
-                    with contextlib.suppress(*UNAVAILABLE_ERRORS):
-                        self.redis.delete(key)
-                    raise
-                return job, True
+            if self.redis.set(key, claim, nx=True, ex=IDEMPOTENCY_CLAIM_TTL):
+                return self._enqueue_claimed(req, key, job_id), True
             existing = self.redis.get(key)
+            if existing == claim.encode():  # ours: redis-py sent the SET again, its first reply lost (a failover)
+                return self._enqueue_claimed(req, key, job_id), True
             if existing is not None:
                 existing_id, bound, first_fingerprint = existing.decode().partition(" ")
                 if bound and first_fingerprint != fingerprint:  # (a key written before keys were bound: any)
@@ -214,6 +208,18 @@ class JobService:
             if time.monotonic() > deadline:
                 raise JobStateConflict("a request with this Idempotency-Key is still being processed")
             time.sleep(0.02)
+
+    def _enqueue_claimed(self, req: JobRequest, key: str, job_id: str) -> Enqueued:
+        """Write the job of a claimed key, and the key's full lifetime, in one atomic step: both or neither."""
+        try:
+            queue = self.request_queue(req)
+            self._check_capacity(queue, 1)
+            (job,) = self.writer([req], queue).enqueue([req], [job_id], (key, self.cfg.result_ttl))
+        except BaseException:
+            with contextlib.suppress(*UNAVAILABLE_ERRORS):  # unreachable: the claim ends with its TTL
+                self.redis.delete(key)
+            raise
+        return job
 
     def enqueue_batch(self, reqs: Sequence[JobRequest]) -> list[Enqueued]:
         """Enqueue many jobs in one atomic Redis call: all of them or none."""

@@ -109,9 +109,10 @@ class Client:
     ) -> str:
         """Enqueue ``task`` with keyword ``args``; the job id.
 
-        ``retry_for``: seconds to keep trying while the API answers 429 or 503, waiting its Retry-After
-        between tries; the tries share one Idempotency-Key (``idempotency_key``, else a new one), so the
-        job is enqueued once however many answers were lost. ``run_at`` (a time with a zone) or
+        ``retry_for``: seconds to keep trying while the API answers 429, 503 or 409 ``idempotency_conflict``
+        (an earlier try still holds the key), waiting its Retry-After between tries; the tries share one
+        Idempotency-Key (``idempotency_key``, else a new one), so the job is enqueued once however many answers
+        were lost. ``run_at`` (a time with a zone) or
         ``delay_seconds`` schedules the job to run then. ``callback_url``: where to POST the job's outcome when it
         ends (check it there with :func:`verify_webhook`).
         """
@@ -129,7 +130,9 @@ class Client:
         while True:
             try:
                 return self.request("POST", "/jobs", body, headers)["jobId"]
-            except BUSY as exc:
+            except (*BUSY, Conflict) as exc:
+                if isinstance(exc, Conflict) and exc.code != "idempotency_conflict":
+                    raise  # the key was used with another request: no retry helps
                 pause = exc.retry_after if exc.retry_after is not None else 1.0
                 if time.monotonic() + pause > deadline:
                     raise
