@@ -45,7 +45,7 @@ def test_a_request_names_a_configured_queue_or_gets_a_400(generator, worker):
     assert r.status_code == 202, r.text
     low = wait_status(generator.base, r.json()["jobId"], {"finished"}, timeout=15)
     assert low["queue"] == "low"
-    # An idle worker blocks on `default` and looks at the other queues every 0.2 s (job_path.IDLE_LOOK_EVERY).
+    # An idle worker blocks on `default` and looks at the other queues every 0.2 s (store/queues.py, IDLE_LOOK_EVERY).
     started, enqueued = (datetime.fromisoformat(low[k]) for k in ("startedAt", "enqueuedAt"))
     assert (started - enqueued).total_seconds() < 1.0, low
     plain = requests.post(generator.base + "/jobs", json={"task": "noop"}, timeout=5).json()
@@ -63,3 +63,53 @@ def test_a_request_names_a_configured_queue_or_gets_a_400(generator, worker):
     doc = requests.get(generator.base + "/openapi.json", timeout=5).json()
     variants = doc["components"]["schemas"]["JobRequest"]["oneOf"]
     assert all(v["properties"]["queue"]["enum"] == ["high", "default", "low"] for v in variants)
+
+
+def test_a_stock_take_off_several_queues_leaves_the_job_in_its_intermediate_list(service, redis_client, cfg):
+    """Stock RQ pops several queues with BLPOP: the job is in no list until its start is written, and lost if the
+    worker dies or Redis fails over in between. The stock workers' take (store/queues.py) moves it into its queue's
+    intermediate list, where the exporter finds it; empty queues time out as RQ's do."""
+    from rq.exceptions import DequeueTimeout
+
+    from taskqueue.exporter.collector import QueueState
+    from taskqueue.store.queues import TakingQueue
+    from taskqueue.store.records import SERIALIZER
+    from taskqueue.tasks import load
+
+    job_id = requests_free_enqueue(service, load()["noop"], "low")
+    queues = [TakingQueue(n, connection=service.redis, serializer=SERIALIZER) for n in cfg.queues]
+    job, queue = TakingQueue.dequeue_any(queues, 1, connection=service.redis, serializer=SERIALIZER)
+    assert (job.id, queue.name) == (job_id, "low")
+    assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == [job_id.encode()]
+    assert redis_client.llen(queue.key) == 0
+    # The worker dies here: the exporter's cleanup puts the job back after two passes, no retry spent.
+    state = QueueState(cfg, service.redis)
+    assert state.requeue_stranded(queue) == [] and state.requeue_stranded(queue) == [job_id]
+    assert redis_client.lrange(queue.key, 0, -1) == [job_id.encode()]
+    # Nothing queued: a timeout, after it; no wait asked: None at once.
+    TakingQueue.dequeue_any(queues, 1, connection=service.redis, serializer=SERIALIZER)
+    with pytest.raises(DequeueTimeout):
+        TakingQueue.dequeue_any(queues, 1, connection=service.redis, serializer=SERIALIZER)
+    assert TakingQueue.dequeue_any(queues, None, connection=service.redis, serializer=SERIALIZER) is None
+
+
+def requests_free_enqueue(service, task, queue: str) -> str:
+    """Enqueue a job of ``task`` on ``queue`` in this process (the generator's JobService)."""
+    from taskqueue.store.enqueue import JobRequest
+
+    job, _created = service.enqueue(JobRequest(task, [], queue=queue))
+    return job.id
+
+
+@pytest.mark.parametrize("worker_class", ["simple", "fork"])
+def test_stock_workers_on_several_queues_leave_no_job_in_the_intermediate_lists(
+    worker_class, generator, app_env, redis_client, processes
+):
+    """The stock workers take jobs into their queue's intermediate list and out of it as they start them."""
+    processes.worker(env={**app_env, "TASKQUEUE_FAST_PATHS": "off", "TASKQUEUE_WORKER_CLASS": worker_class})
+    jobs = [{"task": "noop", "queue": q} for q in ("high", "default", "low") for _ in range(3)]
+    r = requests.post(generator.base + "/jobs/batch", json={"jobs": jobs}, timeout=5)
+    ids = [j["jobId"] for j in r.json()["jobs"]]
+    for job_id in ids:
+        wait_status(generator.base, job_id, {"finished"}, timeout=20)
+    assert [redis_client.llen(f"rq:queue:{q}:intermediate") for q in ("high", "default", "low")] == [0, 0, 0]

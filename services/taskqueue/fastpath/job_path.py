@@ -52,9 +52,9 @@ redis-py's per-call layers.
 Everything else is RQ's own code: the job runs inside ``perform_job`` under RQ's death penalty
 (timeouts), failures go through RQ's ``handle_job_failure`` (retries, failed registry, results),
 and jobs with a repeat, a rate limit, ``result_ttl=0`` or callbacks take RQ's stock methods. A worker
-on several queues pops from the first non-empty one in order with a script (:data:`POP_FIRST`), into
-that queue's intermediate list as for one queue, where stock RQ pops with LPOP/BLPOP and no
-intermediate list (a job popped by a worker killed before it started it is then lost).
+on several queues pops from the first non-empty one in order with a script (``store/queues.py``'s
+:data:`POP_FIRST`, which the stock workers' take uses too), into that queue's intermediate list as for one
+queue.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ from taskqueue.fastpath import redis_pipeline
 from taskqueue.fastpath.timestamps import rq_timestamp
 from taskqueue.store.connection import STORE_FULL_ERRORS
 from taskqueue.store.outcomes import BoundedResultJob
+from taskqueue.store.queues import IDLE_LOOK_EVERY, POP_FIRST, pop_keys
 from taskqueue.store.records import RETURNS_FIELD
 from taskqueue.tasks import report
 from taskqueue.timers import Timers
@@ -91,14 +92,6 @@ from taskqueue.timers import Timers
 # The first job of the first non-empty queue (priority order) into that queue's intermediate list, as
 # RQ's LMOVE does for one queue. KEYS: each queue's list, then its intermediate list. Returns
 # {the queue's place (from 1), the job id}, or nil.
-POP_FIRST = """
-for i = 1, #KEYS, 2 do
-    local job_id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
-    if job_id then return {(i + 1) / 2, job_id} end
-end
-return false
-"""
-IDLE_LOOK_EVERY = 0.2  # seconds an idle worker on several queues blocks on one before it looks at all
 # Put a popped job back at the front of its queue, if it is still in the intermediate list.
 GIVE_BACK = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
@@ -344,7 +337,7 @@ class LeanJobPath:
 
     def _pop_keys(self) -> list[str]:
         """Each queue's list and intermediate list, in priority order: the keys of :data:`POP_FIRST`."""
-        return [key for q in self.queues for key in (q.key, q.intermediate_queue_key)]
+        return pop_keys(self.queues)
 
     def _pop(self) -> tuple[Queue, str] | None:
         """The first job of the first non-empty queue, moved into that queue's intermediate list."""

@@ -41,6 +41,7 @@ from taskqueue.observability.logs import current_job_id
 from taskqueue.store import outcomes
 from taskqueue.store.connection import STORE_FULL_ERRORS, UNAVAILABLE_ERRORS
 from taskqueue.store.outcomes import BoundedResultJob
+from taskqueue.store.queues import TakingQueue
 from taskqueue.tasks import Catalogue, report
 from taskqueue.tasks import load as load_catalogue
 
@@ -327,7 +328,17 @@ class TaskqueueWorkerMixin:
         raise NotImplementedError
 
 
-class ForkingWorker(TaskqueueWorkerMixin, Worker):
+class TakesIntoIntermediateList:
+    """RQ's take on several queues as on one (store/queues.py): the job goes into its queue's intermediate list,
+    and out of it in the transaction that starts it, so it is never in no list (stock RQ pops with BLPOP there)."""
+
+    queue_class = TakingQueue
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)  # type: ignore[misc]
+
+
+class ForkingWorker(TakesIntoIntermediateList, TaskqueueWorkerMixin, Worker):
     """A work-horse process per job: isolation at the cost of a fork per job."""
 
     def interrupt_job(self) -> None:
@@ -421,7 +432,7 @@ class InProcessMixin:
         raise ShutdownRequeue()
 
 
-class InProcessWorker(InProcessMixin, TaskqueueWorkerMixin, SimpleWorker):
+class InProcessWorker(TakesIntoIntermediateList, InProcessMixin, TaskqueueWorkerMixin, SimpleWorker):
     """RQ's ``SimpleWorker`` job handling, with the above."""
 
 
