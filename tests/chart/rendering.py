@@ -161,6 +161,36 @@ CASES: dict[str, Case] = {
                 _secret("redis-ca", NAMESPACE, {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}),
             ),
         ),
+        # Redis HA: three Redis pods with a Sentinel each, the pods required on nodes of their own; KEDA's trigger
+        # asks the sentinels for the primary (redis-sentinel).
+        Case(
+            "redis-sentinel",
+            {
+                "redis": {"mode": "sentinel", "sentinel": {"antiAffinity": "hard"}},
+                "autoscaling": {"trigger": "redis-list"},
+            },
+        ),
+        # A managed Redis behind its own sentinels, with a password and a user of theirs.
+        Case(
+            "redis-sentinel-external",
+            {
+                "externalRedis": {
+                    **EXTERNAL_REDIS["externalRedis"],
+                    "sentinel": {
+                        "addresses": ["sentinel-a.example.internal:26379", "sentinel-b.example.internal:26380"],
+                        "masterName": "jobs",
+                        "username": "tq-sentinel",
+                        "passwordKey": "sentinel-key",
+                    },
+                },
+                "networkPolicy": EXTERNAL_REDIS["networkPolicy"],
+                "autoscaling": {"trigger": "redis-list"},
+            },
+            provided=(
+                _secret("redis-credentials", NAMESPACE, {"password": "s3cret", "sentinel-key": "s3cret-sentinel"}),
+                _secret("redis-ca", NAMESPACE, {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}),
+            ),
+        ),
         # A team's own tasks (README, "Your own tasks"): their images, and a module named by the setting.
         Case(
             "own-tasks",

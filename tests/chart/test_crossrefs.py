@@ -311,12 +311,18 @@ def test_redis_list_trigger_reads_the_queue_and_redis_the_app_uses(case):
     objs, _so, w, trigger = _scaled_object(c)
     env = resolve_env(w, pod_spec(w)["containers"][0], objs)
     cfg = tq_config.load(env)
-    assert trigger["type"] == "redis"
     meta = trigger["metadata"]
     # The list RQ pushes the generator's jobs onto.
     assert meta["listName"] == Queue.redis_queue_namespace_prefix + cfg.queue == f"rq:queue:{cfg.queue}"
     url = urlparse(cfg.redis_url)
-    assert meta["address"] == f"{url.hostname}:{url.port or 6379}"
+    if cfg.redis_sentinels:  # KEDA asks the apps' sentinels for the apps' primary, with their password
+        assert trigger["type"] == "redis-sentinel"
+        assert meta["addresses"] == ",".join(cfg.redis_sentinels)
+        assert meta["sentinelMaster"] == cfg.redis_master_name
+        assert meta.get("sentinelUsername", "") == cfg.redis_sentinel_username
+    else:
+        assert trigger["type"] == "redis"
+        assert meta["address"] == f"{url.hostname}:{url.port or 6379}"
     assert int(meta.get("databaseIndex", "0")) == int(url.path.lstrip("/") or 0)
     assert (meta.get("enableTLS") == "true") == (url.scheme == "rediss")
     # KEDA authenticates from the Secret the worker reads its password from, as its own user (the chart's
@@ -331,6 +337,13 @@ def test_redis_list_trigger_reads_the_queue_and_redis_the_app_uses(case):
     key = keda["passwordKey"] or external["passwordKey"]
     assert (params["password"]["name"], params["password"]["key"]) == (password_ref["name"], key)
     assert key in find(objs, "Secret", password_ref["name"], c.namespace)["data"]
+    if cfg.redis_sentinels:
+        sentinel_ref = next(v["valueFrom"]["secretKeyRef"] for v in pod_spec(w)["containers"][0]["env"]
+                            if v["name"] == "TASKQUEUE_REDIS_SENTINEL_PASSWORD")  # fmt: skip
+        assert (params["sentinelPassword"]["name"], params["sentinelPassword"]["key"]) == (
+            sentinel_ref["name"],
+            sentinel_ref["key"],
+        )
     if cfg.redis_ca_cert:
         vol = next(v for v in pod_spec(w)["volumes"] if v["name"] == "redis-ca")
         assert params["ca"]["name"] == vol["secret"]["secretName"]
@@ -475,6 +488,8 @@ def test_pods_meet_the_restricted_pod_security_standard(case):
             mounts = {m["mountPath"] for m in c.get("volumeMounts") or []}
             if component(w) in APP_COMPONENTS:
                 assert "/tmp" in mounts, f"{name}: gunicorn and prometheus-client need a writable /tmp"
+            elif c["name"] == "sentinel":  # Sentinel rewrites its config as it learns: a tmpfs of its own
+                assert {"/run/sentinel", "/tmp"} <= mounts
             else:
                 assert "/data" in mounts
 
@@ -579,3 +594,41 @@ def test_own_tasks_images_and_modules_reach_every_component():
     for name, w in apps.items():
         env = resolve_env(w, pod_spec(w)["containers"][0], objs)
         assert env["TASKQUEUE_TASK_MODULES"] == "team_tasks.reports, team_tasks.mail", name
+
+
+@pytest.mark.parametrize("case", [n for n in CASE_NAMES if values_of(CASES[n])["redis"]["mode"] == "sentinel"])
+def test_sentinel_mode_the_apps_find_the_redis_pods_sentinels_with_the_secrets_passwords(case):
+    """Every process's sentinels are the three Redis pods' DNS names (the StatefulSet's pods through its headless
+    Service) at the Sentinel containers' port, which the Service publishes before the pods are ready; the pods'
+    own start script gets the same list; the Secret holds the passwords replicas, Sentinel and the apps use."""
+    c = CASES[case]
+    objs = objects(c)
+    sts = next(s for s in by_kind(objs, "StatefulSet") if s["metadata"]["name"].endswith("-redis"))
+    assert sts["spec"]["replicas"] == 3
+    svc = find(objs, "Service", sts["spec"]["serviceName"], c.namespace)
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    pod = sts["spec"]["template"]["spec"]
+    assert selector_matches({"matchLabels": svc["spec"]["selector"]}, sts["spec"]["template"]["metadata"]["labels"])
+    containers = {k["name"]: k for k in pod["containers"]}
+    port = next(p["containerPort"] for p in containers["sentinel"]["ports"] if p["name"] == "sentinel")
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]}["sentinel"] == port
+    domain = f"{svc['metadata']['name']}.{c.namespace}.svc.cluster.local"
+    pods = [f"{sts['metadata']['name']}-{i}.{domain}" for i in range(3)]
+    expected = tuple(f"{host}:{port}" for host in pods)
+    for comp in APP_COMPONENTS:
+        w = workload(objs, comp)
+        cfg = tq_config.load(resolve_env(w, pod_spec(w)["containers"][0], objs))
+        assert cfg.redis_sentinels == expected, comp
+        assert cfg.redis_master_name == values_of(c)["redis"]["sentinel"]["masterName"]
+    for name in ("redis", "sentinel"):
+        env = {e["name"]: e.get("value") for e in containers[name]["env"]}
+        assert env["SENTINELS"].split() == list(expected)
+        assert env["FIRST_PRIMARY"] == f"{pods[0]}:{values_of(c)['redis']['port']}"
+        assert env["ANNOUNCE_HOST"] == f"$(POD_NAME).{svc['metadata']['name']}.{c.namespace}.svc.cluster.local"
+    secret = find(objs, "Secret", sts["metadata"]["name"], c.namespace)
+    for key in ("replica-password", "sentinel-password", "sentinel-requirepass"):
+        assert key in secret["data"], key
+    assert pod["affinity"]["podAntiAffinity"]
+    pdb = next(p for p in by_kind(objs, "PodDisruptionBudget") if p["metadata"]["name"] == sts["metadata"]["name"])
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert selector_matches(pdb["spec"]["selector"], sts["spec"]["template"]["metadata"]["labels"])

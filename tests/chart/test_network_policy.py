@@ -83,7 +83,10 @@ def build_model(case) -> tuple[Model, list[dict]]:
         Endpoint("internet", None, ip="203.0.113.7"),
     ]
     if case.values.get("externalRedis", {}).get("enabled"):
-        model.endpoints.append(Endpoint("external-redis", None, ports=(("redis", 6380),), ip="10.20.1.5"))
+        # With externalRedis.sentinel.addresses, the managed Redis's sentinels too, in its network (the policies
+        # name networks: networkPolicy.externalRedisTo).
+        sentinels = tuple(("sentinel", port) for port in external_sentinel_ports(case))
+        model.endpoints.append(Endpoint("external-redis", None, ports=(("redis", 6380), *sentinels), ip="10.20.1.5"))
     if case.values.get("webhooks", {}).get("allowedHosts"):
         model.endpoints += [
             # In 10.1.2.0/24 and at 192.0.2.7 (the webhooks case's allowedHosts), on ports of their own;
@@ -181,6 +184,12 @@ def allowed(policies, src: Endpoint, dst: Endpoint, port: int, proto: str) -> bo
 NOT_PUBLIC = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")]
 
 
+def external_sentinel_ports(case) -> list[int]:
+    """The ports of the case's externalRedis.sentinel.addresses."""
+    addresses = case.values.get("externalRedis", {}).get("sentinel", {}).get("addresses", [])
+    return sorted({int(a.rsplit(":", 1)[1]) for a in addresses})
+
+
 def candidate_ports(model: Model) -> set[tuple[int, str]]:
     return {(n, "TCP") for e in model.endpoints for _, n in e.ports} | {(53, "UDP"), (53, "TCP"), (443, "TCP")}
 
@@ -197,10 +206,19 @@ def needed_connections(case, model: Model, objs) -> set[tuple[str, str, int, str
         need.add((app.name, redis, redis_port, "TCP"))
         need |= {(app.name, "coredns", 53, "UDP"), (app.name, "coredns", 53, "TCP")}
         need.add(("prometheus", app.name, ports[app.name]["metrics"], "TCP"))
+    # Sentinel mode: every process (and KEDA's trigger) asks the sentinels for the primary; the Redis pods replicate
+    # and watch each other, and resolve each other's names.
+    sentinel_ports = [port for name, port in model.get(redis).ports if name == "sentinel"]
+    if redis == "redis" and sentinel_ports:
+        need |= {("redis", "coredns", 53, "UDP"), ("redis", "coredns", 53, "TCP")}
+    for app in apps:
+        need |= {(app.name, redis, port, "TCP") for port in sentinel_ports}
     for so in by_kind(objs, "ScaledObject"):
         for trigger in so["spec"]["triggers"]:
-            if trigger["type"] == "redis" and redis == "redis":
+            if trigger["type"] in ("redis", "redis-sentinel") and redis == "redis":
                 need.add(("keda-operator", "redis", redis_port, "TCP"))
+            if trigger["type"] == "redis-sentinel" and redis == "redis":  # (KEDA's egress out is not ours)
+                need |= {("keda-operator", "redis", port, "TCP") for port in sentinel_ports}
             if trigger["type"] == "metrics-api":
                 # KEDA's metrics-api scaler GETs the exporter's /scale on its metrics port.
                 need.add(("keda-operator", "exporter", ports["exporter"]["metrics"], "TCP"))

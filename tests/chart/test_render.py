@@ -9,7 +9,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tests.chart.rendering import CASES, CHART_DIR, by_kind, kube_version, objects, one, render
+from tests.chart.rendering import CASES, CHART_DIR, by_kind, kube_version, objects, one, render, render_values
 
 CASE_NAMES = sorted(CASES)
 
@@ -80,6 +80,21 @@ def test_matrix_toggles_what_it_says():
         for name in ("defaults", "other-release")
     }
     assert fast_paths == {"defaults": "on", "other-release": "off"}
+    # Sentinel mode: three Redis pods, each with a Sentinel, a disruption budget; standalone (the default): one.
+    redis_pdbs = {
+        name: [p for p in by_kind(objects(case), "PodDisruptionBudget") if p["metadata"]["name"].endswith("-redis")]
+        for name, case in CASES.items()
+    }
+    assert [name for name, pdbs in redis_pdbs.items() if pdbs] == ["redis-sentinel"]
+    for name, count in (("defaults", 1), ("redis-sentinel", 3)):
+        sts = by_kind(objects(CASES[name]), "StatefulSet")[0]
+        containers = [c["name"] for c in sts["spec"]["template"]["spec"]["containers"]]
+        assert (sts["spec"]["replicas"], containers) == (count, ["redis", "sentinel"][: 1 + (count > 1)])
+    anti = by_kind(objects(CASES["redis-sentinel"]), "StatefulSet")[0]["spec"]["template"]["spec"]["affinity"]
+    assert anti["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]  # the case's antiAffinity: hard
+    anti = render_values({"redis": {"mode": "sentinel"}})
+    anti = by_kind(anti, "StatefulSet")[0]["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert list(anti) == ["preferredDuringSchedulingIgnoredDuringExecution"]  # the default: soft (kind: one node)
 
 
 @pytest.mark.parametrize(
@@ -100,6 +115,11 @@ def test_matrix_toggles_what_it_says():
         {"webhooks": {"allowedHosts": ["https://hooks.example.com/done"]}},  # hosts, not URLs
         {"webhooks": {"concurrency": 0}},
         {"networkPolicy": {"exporterEgress": {"to": []}}},
+        {"redis": {"mode": "cluster"}},
+        {"redis": {"mode": "sentinel", "sentinel": {"quorum": 4}}},
+        {"redis": {"sentinel": {"antiAffinity": "strict"}}},
+        {"externalRedis": {"sentinel": {"addresses": "sentinel:26379"}}},  # a list
+        {"externalRedis": {"sentinel": {"addresses": ["sentinel"]}}},  # host:port
     ],
 )
 def test_schema_rejects(bad):

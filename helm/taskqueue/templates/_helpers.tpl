@@ -154,6 +154,69 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.externalRedis.enabled (or .Values.externalRedis.tls.caSecret .Values.externalRedis.tls.caConfigMap) }}true{{ end }}
 {{- end }}
 
+{{/* "true" when the processes find Redis's primary through Sentinel: the chart's sentinel mode
+     (redis.mode=sentinel), or an external Redis with sentinels (externalRedis.sentinel.addresses). */}}
+{{- define "taskqueue.redis.sentinel" -}}
+{{- if .Values.externalRedis.enabled }}
+{{- if .Values.externalRedis.sentinel.addresses }}true{{ end }}
+{{- else if eq .Values.redis.mode "sentinel" }}true{{ end }}
+{{- end }}
+
+{{/* The DNS name of the chart's Redis pod number i (dict "ctx" $ "i" 0), through the headless Service. */}}
+{{- define "taskqueue.redis.podHost" -}}
+{{- printf "%s-%d.%s.%s.svc.%s" (include "taskqueue.redis.fullname" .ctx) (int .i) (include "taskqueue.redis.headless" .ctx) .ctx.Release.Namespace .ctx.Values.clusterDomain }}
+{{- end }}
+
+{{/* The sentinels' host:port, comma-separated: the chart's three pods', or externalRedis.sentinel.addresses. */}}
+{{- define "taskqueue.redis.sentinels" -}}
+{{- if .Values.externalRedis.enabled }}
+{{- join "," .Values.externalRedis.sentinel.addresses }}
+{{- else }}
+{{- $all := list }}
+{{- range $i := until 3 }}
+{{- $all = append $all (printf "%s:%d" (include "taskqueue.redis.podHost" (dict "ctx" $ "i" $i)) (int $.Values.redis.sentinel.port)) }}
+{{- end }}
+{{- join "," $all }}
+{{- end }}
+{{- end }}
+
+{{- define "taskqueue.redis.masterName" -}}
+{{- if .Values.externalRedis.enabled }}
+{{- required "externalRedis.sentinel.masterName: the name the sentinels know the primary by" .Values.externalRedis.sentinel.masterName }}
+{{- else }}
+{{- .Values.redis.sentinel.masterName }}
+{{- end }}
+{{- end }}
+
+{{/* The key of the sentinels' own password in the Redis Secret; empty: they ask none. */}}
+{{- define "taskqueue.redis.sentinelSecretKey" -}}
+{{- if .Values.externalRedis.enabled }}{{ .Values.externalRedis.sentinel.passwordKey }}{{ else }}sentinel-requirepass{{ end }}
+{{- end }}
+
+{{- define "taskqueue.redis.sentinelUsername" -}}
+{{- if .Values.externalRedis.enabled }}{{ .Values.externalRedis.sentinel.username }}{{ end }}
+{{- end }}
+
+{{/* env of the chart's Redis and Sentinel containers in sentinel mode (files/redis-start.sh reads it). */}}
+{{- define "taskqueue.redis.sentinelEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: ANNOUNCE_HOST
+  value: {{ printf "$(POD_NAME).%s.%s.svc.%s" (include "taskqueue.redis.headless" .) .Release.Namespace .Values.clusterDomain | quote }}
+- name: REDIS_PORT
+  value: {{ .Values.redis.port | quote }}
+- name: SENTINEL_PORT
+  value: {{ .Values.redis.sentinel.port | quote }}
+- name: SENTINELS
+  value: {{ include "taskqueue.redis.sentinels" . | replace "," " " | quote }}
+- name: FIRST_PRIMARY
+  value: {{ printf "%s:%d" (include "taskqueue.redis.podHost" (dict "ctx" . "i" 0)) (int .Values.redis.port) | quote }}
+- name: MASTER_NAME
+  value: {{ .Values.redis.sentinel.masterName | quote }}
+{{- end }}
+
 {{/* -- Webhooks -------------------------------------------------------------------------------- */}}
 
 {{/* "true" when any callback host is allowed (the exporter then sends webhooks and needs the key). */}}
@@ -221,6 +284,25 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef:
       name: {{ . }}
       key: {{ include "taskqueue.redis.secretKey" $ }}
+{{- end }}
+{{- if include "taskqueue.redis.sentinel" $ctx }}
+# Redis is the primary these sentinels name (the URL gives only its scheme and database).
+- name: TASKQUEUE_REDIS_SENTINELS
+  value: {{ include "taskqueue.redis.sentinels" $ctx | quote }}
+- name: TASKQUEUE_REDIS_MASTER_NAME
+  value: {{ include "taskqueue.redis.masterName" $ctx | quote }}
+{{- with include "taskqueue.redis.sentinelUsername" $ctx }}
+- name: TASKQUEUE_REDIS_SENTINEL_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- $sentinelKey := include "taskqueue.redis.sentinelSecretKey" $ctx }}
+{{- with and $sentinelKey (include "taskqueue.redis.secretName" $ctx) }}
+- name: TASKQUEUE_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $sentinelKey }}
+{{- end }}
 {{- end }}
 {{- if include "taskqueue.redis.hasCA" $ctx }}
 - name: TASKQUEUE_REDIS_CA_CERT
@@ -342,6 +424,18 @@ automountServiceAccountToken: {{ .ctx.Values.serviceAccount.automountServiceAcco
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- $sentinels := list }}
+{{- range .Values.externalRedis.sentinel.addresses }}{{ $sentinels = append $sentinels (int (regexReplaceAll "^.*:" . "")) }}{{ end }}
+{{- with $sentinels | uniq }}
+- ports:
+    {{- range . }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+  {{- with $.Values.networkPolicy.externalRedisTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
 {{- else }}
 - to:
     - podSelector:
@@ -350,6 +444,10 @@ automountServiceAccountToken: {{ .ctx.Values.serviceAccount.automountServiceAcco
   ports:
     - protocol: TCP
       port: {{ .Values.redis.port }}
+    {{- if include "taskqueue.redis.sentinel" . }}
+    - protocol: TCP
+      port: {{ .Values.redis.sentinel.port }}
+    {{- end }}
 {{- end }}
 {{- end }}
 
