@@ -7,8 +7,9 @@ the generator, two workers and the exporter, and a client enqueueing over HTTP w
 
 - ``kill``: the primary SIGKILLed, brought back as a replica, then the new primary SIGKILLed (the test's run,
   tests/test_failover.py);
-- ``partition``: both replicas cut off (SIGSTOP) for 15 s while the primary takes enqueues, then the primary
-  SIGKILLed and the replicas back: the loss asynchronous replication allows, and what the setting bounds.
+- ``partition``: the primary cut off from both replicas (their replication user disabled, their links dropped)
+  for 10 s while it takes enqueues, then SIGKILLed: the loss asynchronous replication allows, and what the
+  setting prevents.
 
 Figures: seconds from the kill to the first 2xx enqueue and to the Sentinels naming the new primary, answers by
 status, accepted jobs that never finished (their records lost with the old primary: 404), jobs run twice.
