@@ -84,12 +84,16 @@ class PodRunner:
             (target / path).chmod(0o644)
         target.chmod(0o755)
 
-    def podman_args(self, workload: dict[str, Any], image: str) -> tuple[str, list[str]]:
-        """The `podman run` arguments for the workload's first container."""
+    def podman_args(self, workload: dict[str, Any], image: str, container: str | None = None) -> tuple[str, list[str]]:
+        """The `podman run` arguments for one container of the workload's first pod (``container``: its name;
+        default: the first container). Each container of a pod runs as a container of its own, with the pod's volumes
+        mounted as that container mounts them (an emptyDir is not shared between them)."""
         spec = pod_spec(workload)
-        container = spec["containers"][0]
+        container = self.container(workload, container)
         ns = workload["metadata"]["namespace"]
         name = f"{self.prefix}-{workload['metadata']['name']}"
+        if container is not spec["containers"][0]:
+            name = f"{name}-{container['name']}"
         psc, sc = spec.get("securityContext") or {}, container.get("securityContext") or {}
         args = ["run", "--detach", "--pull", "never", "--name", name, "--network", "host"]
         # The limits this machine allows (podman's defaults ask for more; see tests/images/build.sh).
@@ -138,8 +142,13 @@ class PodRunner:
         args += container.get("args") or []
         return name, args
 
-    def start(self, workload: dict[str, Any], image: str) -> str:
-        name, args = self.podman_args(workload, image)
+    @staticmethod
+    def container(workload: dict[str, Any], name: str | None) -> dict[str, Any]:
+        containers = pod_spec(workload)["containers"]
+        return next(c for c in containers if c["name"] == name) if name else containers[0]
+
+    def start(self, workload: dict[str, Any], image: str, container: str | None = None) -> str:
+        name, args = self.podman_args(workload, image, container)
         podman("rm", "--force", name, check=False)
         podman(*args)
         self.started.append(name)
@@ -174,9 +183,11 @@ class PodRunner:
             return False
         raise AssertionError(f"unknown probe {probe}")
 
-    def wait_ready(self, name: str, workload: dict[str, Any], timeout: float = 60) -> None:
-        """The startup probe, then the readiness probe, each until it passes."""
-        container = pod_spec(workload)["containers"][0]
+    def wait_ready(
+        self, name: str, workload: dict[str, Any], timeout: float = 60, container: str | None = None
+    ) -> None:
+        """The startup probe, then the readiness probe, each until it passes (of ``container``, default the first)."""
+        container = self.container(workload, container)
         deadline = time.monotonic() + timeout
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             probe = container[kind]

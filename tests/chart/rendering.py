@@ -367,10 +367,25 @@ def find(objs: list[dict[str, Any]], kind: str, name: str, namespace: str) -> di
     return None
 
 
-def resolve_env(pod_owner: dict[str, Any], container: dict[str, Any], objs: list[dict[str, Any]]) -> dict[str, str]:
-    """A container's environment as the kubelet builds it: envFrom first, then env (ConfigMap/Secret resolved)."""
+def pod_name(pod_owner: dict[str, Any], ordinal: int = 0) -> str:
+    """The name of one of a workload's pods: a StatefulSet's by its ordinal; a Deployment's, one made up."""
+    name = pod_owner["metadata"]["name"]
+    return f"{name}-{ordinal}" if pod_owner["kind"] == "StatefulSet" else f"{name}-5d8f7b9c4-x2k7q"
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    """$(VAR) in an env value, as the kubelet expands it: a variable defined before it, else left as it is; $$ is $."""
+    return re.sub(r"\$\$|\$\(([^)]*)\)", lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), value)
+
+
+def resolve_env(
+    pod_owner: dict[str, Any], container: dict[str, Any], objs: list[dict[str, Any]], ordinal: int = 0
+) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: envFrom first, then env (ConfigMap/Secret resolved, the
+    pod's name and namespace from fieldRef, $(VAR) expanded); ``ordinal``: which of a StatefulSet's pods."""
     ns = pod_owner["metadata"]["namespace"]
     env: dict[str, str] = {}
+    fields = {"metadata.name": pod_name(pod_owner, ordinal), "metadata.namespace": ns}
 
     def lookup(kind: str, name: str) -> dict[str, str]:
         obj = find(objs, kind, name, ns)
@@ -388,9 +403,14 @@ def resolve_env(pod_owner: dict[str, Any], container: dict[str, Any], objs: list
             env.update(lookup("Secret", src["secretRef"]["name"]))
     for var in container.get("env") or []:
         if "value" in var:
-            env[var["name"]] = str(var["value"])
+            env[var["name"]] = _expand(str(var["value"]), env)
             continue
         ref = var["valueFrom"]
+        if "fieldRef" in ref:
+            path = ref["fieldRef"]["fieldPath"]
+            assert path in fields, f"{container['name']}: fieldRef {path} not known to the tests"
+            env[var["name"]] = fields[path]
+            continue
         if "configMapKeyRef" in ref:
             data = lookup("ConfigMap", ref["configMapKeyRef"]["name"])
             key = ref["configMapKeyRef"]["key"]

@@ -11,6 +11,8 @@ shows that our images work as bases, and that a job of the example's task runs t
 Redis runs from the chart's Redis spec too when its image is in the local store (or TQ_REDIS_IMAGE
 names one); CI cannot pull docker.io, so otherwise the chart's rendered start script runs a host
 redis-server with the rendered redis.conf, users and passwords instead (said in the test's output).
+In sentinel mode (redis.mode=sentinel) that is the first pod's Redis and Sentinel, and the app pods find the
+primary through the Sentinel by the names the chart gives them (each Redis pod's DNS name -> 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -48,11 +50,11 @@ def ensure_images(images: list[str]) -> None:
     assert not still, f"tests/images/{BUILD_SCRIPTS} did not produce {still}"
 
 
-@pytest.fixture
-def case():
+@pytest.fixture(params=["standalone", "sentinel"])
+def case(request):
     """The default values with the team's images, on free loopback ports (several test runs may share this
-    machine)."""
-    ports = [podrun.free_port() for _ in range(5)]
+    machine); Redis standalone, and in sentinel mode (the apps then find the primary through a Sentinel)."""
+    ports = [podrun.free_port() for _ in range(6)]
     values = {
         "generator": {
             "image": {"repository": TASKS_REPOSITORIES["generator"]},
@@ -62,7 +64,12 @@ def case():
         },
         "worker": {"image": {"repository": TASKS_REPOSITORIES["worker"]}, "metricsPort": ports[2]},
         "exporter": {"metricsPort": ports[3]},
-        "redis": {"port": ports[4]},
+        # One Redis pod runs here, so no replica acknowledges a write: sentinel mode writes without one.
+        "redis": {
+            "port": ports[4],
+            "mode": request.param,
+            "sentinel": {"port": ports[5], "minReplicasToWrite": 0},
+        },
     }
     c = Case(f"podman-{ports[0]}", values)
     from tests.chart import rendering
@@ -94,17 +101,35 @@ def host_redis(objs, workdir):
     )
     dirs = {"REDIS_CONF_DIR": conf, "REDIS_AUTH_DIR": auth, "REDIS_RUN_DIR": run}
     env = {"PATH": os.environ["PATH"], **{k: str(v) for k, v in dirs.items()}}
-    proc = subprocess.Popen(["sh", str(conf / "start.sh")], env=env, stdout=subprocess.DEVNULL)
-    password = resolve_env(redis, container, objs)["REDISCLI_AUTH"]  # the admin's, for the probe
     port = container["ports"][0]["containerPort"]
+    procs = []
+    if container["command"][-1] == "redis":  # sentinel mode: the first pod's Redis and Sentinel, on 127.0.0.1
+        sentinel = pod_spec(redis)["containers"][1]
+        sentinel_port = sentinel["ports"][0]["containerPort"]
+        pod_env = {e["name"]: e["value"] for e in sentinel["env"] if "value" in e}
+        env |= {
+            **pod_env,
+            "ANNOUNCE_HOST": "127.0.0.1",
+            "SENTINELS": f"127.0.0.1:{sentinel_port}",
+            "FIRST_PRIMARY": f"127.0.0.1:{port}",
+            "BIND": "127.0.0.1",
+            "REDIS_DATA_DIR": str(data),
+            "SENTINEL_DIR": str(run),
+        }
+        procs.append(subprocess.Popen(["sh", str(conf / "start.sh"), "sentinel"], env=env, stdout=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(["sh", str(conf / "start.sh"), "redis"], env=env, stdout=subprocess.DEVNULL))
+    else:
+        procs.append(subprocess.Popen(["sh", str(conf / "start.sh")], env=env, stdout=subprocess.DEVNULL))
+    password = resolve_env(redis, container, objs)["REDISCLI_AUTH"]  # the admin's, for the probe
     for _ in range(100):
         r = subprocess.run(["redis-cli", "--user", "admin", "-p", str(port), "ping"],
                            env={**os.environ, "REDISCLI_AUTH": password},
                            capture_output=True, text=True, check=False)  # fmt: skip
         if r.stdout.strip() == "PONG":
-            return proc
+            return procs
         time.sleep(0.1)
-    proc.kill()
+    for proc in procs:
+        proc.kill()
     raise AssertionError("host redis-server did not start")
 
 
@@ -134,8 +159,13 @@ def test_rendered_pods_run_the_seed_flow_and_a_teams_task(case, tmp_path):
     ensure_images(sorted(set(images.values())))
     redis_svc = one(objs, "Service", component="redis")
     hosts = {f"{redis_svc['metadata']['name']}.{case.namespace}.svc.cluster.local": "127.0.0.1"}
+    sentinels = resolve_env(apps["generator"], pod_spec(apps["generator"])["containers"][0], objs).get(
+        "TASKQUEUE_REDIS_SENTINELS", ""
+    )
+    hosts |= {address.rsplit(":", 1)[0]: "127.0.0.1" for address in sentinels.split(",") if address}
+    assert bool(sentinels) == (case.values["redis"]["mode"] == "sentinel")
     runner = podrun.PodRunner(objs, tmp_path, hosts, name_prefix=f"tq-chart-{os.getpid()}")
-    redis_proc = None
+    redis_procs = []
     try:
         redis_image = os.environ.get("TQ_REDIS_IMAGE") or pod_spec(apps["redis"])["containers"][0]["image"]
         if podrun.image_exists(redis_image):
@@ -143,7 +173,7 @@ def test_rendered_pods_run_the_seed_flow_and_a_teams_task(case, tmp_path):
             runner.wait_ready(name, apps["redis"])
         else:
             print(f"no local {redis_image}: the chart's redis.conf runs on a host redis-server")
-            redis_proc = host_redis(objs, tmp_path)
+            redis_procs = host_redis(objs, tmp_path)
         for comp in ("exporter", "worker", "generator"):
             name = runner.start(apps[comp], images[comp])
             runner.wait_ready(name, apps[comp])
@@ -173,6 +203,6 @@ def test_rendered_pods_run_the_seed_flow_and_a_teams_task(case, tmp_path):
         assert (doc["result"]["rows"], doc["result"]["columns"]["population"]["max"]) == (2, 709000)
     finally:
         runner.stop_all()
-        if redis_proc:
-            redis_proc.terminate()
-            redis_proc.wait(timeout=10)
+        for proc in redis_procs:
+            proc.terminate()
+            proc.wait(timeout=10)

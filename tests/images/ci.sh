@@ -37,8 +37,10 @@ bash "$here/sizes.sh"
 
 step "container tests"
 # The images exist now; the trap above cleans up, so the test keeps them.
-# The chart's own pod specs run in the same images (tests/chart/test_pod_specs_podman.py).
-TQ_IMAGES_SKIP_BUILD=1 TQ_IMAGES_KEEP=1 "$PYTHON" -m pytest -m images tests/images tests/chart/test_pod_specs_podman.py -p no:cacheprovider
+# The chart's own pod specs run in the same images (tests/chart/test_pod_specs_podman.py), and the sentinel-mode
+# Redis pod's two containers in the test Redis image that tests/images builds (test_sentinel_pod_podman.py).
+TQ_IMAGES_SKIP_BUILD=1 TQ_IMAGES_KEEP=1 "$PYTHON" -m pytest -m images tests/images tests/chart/test_pod_specs_podman.py \
+  tests/chart/test_sentinel_pod_podman.py -p no:cacheprovider
 
 step "done"
 if ((SECONDS - started > 480)); then
