@@ -19,12 +19,59 @@ import redis
 import requests
 
 from taskqueue.local import REDIS_USERS, acl_file, acl_users, find_redis_server
-from tests.support import REDIS_MEMORY_SHAPE, ROOT, free_port, wait_for
+from tests.support import REDIS_MEMORY_SHAPE, ROOT, RedisServer, free_port, wait_for
 
 MASTER_NAME = "taskqueue"
 # The chart's Sentinel timings (values.yaml, redis.sentinel), which docs/reliability.md measures.
 DOWN_AFTER_MS = 5000
 FAILOVER_TIMEOUT_MS = 60000
+
+
+class SentinelServer(RedisServer):
+    """One Sentinel with a password, watching one Redis (quorum 1); speaking only TLS when given ``certs`` (then
+    its own connections to Redis are TLS too)."""
+
+    def __init__(self, primary_port: int, primary_password: str, certs: dict[str, Path] | None = None):
+        super().__init__()
+        self.primary_port, self.primary_password, self.certs = primary_port, primary_password, certs
+
+    def start(self) -> SentinelServer:
+        conf = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}", f"requirepass {self.password}"]
+        if self.certs:
+            conf[0] = f"port 0\ntls-port {self.port}"
+            conf += [
+                f"tls-cert-file {self.certs['cert']}",
+                f"tls-key-file {self.certs['key']}",
+                f"tls-ca-cert-file {self.certs['ca']}",
+                "tls-auth-clients no",
+                "tls-replication yes",
+            ]
+        conf += [
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.primary_port} 1",
+            f"sentinel auth-pass {MASTER_NAME} {self.primary_password}",
+        ]
+        path = self.dir / "sentinel.conf"  # Sentinel rewrites it: its own file
+        path.write_text("\n".join(conf) + "\n")
+        self.proc = subprocess.Popen(
+            [find_redis_server(), str(path), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for(lambda: self.client().ping(), what=f"sentinel on port {self.port}")
+        return self
+
+    def client(self) -> redis.Redis:
+        tls = {"ssl": True, "ssl_ca_certs": str(self.certs["ca"])} if self.certs else {}
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=5, **tls)
+
+    def app_env(self, redis_env: dict[str, str]) -> dict[str, str]:
+        """``redis_env`` (a RedisServer's), the processes then finding Redis through this Sentinel: the URL keeps
+        its scheme, database and credentials, its address (port 1, where nothing listens) is not used."""
+        scheme = redis_env["TASKQUEUE_REDIS_URL"].split("://", 1)[0]
+        return {
+            **redis_env,
+            "TASKQUEUE_REDIS_URL": f"{scheme}://127.0.0.1:1/0",
+            "TASKQUEUE_REDIS_SENTINELS": f"127.0.0.1:{self.port}",
+            "TASKQUEUE_REDIS_SENTINEL_PASSWORD": self.password,
+        }
 
 
 @dataclass

@@ -8,11 +8,15 @@ bench/failover.py measures the same without ``min-replicas-to-write``.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 
-from tests.sentinel_cluster import SentinelCluster, run_failover
-from tests.support import RedisServer, wait_for, wait_status
+from taskqueue import config
+from taskqueue.store.connection import connect
+from tests.sentinel_cluster import SentinelCluster, SentinelServer, run_failover
+from tests.support import RedisServer, free_port, wait_for, wait_status
 
 pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
 
@@ -90,3 +94,17 @@ def test_a_redis_that_cannot_take_writes_is_a_503_and_the_worker_waits_it_out(re
     assert [r.status_code for r in answers] == [200, 202, 202, 202], [r.text for r in answers]
     assert wait_status(generator.base, answers[1].json()["jobId"], {"finished"}, timeout=20)
     assert worker.proc.poll() is None and generator.proc.poll() is None
+
+
+def test_a_dead_sentinel_first_in_the_list_is_passed_over_at_once(processes):
+    """A lost pod's Sentinel may be the first one a process asks: each new client tries it once and asks the next
+    (redis-py's default retries spent 4 s on a refused sentinel before asking the next, at each new client)."""
+    server = processes.add(RedisServer()).start()
+    sentinel = processes.add(SentinelServer(server.port, server.password)).start()
+    env = sentinel.app_env(server.env())
+    env["TASKQUEUE_REDIS_SENTINELS"] = f"127.0.0.1:{free_port()},{env['TASKQUEUE_REDIS_SENTINELS']}"
+    cfg = config.load(env)
+    started = time.monotonic()
+    for _ in range(5):  # a new client asks the sentinels afresh, from the first
+        assert connect(cfg).set("tq:probe", "1")
+    assert time.monotonic() - started < 1.0

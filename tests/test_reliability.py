@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.sentinel_cluster import SentinelServer
 from tests.support import RedisServer, free_port, kill_tree, wait_for, wait_status
 
 pytestmark = pytest.mark.behaviour  # run again with the fast paths off (make test)
@@ -70,6 +71,23 @@ def test_rediss_tls_with_a_test_ca(processes, tmp_path):
     processes.worker(env=server.env())
     # Without the CA the server's certificate is not trusted: verification is on.
     untrusting = processes.generator(env={**server.env(), "TASKQUEUE_REDIS_CA_CERT": ""})
+    job_id = requests.get(gen.base + "/start?delay=0", timeout=5).json()["jobId"]
+    doc = wait_status(gen.base, job_id, {"finished"}, timeout=15)
+    assert doc["result"] == "Processed message generating task with delay: 0 after 0 seconds"
+    assert requests.get(untrusting.base + "/readyz", timeout=5).status_code == 503
+
+
+def test_rediss_with_sentinels_speaks_tls_to_the_sentinels_too(processes, tmp_path):
+    """One address list serves the processes and KEDA's redis-sentinel scaler, which speaks TLS to both: the
+    sentinel has no plain-text port, and the URL's port 1 has nothing, so the job ran through a TLS sentinel."""
+    certs = make_test_ca(tmp_path)
+    server = processes.add(TlsRedis(certs)).start()
+    sentinel = processes.add(SentinelServer(server.tls_port, server.password, certs)).start()
+    env = sentinel.app_env(server.env())
+    gen = processes.generator(env=env)
+    processes.worker(env=env)
+    # Without the CA neither the sentinel's certificate nor Redis's is trusted: verification is on.
+    untrusting = processes.generator(env={**env, "TASKQUEUE_REDIS_CA_CERT": ""})
     job_id = requests.get(gen.base + "/start?delay=0", timeout=5).json()["jobId"]
     doc = wait_status(gen.base, job_id, {"finished"}, timeout=15)
     assert doc["result"] == "Processed message generating task with delay: 0 after 0 seconds"

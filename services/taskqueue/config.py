@@ -98,14 +98,15 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "Redis password (of `TASKQUEUE_REDIS_USERNAME`), so the URL can stay free of secrets.",
     ),
-    Setting("redis_ca_cert", "", str, "CA bundle file to verify a `rediss://` server with."),
+    Setting("redis_ca_cert", "", str, "CA bundle file to verify a `rediss://` server (and its sentinels) with."),
     Setting(
         "redis_sentinels",
         "",
         _str_list,
         "Comma-separated Redis Sentinel addresses (`host:port`): Redis is then the primary they name, followed"
-        " across failovers; `TASKQUEUE_REDIS_URL` gives only its scheme (`rediss://`: TLS), database and"
-        " credentials. Empty: the URL's server.",
+        " across failovers; `TASKQUEUE_REDIS_URL` gives only its scheme (`rediss://`: TLS to Redis and to the"
+        " sentinels), database and credentials. Each sentinel is tried once before the next. Empty: the URL's"
+        " server.",
     ),
     Setting("redis_master_name", "taskqueue", str, "The name the sentinels monitor the primary by."),
     Setting("redis_sentinel_username", "", str, "User to log in to the sentinels as; empty: their default user."),

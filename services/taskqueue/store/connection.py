@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from redis import Redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import (
     BusyLoadingError,
@@ -126,15 +126,22 @@ def _sentinel_primary(cfg: Config, kwargs: dict[str, Any], tls: bool) -> Redis:
     for name in ("db", "username", "password"):
         if name in from_url:
             kwargs[name] = from_url[name]  # as Redis.from_url: the URL's credentials win
-    sentinel_auth = {"username": cfg.redis_sentinel_username or None, "password": cfg.redis_sentinel_password or None}
-    sentinels = Sentinel(
-        [host_port(a) for a in cfg.redis_sentinels],
-        sentinel_kwargs={
-            "socket_connect_timeout": cfg.redis_timeout,
-            "socket_timeout": cfg.redis_timeout,
-            "driver_info": None,
-            **{k: v for k, v in sentinel_auth.items() if v},
-        },
-    )
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": cfg.redis_timeout,
+        "socket_timeout": cfg.redis_timeout,
+        "driver_info": None,
+        # One try per sentinel: the next sentinel is the retry. redis-py's default (10 tries, backoff to 1 s) spends
+        # seconds on a dead sentinel before asking the next, at each new connection, while its pod is lost.
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if cfg.redis_sentinel_username:
+        sentinel_kwargs["username"] = cfg.redis_sentinel_username
+    if cfg.redis_sentinel_password:
+        sentinel_kwargs["password"] = cfg.redis_sentinel_password
+    if tls:  # TLS to the sentinels too, as KEDA's redis-sentinel scaler speaks it: one address list serves both
+        sentinel_kwargs["ssl"] = True
+        if cfg.redis_ca_cert:
+            sentinel_kwargs["ssl_ca_certs"] = cfg.redis_ca_cert
+    sentinels = Sentinel([host_port(a) for a in cfg.redis_sentinels], sentinel_kwargs=sentinel_kwargs)
     connection_class = SentinelStoreSSLConnection if tls else SentinelStoreConnection
     return sentinels.master_for(cfg.redis_master_name, connection_class=connection_class, **kwargs)
