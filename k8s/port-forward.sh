@@ -82,10 +82,13 @@ done
 echo "Ctrl-C stops the forwards."
 
 # Until Ctrl-C: a forward that exited is started again (its pod was replaced, or the cluster restarted).
+# Builtins only (read, not $(cat)): a SIGINT that reaches bash alone while it waits for a command substitution
+# is dropped (bash takes the child's normal exit as the signal handled), and the loop would never stop.
 while :; do
   sleep 2
   for name in $active; do
-    if ! kill -0 "$(cat "$run/$name.pid")" 2>/dev/null; then
+    read -r pid <"$run/$name.pid"
+    if ! kill -0 "$pid" 2>/dev/null; then
       echo "$name: the port-forward exited ($(tail -n 1 "$run/$name.log")); starting it again" >&2
       read -r ns service port remote <"$run/$name.args"
       start "$name" "$ns" "$service" "$port" "$remote"
