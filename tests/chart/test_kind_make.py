@@ -296,6 +296,11 @@ def test_port_forward_skips_a_taken_port_restarts_a_forward_that_exits_and_stops
 
     from tests.support import free_port, wait_for
 
+    def take_ctrl_c() -> None:
+        """SIGINT as a terminal's shell leaves it: a test run started in the background (nohup cmd &) inherits it
+        ignored, and bash cannot trap a signal ignored when it starts."""
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     kubectl = tmp_path / "kubectl"
     kubectl.write_text(FAKE_PORT_FORWARD)
     kubectl.chmod(0o755)
@@ -307,7 +312,8 @@ def test_port_forward_skips_a_taken_port_restarts_a_forward_that_exits_and_stops
     env = {**os.environ, "KUBECTL": str(kubectl), "LOG": str(log), "EXIT_ONCE": "grafana", "API_PORT": str(api),
            "PROMETHEUS_PORT": str(prometheus), "GRAFANA_PORT": str(grafana)}  # fmt: skip
     proc = subprocess.Popen(["bash", str(ROOT / "k8s" / "port-forward.sh")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=take_ctrl_c)  # fmt: skip
     try:
 
         def listening(port: int) -> bool:
