@@ -36,10 +36,13 @@ class SentinelServer(RedisServer):
         self.primary_port, self.primary_password, self.certs = primary_port, primary_password, certs
 
     def start(self) -> SentinelServer:
-        conf = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}", f"requirepass {self.password}"]
-        if self.certs:
-            conf[0] = f"port 0\ntls-port {self.port}"
+        conf = ["bind 127.0.0.1", f"dir {self.dir}", f"requirepass {self.password}"]
+        if not self.certs:
+            conf.append(f"port {self.port}")
+        else:
             conf += [
+                "port 0",
+                f"tls-port {self.port}",
                 f"tls-cert-file {self.certs['cert']}",
                 f"tls-key-file {self.certs['key']}",
                 f"tls-ca-cert-file {self.certs['ca']}",
